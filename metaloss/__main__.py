@@ -1,0 +1,3 @@
+from metaloss.cli import main
+
+raise SystemExit(main())

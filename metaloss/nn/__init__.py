@@ -1,0 +1,1 @@
+"""metaloss.nn."""

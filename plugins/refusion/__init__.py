@@ -1,0 +1,1 @@
+"""ReFusion: a loss generator driven by reconstructing the source images."""

@@ -1,0 +1,1 @@
+"""TDFusion: a loss generator driven by a downstream segmentation or detection task."""
