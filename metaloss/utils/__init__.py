@@ -1,1 +1,1 @@
-"""metaloss.utils."""
+"""Small utilities."""

@@ -1,0 +1,138 @@
+"""``metaloss run | eval | plugins | plot``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    import metaloss
+
+    parser = argparse.ArgumentParser(
+        prog="metaloss",
+        description="Learn the loss function of an image-fusion network by meta-learning.",
+    )
+    parser.add_argument("--version", action="version", version=f"metaloss {metaloss.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="train an experiment from a TOML config", description="Train an experiment.")
+    run.add_argument("config", nargs="?", help="experiment TOML file (omit with --resume)")
+    run.add_argument("--out", "-o", help="run directory (default: runs/<name>-<time>)")
+    run.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key, e.g. --set meta.inner_steps=3 (value read as TOML; repeatable)",
+    )
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    run.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    run.add_argument("--check", action="store_true", help="validate the config, print it resolved, and exit")
+
+    ev = sub.add_parser("eval", help="score fused images with fusion metrics", description="Score fused images.")
+    try:
+        from metaloss.metrics import cli as metrics_cli
+
+        metrics_cli.configure_parser(ev)
+    except ImportError as err:  # pragma: no cover - only while the metrics package is incomplete
+        ev.set_defaults(_eval_error=str(err))
+
+    plugins = sub.add_parser("plugins", help="list registered plugins", description="List registered plugins.")
+    plugins.add_argument("--json", action="store_true", help="print JSON")
+
+    plot = sub.add_parser("plot", help="draw the loss curves of a run to a PNG", description="Plot a run's log.")
+    plot.add_argument("run_dir", help="a run directory (with log.jsonl)")
+    plot.add_argument("--out", "-o", help="PNG path (default: RUN_DIR/curves.png)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {"run": _run, "eval": _eval, "plugins": _plugins, "plot": _plot}[args.command]
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("metaloss: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> int:
+    print(f"metaloss: error: {message}", file=sys.stderr)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
+    from metaloss.config import ConfigError, load_config
+    from metaloss.experiment import RunError, run
+    from metaloss.registry import PluginError
+
+    if args.resume:
+        if args.config:
+            return _fail("give either CONFIG or --resume RUN_DIR, not both", EXIT_USAGE)
+        config_path = Path(args.resume) / "config.toml"
+        out = args.resume
+    else:
+        if not args.config:
+            return _fail("the run command needs CONFIG (or --resume RUN_DIR)", EXIT_USAGE)
+        config_path, out = Path(args.config), args.out
+    try:
+        cfg = load_config(config_path, args.overrides)
+    except ConfigError as err:
+        return _fail(str(err), EXIT_USAGE)
+    if args.check:
+        print(cfg.to_toml(), end="")
+        return EXIT_OK
+    try:
+        summary = run(cfg, out, quiet=args.quiet, resume=bool(args.resume))
+    except (RunError, PluginError, FileNotFoundError, ValueError) as err:
+        return _fail(str(err))
+    metrics = summary.get("metrics", {})
+    if not args.quiet:
+        print(f"finished {summary['epochs']} epochs in {summary['seconds']:.1f} s")
+        for key, value in metrics.items():
+            print(f"  {key:24s} {value:.4f}")
+    return EXIT_OK
+
+
+def _eval(args: argparse.Namespace) -> int:
+    if getattr(args, "_eval_error", None):
+        return _fail(f"metrics are unavailable: {args._eval_error}")
+    from metaloss.metrics import cli as metrics_cli
+
+    return metrics_cli.run(args)
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    from metaloss import registry
+
+    found = registry.list_plugins()
+    if args.json:
+        print(json.dumps({g: [i.as_dict() for i in infos] for g, infos in found.items()}, indent=2))
+        return EXIT_OK
+    for group, infos in found.items():
+        print(f"{registry.GROUPS[group]}:")
+        if not infos:
+            print("  (none)")
+        for info in infos:
+            status = f"  ERROR: {info.error}" if info.error else ""
+            print(f"  {info.name:16s} {info.distribution} {info.version}  ({info.value}){status}")
+    return EXIT_OK
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from metaloss.plot import PlotError, plot_run
+
+    try:
+        path = plot_run(args.run_dir, args.out)
+    except PlotError as err:
+        return _fail(str(err))
+    print(path)
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

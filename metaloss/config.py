@@ -1,0 +1,280 @@
+"""Experiment configuration: TOML in, validated pydantic models, resolved TOML out.
+
+Each plugin section (``[fusion]``, ``[loss_generator]``, ``[task]``, ``[data]``) holds ``name`` (the
+registered plugin) and that plugin's own keyword arguments, validated against the plugin's config
+model (see ``metaloss.registry.config_model``).  Every error names the file, the key path and the
+reason, and is raised before any work starts.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from metaloss import registry
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the file, key path and reason."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source, self.problems = source, problems
+        lines = [f"{source}: {key}: {reason}" if key else f"{source}: {reason}" for key, reason in problems]
+        super().__init__("invalid config\n  " + "\n  ".join(lines))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PluginSection(BaseModel):
+    """``name`` of a registered plugin plus its own keyword arguments (validated against the plugin)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class DataConfig(PluginSection):
+    name: str = "synthetic"
+    batch_size: int = Field(1, ge=1, description="pairs per batch, before the modality swap doubles it")
+    crop_size: int = Field(256, ge=0, description="random square crop for the fusion loss; 0 = whole image")
+    task_size: tuple[int, int] | None = Field(
+        None, description="[H, W] the task sees (full image resized); omitted = the image's own size"
+    )
+    swap_modalities: bool = Field(True, description="double each batch with ir and vi swapped (TDFusion)")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+
+    @field_validator("task_size")
+    @classmethod
+    def _positive(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and min(v) < 1:
+            raise ValueError("both sizes must be >= 1")
+        return v
+
+
+class FusionConfig(PluginSection):
+    name: str = "restormer"
+
+
+class LossGeneratorConfig(PluginSection):
+    name: str = "tdfusion"
+
+
+class TaskConfig(PluginSection):
+    name: str = "segmentation"
+
+
+class LossConfig(_Strict):
+    """The learnable fusion loss L_f = L_int + alpha * L_grad (see ``metaloss.losses``)."""
+
+    alpha: float = Field(1.0, ge=0, description="weight of the gradient term")
+    weight_form: Literal["linear", "squared"] = Field(
+        "linear", description="'linear': mean(w*(If-I)^2) as the paper; 'squared': mse(w*(If-I)) as the reference code"
+    )
+
+
+class MetaConfig(_Strict):
+    """The alternating meta-learning schedule (``metaloss.meta``)."""
+
+    epochs: int = Field(40, ge=1, description="L: epochs of (meta phase, learner phase)")
+    meta_steps: int = Field(200, ge=0, description="M: meta-steps (loss generator updates) per epoch")
+    learner_steps: int = Field(0, ge=0, description="N: learner steps per epoch; 0 = one pass over the data")
+    inner_steps: int = Field(1, ge=1, description="k: inner SGD steps of the learner per meta-step")
+    inner_lr: float | Literal["learner"] = Field(
+        "learner", description="inner step size; 'learner' ties it to the fusion net's current lr (reference)"
+    )
+    truncate: int = Field(0, ge=0, description="backpropagate through the last k inner steps only; 0 = all")
+    first_order: bool = Field(False, description="refused: the loss generator would get exactly zero gradient")
+    backend: Literal["torch.func", "higher"] = "torch.func"
+    outer_optimizer: Literal["adam", "maxabs_sgd"] = Field(
+        "adam", description="'maxabs_sgd': phi -= lr * g / max|g| (the reference's outer update)"
+    )
+    outer_lr: float = Field(1e-4, gt=0, description="loss generator learning rate")
+    objective_lookahead: bool = Field(True, description="update the task net by one step before the outer loss")
+
+    @field_validator("inner_lr")
+    @classmethod
+    def _positive_lr(cls, v: float | str) -> float | str:
+        if isinstance(v, float) and v <= 0:
+            raise ValueError("must be > 0 or 'learner'")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> "MetaConfig":
+        if self.first_order:
+            raise ValueError(
+                "first_order = true is refused: the loss generator enters the outer loss only through the "
+                "gradient of the inner update, so a first-order meta-step gives it exactly zero gradient"
+            )
+        if self.truncate > self.inner_steps:
+            raise ValueError(f"truncate ({self.truncate}) must be <= inner_steps ({self.inner_steps})")
+        return self
+
+
+class OptimConfig(_Strict):
+    """Adam for the fusion and task networks, step decay for all three (reference: x0.1 every 10 epochs)."""
+
+    fusion_lr: float = Field(1e-4, gt=0)
+    task_lr: float = Field(1e-4, gt=0)
+    lr_step: int = Field(10, ge=1, description="epochs between learning-rate decays")
+    lr_gamma: float = Field(0.1, gt=0, le=1, description="decay factor")
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm of fusion and task nets")
+
+
+class EvalConfig(_Strict):
+    every: int = Field(1, ge=0, description="evaluate every n epochs (and at the end); 0 = only at the end")
+    num_images: int = Field(8, ge=0, description="validation pairs to fuse and score; 0 = all")
+    metrics: list[str] = Field(default_factory=lambda: ["EN", "SD", "SF", "AG", "SCD", "VIF", "Qabf", "SSIM"])
+    profile: str = "cddfuse"
+
+
+class CheckpointConfig(_Strict):
+    every: int = Field(1, ge=0, description="write checkpoints/epoch_XXX.pt every n epochs; 0 = only last.pt")
+
+
+class ExperimentConfig(_Strict):
+    """A whole experiment.  Every key has a default, so ``[section]`` tables list only what differs."""
+
+    name: str = "experiment"
+    seed: int = 0
+    device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
+    deterministic: bool = Field(True, description="torch.use_deterministic_algorithms for repeatable runs")
+    data: DataConfig = Field(default_factory=DataConfig)
+    val_data: DataConfig | None = Field(None, description="validation data; omitted = [data] with split 'val'")
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
+    loss_generator: LossGeneratorConfig = Field(default_factory=LossGeneratorConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    meta: MetaConfig = Field(default_factory=MetaConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(_drop_none(self.model_dump(mode="json")))
+
+
+#: The plugin group of each plugin section.
+PLUGIN_SECTIONS: dict[str, str] = {
+    "fusion": "fusion",
+    "loss_generator": "loss_generators",
+    "task": "tasks",
+    "data": "datasets",
+    "val_data": "datasets",
+}
+
+
+def _drop_none(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _drop_none(v) for k, v in d.items() if v is not None}
+    if isinstance(d, list):
+        return [_drop_none(v) for v in d]
+    return d
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-after"))]
+    return ".".join(parts)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"meta.inner_steps=3"`` -> (["meta", "inner_steps"], 3); the value is read as TOML, else as a string."""
+    if "=" not in item:
+        raise ConfigError("--set", [(item, "expected KEY=VALUE, e.g. meta.inner_steps=3")])
+    key, raw = item.split("=", 1)
+    path = [p for p in key.strip().split(".")]
+    if not all(path):
+        raise ConfigError("--set", [(key, "empty key segment")])
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return path, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError("--set", [(".".join(path), f"{part!r} is not a table")])
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def load_config(
+    source: str | Path | dict[str, Any],
+    overrides: list[str] | None = None,
+    check_plugins: bool = True,
+) -> ExperimentConfig:
+    """Read, override, validate.  ``source`` is a TOML path or an already-parsed dict.
+
+    With ``check_plugins`` every plugin name is resolved and its options validated and filled with
+    the plugin's defaults, so the returned config is fully resolved.
+    """
+    if isinstance(source, dict):
+        label, data = "<config>", dict(source)
+    else:
+        path = Path(source)
+        label = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(label, [("", "no such file")]) from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(label, [("", f"cannot read: {err}")]) from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(label, [("", f"not valid TOML: {err}")]) from None
+    if overrides:
+        label = f"{label} (with --set {' '.join(overrides)})"
+        data = apply_overrides(data, overrides)
+    try:
+        cfg = ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(label, [(_key_path(e["loc"]), e["msg"]) for e in err.errors()]) from None
+    if check_plugins:
+        cfg = resolve_plugins(cfg, label)
+    return cfg
+
+
+def resolve_plugins(cfg: ExperimentConfig, label: str = "<config>") -> ExperimentConfig:
+    """Validate each plugin section against its plugin's config model and fill in its defaults."""
+    problems: list[tuple[str, str]] = []
+    for section, group in PLUGIN_SECTIONS.items():
+        sec: PluginSection | None = getattr(cfg, section)
+        if sec is None:
+            continue
+        try:
+            obj = registry.load(group, sec.name)
+        except registry.PluginError as err:
+            problems.append((f"{section}.name", str(err)))
+            continue
+        model = registry.config_model(obj)
+        try:
+            validated = model.model_validate(sec.options)
+        except ValidationError as err:
+            problems.extend((f"{section}.{_key_path(e['loc'])}", e["msg"]) for e in err.errors())
+            continue
+        assert sec.model_extra is not None
+        sec.model_extra.update(validated.model_dump(mode="json"))
+    if problems:
+        raise ConfigError(label, problems)
+    return cfg
+
+
+def plugin_options(section: PluginSection, obj: Any) -> dict[str, Any]:
+    """The keyword arguments to build ``obj`` from ``section`` (validated, python-typed)."""
+    return registry.config_model(obj).model_validate(section.options).model_dump()

@@ -1,0 +1,306 @@
+"""From a config to a finished run: build the plugins, train, evaluate, write the run directory.
+
+A run directory holds ``config.toml`` (the resolved config), ``log.jsonl`` (one JSON record per step
+and per epoch), ``checkpoints/last.pt`` and ``checkpoints/epoch_XXX.pt``, and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+import metaloss
+from metaloss import registry
+from metaloss.config import ExperimentConfig, PluginSection, load_config, plugin_options
+from metaloss.data.collate import collate_pairs
+from metaloss.meta.trainer import AlternatingTrainer, TrainerHooks, seed_everything
+from metaloss.problem import FusionProblem
+from metaloss.utils.io import atomic_torch_save, atomic_write_json, atomic_write_text
+
+CHECKPOINT_FORMAT = 1
+
+
+class RunError(RuntimeError):
+    """A run cannot start or continue (bad run directory, unusable checkpoint)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunError(f"device = {name!r} but CUDA is not available; use device = 'cpu' or 'auto'")
+    return device
+
+
+def build_plugin(group: str, section: PluginSection, **injected: Any) -> Any:
+    """Instantiate the plugin named by ``section`` with its options (and ``injected`` keyword arguments)."""
+    factory = registry.load(group, section.name)
+    return factory(**plugin_options(section, factory), **injected)
+
+
+def build_dataset(section: PluginSection, split: str) -> Dataset:
+    return build_plugin("datasets", section, split=split)
+
+
+def build_task(section: PluginSection, dataset: Dataset) -> nn.Module:
+    """Options left unset (None) are filled from the dataset's attribute of the same name, or of the
+    name the task maps it to in its ``dataset_fields`` (e.g. ``{"num_classes": "num_box_classes"}``)."""
+    factory = registry.load("tasks", section.name)
+    options = plugin_options(section, factory)
+    mapping = getattr(factory, "dataset_fields", {})
+    for key, value in options.items():
+        attr = mapping.get(key, key)
+        if value is None and hasattr(dataset, attr):
+            options[key] = getattr(dataset, attr)
+    return factory(**options)
+
+
+@dataclass
+class Experiment:
+    config: ExperimentConfig
+    problem: FusionProblem
+    train_set: Dataset
+    val_set: Dataset
+    device: torch.device
+
+
+def build_experiment(cfg: ExperimentConfig) -> Experiment:
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    train_set = build_dataset(cfg.data, "train")
+    val_set = build_dataset(cfg.val_data or cfg.data, "val")
+    fusion = build_plugin("fusion", cfg.fusion)
+    generator = build_plugin("loss_generators", cfg.loss_generator)
+    task = build_task(cfg.task, train_set)
+    problem = FusionProblem(
+        fusion,
+        generator,
+        task,
+        alpha=cfg.loss.alpha,
+        weight_form=cfg.loss.weight_form,
+        crop_size=cfg.data.crop_size,
+        task_size=cfg.data.task_size,
+        swap_modalities=cfg.data.swap_modalities,
+        device=device,
+    ).to(device)
+    return Experiment(cfg, problem, train_set, val_set, device)
+
+
+# -- evaluation ---------------------------------------------------------------------------------------
+def _val_batches(exp: Experiment) -> Iterator[dict[str, Any]]:
+    n = len(exp.val_set)  # type: ignore[arg-type]
+    k = exp.config.eval.num_images or n
+    subset = Subset(exp.val_set, list(range(min(k, n))))
+    yield from DataLoader(subset, batch_size=1, collate_fn=collate_pairs)
+
+
+@torch.no_grad()
+def evaluate(exp: Experiment) -> dict[str, float]:
+    """Fuse the validation pairs; score the fused images (fusion metrics) and the task on them."""
+    from metaloss import metrics as fusion_metrics
+
+    problem, cfg = exp.problem, exp.config
+    task = problem.objective
+    task.eval()
+    evaluator = task.evaluator()
+    scores: dict[str, list[float]] = {}
+    for batch in _val_batches(exp):
+        ir, vi = batch["ir"].to(exp.device), batch["vi"].to(exp.device)
+        fused = problem.fuse(ir, vi)
+        if cfg.eval.metrics:
+            values = fusion_metrics.evaluate(
+                (fused * 255).round(), (ir * 255).round(), (vi * 255).round(), profile=cfg.eval.profile, metrics=cfg.eval.metrics
+            )
+            for name, v in values.items():
+                scores.setdefault(name, []).extend(v.double().cpu().tolist())
+        task_batch = problem.prepare_batch(batch, torch.Generator(), augment=False)
+        task_fused = problem.fuse(task_batch["task_ir"], task_batch["task_vi"])
+        evaluator.update(task(task_fused), task_batch)
+    task.train()
+    out = {f"fusion/{k}": sum(v) / len(v) for k, v in scores.items() if v}
+    out.update({f"task/{k}": v for k, v in evaluator.compute().items()})
+    return out
+
+
+# -- the run directory ----------------------------------------------------------------------------------
+class RunDirectory:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.checkpoints = self.path / "checkpoints"
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / "log.jsonl"
+
+    def create(self, cfg: ExperimentConfig, resume: bool = False) -> None:
+        if not resume and self.path.exists() and any(self.path.iterdir()):
+            raise RunError(f"run directory {self.path} already exists and is not empty; use --resume or another --out")
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            atomic_write_text(self.path / "config.toml", cfg.to_toml())
+
+    def log(self, record: dict[str, Any]) -> None:
+        with self.log_path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"time": round(time.time(), 3), **record}, default=float) + "\n")
+
+    def save_checkpoint(self, state: dict[str, Any], epoch: int, every: int) -> None:
+        atomic_torch_save(state, self.checkpoints / "last.pt")
+        if every and epoch % every == 0:
+            atomic_torch_save(state, self.checkpoints / f"epoch_{epoch:03d}.pt")
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        atomic_write_json(self.path / "summary.json", summary)
+
+
+def default_run_dir(cfg: ExperimentConfig) -> Path:
+    return Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise RunError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise RunError(f"{path} is not a metaloss checkpoint (format {CHECKPOINT_FORMAT})")
+    return state
+
+
+class _Progress:
+    """One tqdm bar over every step of the run, described by epoch and phase."""
+
+    def __init__(self, cfg: ExperimentConfig, steps_per_epoch: int, start_epoch: int, quiet: bool):
+        self.cfg, self.quiet = cfg, quiet
+        self.bar = None
+        if not quiet:
+            from tqdm.auto import tqdm
+
+            remaining = (cfg.meta.epochs - start_epoch) * steps_per_epoch
+            self.bar = tqdm(total=remaining, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def __call__(self, phase: str, epoch: int, step: int, total: int, record: dict[str, Any]) -> None:
+        if self.bar is None:
+            return
+        self.bar.set_description(f"epoch {epoch}/{self.cfg.meta.epochs} {phase} {step}/{total}")
+        keys = ("inner_loss", "outer_loss") if phase == "meta" else ("learner_loss", "objective_loss")
+        self.bar.set_postfix({k.split("_")[0]: f"{record[k]:.4g}" for k in keys if k in record}, refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run(
+    cfg: ExperimentConfig,
+    out: str | Path | None = None,
+    *,
+    quiet: bool = False,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Train ``cfg`` into the run directory ``out``; returns the summary (also in ``summary.json``)."""
+    run_dir = RunDirectory(out or default_run_dir(cfg))
+    state = load_checkpoint(run_dir.checkpoints / "last.pt") if resume else None
+    exp = build_experiment(cfg)
+    run_dir.create(cfg, resume=resume)
+    trainer = AlternatingTrainer(
+        exp.problem,
+        exp.train_set,
+        cfg.meta,
+        cfg.optim,
+        batch_size=cfg.data.batch_size,
+        collate_fn=collate_pairs,
+        num_workers=cfg.data.num_workers,
+        seed=cfg.seed,
+        eval_every=cfg.eval.every,
+        checkpoint_every=cfg.checkpoint.every,
+    )
+    if state is not None:
+        try:
+            trainer.load_state_dict(state["trainer"])
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise RunError(f"checkpoint {run_dir.checkpoints / 'last.pt'} does not fit this config: {err}") from err
+    n_train = len(exp.train_set)  # type: ignore[arg-type]
+    learner_steps = cfg.meta.learner_steps or math.ceil(n_train / cfg.data.batch_size)
+    progress = _Progress(cfg, cfg.meta.meta_steps + learner_steps, trainer.epoch, quiet)
+
+    def checkpoint(epoch: int, is_last: bool) -> None:
+        run_dir.save_checkpoint(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "metaloss_version": metaloss.__version__,
+                "config": cfg.model_dump(mode="json"),
+                "trainer": trainer.state_dict(),
+            },
+            epoch,
+            cfg.checkpoint.every,
+        )
+
+    trainer.hooks = TrainerHooks(
+        prepare_batch=exp.problem.prepare_batch,
+        log=run_dir.log,
+        progress=progress,
+        evaluate=lambda epoch: evaluate(exp),
+        checkpoint=checkpoint,
+    )
+    if state is None:
+        run_dir.log({"phase": "start", "config": cfg.name, **_environment()})
+    start = time.perf_counter()
+    try:
+        history = trainer.fit()
+    finally:
+        progress.close()
+    final = history[-1] if history else {}
+    summary = {
+        "name": cfg.name,
+        "epochs": trainer.epoch,
+        "seconds": round(time.perf_counter() - start, 3),
+        "loss_weight_form": cfg.loss.weight_form,
+        "parameters": {
+            "fusion": _count(exp.problem.learner),
+            "loss_generator": _count(exp.problem.generator),
+            "task": _count(exp.problem.objective),
+        },
+        "metrics": {k[4:]: v for k, v in final.items() if k.startswith("val/")},
+        "final": {k: v for k, v in final.items() if not k.startswith("val/")},
+        "environment": _environment(),
+    }
+    run_dir.write_summary(summary)
+    return summary
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _environment() -> dict[str, Any]:
+    return {
+        "metaloss": metaloss.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "pid": os.getpid(),
+    }
+
+
+def run_config_file(path: str | Path, overrides: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
+    return run(load_config(path, overrides), **kwargs)

@@ -1,0 +1,93 @@
+"""The learnable fusion loss, in one place.
+
+    L_f    = L_int + alpha * L_grad
+    L_int  = mean(w_a * (I_f - I_a)^2) + mean(w_b * (I_f - I_b)^2)              weight_form="linear" (paper)
+           = mean((w_a * (I_f - I_a))^2) + mean((w_b * (I_f - I_b))^2)          weight_form="squared" (reference code)
+    L_grad = mean|Gx(I_f) - max_x| + mean|Gy(I_f) - max_y|                        max rule (TDFusion)
+             max_x = Gx(I_a) where |Gx(I_a)| >= |Gx(I_b)| else Gx(I_b)   (sign kept; ties go to I_a)
+           = sum_k mean(v_k * |Gx(I_f) - Gx(I_k)|) + (same for y)                 with gradient weights V (ReFusion)
+
+G = 3x3 Sobel with zero padding; (w_a, w_b) = maps["intensity"], (v_a, v_b) = maps["gradient"].
+The squared form squares the V weights as well.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+WeightForm = Literal["linear", "squared"]
+
+_SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+
+
+def sobel(image: Tensor) -> tuple[Tensor, Tensor]:
+    """Sobel responses (d/dx, d/dy) of ``[B, C, H, W]`` images, zero padding, same size out."""
+    channels = image.shape[1]
+    kx = _SOBEL_X.to(image).expand(channels, 1, 3, 3)
+    ky = _SOBEL_X.t().to(image).expand(channels, 1, 3, 3)
+    return (
+        F.conv2d(image, kx, padding=1, groups=channels),
+        F.conv2d(image, ky, padding=1, groups=channels),
+    )
+
+
+def max_abs(a: Tensor, b: Tensor) -> Tensor:
+    """Per element, the one of ``a``, ``b`` with the larger magnitude, sign kept (ties: ``a``)."""
+    return torch.where(a.abs() >= b.abs(), a, b)
+
+
+@dataclass
+class FusionLoss:
+    total: Tensor
+    intensity: Tensor
+    gradient: Tensor
+
+    def terms(self) -> dict[str, float]:
+        return {"intensity": float(self.intensity.detach()), "gradient": float(self.gradient.detach())}
+
+
+def _weighted_mean(weight: Tensor, residual: Tensor, form: WeightForm) -> Tensor:
+    if form == "linear":
+        return (weight * residual).mean()
+    if form == "squared":
+        return (weight.square() * residual).mean()
+    raise ValueError(f"unknown weight_form {form!r}; choose 'linear' or 'squared'")
+
+
+def fusion_loss(
+    fused: Tensor,
+    ir: Tensor,
+    vi: Tensor,
+    maps: Mapping[str, Tensor],
+    alpha: float = 1.0,
+    weight_form: WeightForm = "linear",
+) -> FusionLoss:
+    """L_f of the module docstring; ``fused``, ``ir``, ``vi``: ``[B, 1, H, W]``; maps: ``[B, 2, H, W]``."""
+    if "intensity" not in maps:
+        raise KeyError("loss generator output lacks 'intensity' weights")
+    w = maps["intensity"]
+    if w.shape[1] != 2 or w.shape[-2:] != fused.shape[-2:]:
+        raise ValueError(f"intensity weights must be [B, 2, H, W] matching the image, got {tuple(w.shape)}")
+    intensity = _weighted_mean(w[:, 0:1], (fused - ir).square(), weight_form) + _weighted_mean(
+        w[:, 1:2], (fused - vi).square(), weight_form
+    )
+    fx, fy = sobel(fused)
+    ax, ay = sobel(ir)
+    bx, by = sobel(vi)
+    v = maps.get("gradient")
+    if v is None:
+        gradient = (fx - max_abs(ax, bx)).abs().mean() + (fy - max_abs(ay, by)).abs().mean()
+    else:
+        va, vb = v[:, 0:1], v[:, 1:2]
+        gradient = (
+            _weighted_mean(va, (fx - ax).abs(), weight_form)
+            + _weighted_mean(vb, (fx - bx).abs(), weight_form)
+            + _weighted_mean(va, (fy - ay).abs(), weight_form)
+            + _weighted_mean(vb, (fy - by).abs(), weight_form)
+        )
+    return FusionLoss(total=intensity + alpha * gradient, intensity=intensity, gradient=gradient)

@@ -1,0 +1,197 @@
+"""The one meta-step that every method uses.
+
+    theta' = theta - eta * grad_theta L_inner(F_theta, G_phi; x_mtr)          k steps, graph kept
+    psi'   = psi - eta_T * grad_psi L_obj(T_psi(F_theta(x_mtr).detach()))     look-ahead, no graph
+    L_outer = L_out(T_psi'(F_theta'(x_mts)))                                   disjoint meta-test batch
+    phi   <- outer optimizer step on grad_phi L_outer
+
+Methods differ only in their ``MetaProblem``: what the inner, objective and outer losses are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from metaloss.meta.inner import Backend, buffer_copies, inner_update, trainable_params
+from metaloss.protocols import ParamDict
+
+
+@runtime_checkable
+class MetaProblem(Protocol):
+    """A learner trained by a learned loss (the generator), judged by an objective.
+
+    ``learner`` (F), ``generator`` (G) and ``objective`` (T, or None when the outer loss needs no
+    network of its own).  The three losses take parameter dicts for ``functional_call``:
+
+    - ``inner_loss(learner_params, batch)``: the learned loss; depends on the generator (graph to phi).
+    - ``objective_loss(objective_params, learner_params, batch)``: the objective network's own loss on
+      the learner's output, which it must detach.
+    - ``outer_loss(learner_params, objective_params, batch)``: the meta-objective.
+    """
+
+    learner: nn.Module
+    generator: nn.Module
+    objective: nn.Module | None
+
+    def inner_loss(self, learner_params: ParamDict, batch: Any) -> Tensor: ...
+
+    def objective_loss(self, objective_params: ParamDict, learner_params: ParamDict, batch: Any) -> Tensor: ...
+
+    def outer_loss(self, learner_params: ParamDict, objective_params: ParamDict | None, batch: Any) -> Tensor: ...
+
+
+@dataclass
+class MetaStepResult:
+    inner_loss: float
+    outer_loss: float
+    objective_loss: float | None = None
+    generator_grad_norm: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module | None) -> Iterator[None]:
+    """Temporarily stop ``module``'s parameters from requiring grad (no graph is built through them)."""
+    if module is None:
+        yield
+        return
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def meta_gradient(
+    problem: MetaProblem,
+    train_batch: Any,
+    test_batch: Any,
+    *,
+    inner_lr: float,
+    inner_steps: int = 1,
+    truncate: int = 0,
+    backend: Backend = "torch.func",
+    lookahead_lr: float | None = None,
+) -> tuple[list[Tensor], MetaStepResult]:
+    """grad_phi L_outer for the generator's trainable parameters (their order), and the losses."""
+    gen_params = [p for p in problem.generator.parameters() if p.requires_grad]
+    if not gen_params:
+        raise ValueError("the loss generator has no parameter that requires grad")
+    inner_values: list[float] = []
+
+    def inner_fn(p: ParamDict) -> Tensor:
+        loss = problem.inner_loss(p, train_batch)
+        inner_values.append(float(loss.detach()))
+        return loss
+
+    learner_new = inner_update(
+        problem.learner, inner_fn, inner_lr, steps=inner_steps, backend=backend, truncate=truncate
+    )
+    learner_new.update(buffer_copies(problem.learner))
+
+    objective_params: ParamDict | None = None
+    objective_value = None
+    if problem.objective is not None:
+        objective_params = {n: p.detach() for n, p in trainable_params(problem.objective).items()}
+        if lookahead_lr:
+            learner_now = {n: p.detach() for n, p in problem.learner.named_parameters()}
+            with frozen(problem.generator):
+                values: list[float] = []
+
+                def objective_fn(q: ParamDict) -> Tensor:
+                    loss = problem.objective_loss(q, learner_now, train_batch)
+                    values.append(float(loss.detach()))
+                    return loss
+
+                updated = inner_update(problem.objective, objective_fn, lookahead_lr, create_graph=False)
+            objective_params = {n: p.detach() for n, p in updated.items()}
+            objective_value = values[0]
+        objective_params.update(buffer_copies(problem.objective))
+
+    outer = problem.outer_loss(learner_new, objective_params, test_batch)
+    grads = torch.autograd.grad(outer, gen_params, allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(gen_params, grads)]
+    norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+    return grads, MetaStepResult(
+        inner_loss=inner_values[0],
+        outer_loss=float(outer.detach()),
+        objective_loss=objective_value,
+        generator_grad_norm=norm,
+    )
+
+
+def meta_step(
+    problem: MetaProblem,
+    train_batch: Any,
+    test_batch: Any,
+    outer_optimizer: torch.optim.Optimizer,
+    *,
+    inner_lr: float,
+    inner_steps: int = 1,
+    truncate: int = 0,
+    backend: Backend = "torch.func",
+    lookahead_lr: float | None = None,
+    grad_hook: Callable[[list[Tensor]], None] | None = None,
+) -> MetaStepResult:
+    """One meta-step: compute the meta-gradient and step the loss generator's optimizer.
+
+    ``grad_hook`` sees the gradients before the step (e.g. to all-reduce them across processes).
+    Only the generator's parameters change; the learner's and objective's parameters and buffers don't.
+    """
+    grads, result = meta_gradient(
+        problem,
+        train_batch,
+        test_batch,
+        inner_lr=inner_lr,
+        inner_steps=inner_steps,
+        truncate=truncate,
+        backend=backend,
+        lookahead_lr=lookahead_lr,
+    )
+    if grad_hook is not None:
+        grad_hook(grads)
+    gen_params = [p for p in problem.generator.parameters() if p.requires_grad]
+    outer_optimizer.zero_grad(set_to_none=True)
+    for p, g in zip(gen_params, grads):
+        p.grad = g
+    outer_optimizer.step()
+    return result
+
+
+def learner_step(
+    problem: MetaProblem,
+    batch: Any,
+    learner_optimizer: torch.optim.Optimizer,
+    objective_optimizer: torch.optim.Optimizer | None = None,
+    grad_clip: float | None = None,
+) -> tuple[float, float | None]:
+    """One step of the learner on the current learned loss (generator frozen), then one of the objective
+    network on its own loss with the learner's output detached.  Returns both losses."""
+    learner_params = trainable_params(problem.learner)
+    learner_optimizer.zero_grad(set_to_none=True)
+    with frozen(problem.generator):
+        loss = problem.inner_loss(learner_params, batch)
+    loss.backward()
+    if grad_clip:
+        nn.utils.clip_grad_norm_(learner_params.values(), grad_clip)
+    learner_optimizer.step()
+    objective_value = None
+    if problem.objective is not None and objective_optimizer is not None:
+        objective_params = trainable_params(problem.objective)
+        objective_optimizer.zero_grad(set_to_none=True)
+        learner_now = {n: p.detach() for n, p in problem.learner.named_parameters()}
+        objective = problem.objective_loss(objective_params, learner_now, batch)
+        objective.backward()
+        if grad_clip:
+            nn.utils.clip_grad_norm_(objective_params.values(), grad_clip)
+        objective_optimizer.step()
+        objective_value = float(objective.detach())
+    return float(loss.detach()), objective_value

@@ -1,0 +1,269 @@
+"""The alternating trainer: per epoch, M meta-steps (loss generator only), then N learner steps.
+
+    for epoch in 1..L:
+        draw disjoint random meta-train / meta-test subsets of the training set
+        M x meta_step(problem, x_mtr, x_mts)               only the generator changes
+        N x learner_step(problem, x)                       learner on the learned loss, objective on
+                                                           its own loss with the learner's output detached
+        decay the learning rates; evaluate; checkpoint
+
+Every epoch re-seeds the random streams from (seed, epoch), so a run resumed from an epoch checkpoint
+continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from metaloss.config import MetaConfig, OptimConfig
+from metaloss.meta.inner import trainable_params
+from metaloss.meta.outer import make_outer_optimizer
+from metaloss.meta.step import MetaProblem, learner_step, meta_step
+
+Record = dict[str, Any]
+Callback = Callable[[Record], None]
+
+
+@dataclass
+class TrainerHooks:
+    """What the trainer calls out to; all optional.
+
+    ``prepare_batch(batch, generator)``: device transfer and per-batch augmentation (crops, swaps).
+    ``log(record)``: every step and epoch record.  ``progress(phase, epoch, step, total, record)``.
+    ``evaluate(epoch) -> dict``: validation metrics.  ``checkpoint(epoch, is_last)``: persist state.
+    """
+
+    prepare_batch: Callable[[Any, torch.Generator], Any] | None = None
+    log: Callback | None = None
+    progress: Callable[[str, int, int, int, Record], None] | None = None
+    evaluate: Callable[[int], dict[str, float]] | None = None
+    checkpoint: Callable[[int, bool], None] | None = None
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch; return a torch generator seeded the same way for data order."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7_919) % 2**63
+
+
+class AlternatingTrainer:
+    """Runs the schedule of ``MetaConfig`` on a ``MetaProblem``; owns the three optimizers and schedulers."""
+
+    def __init__(
+        self,
+        problem: MetaProblem,
+        train_set: Dataset,
+        meta: MetaConfig,
+        optim: OptimConfig,
+        *,
+        batch_size: int = 1,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        hooks: TrainerHooks | None = None,
+        eval_every: int = 1,
+        checkpoint_every: int = 1,
+    ):
+        self.problem, self.train_set, self.meta, self.optim = problem, train_set, meta, optim
+        self.batch_size, self.collate_fn, self.num_workers = batch_size, collate_fn, num_workers
+        self.seed, self.hooks = seed, hooks or TrainerHooks()
+        self.eval_every, self.checkpoint_every = eval_every, checkpoint_every
+        if len(train_set) < 2:  # type: ignore[arg-type]
+            raise ValueError(f"the training set needs at least 2 samples (disjoint meta-train/test), has {len(train_set)}")  # type: ignore[arg-type]
+        self.learner_opt = torch.optim.Adam(trainable_params(problem.learner).values(), lr=optim.fusion_lr)
+        self.objective_opt = (
+            torch.optim.Adam(trainable_params(problem.objective).values(), lr=optim.task_lr)
+            if problem.objective is not None
+            else None
+        )
+        self.outer_opt = make_outer_optimizer(problem.generator, meta.outer_optimizer, meta.outer_lr)
+        self.optimizers = [o for o in (self.learner_opt, self.objective_opt, self.outer_opt) if o is not None]
+        self.schedulers = [
+            torch.optim.lr_scheduler.StepLR(o, step_size=optim.lr_step, gamma=optim.lr_gamma) for o in self.optimizers
+        ]
+        self.epoch = 0  # epochs completed
+        self.history: list[Record] = []
+
+    # -- data ---------------------------------------------------------------------------------
+    def _loader(self, dataset: Dataset, generator: torch.Generator, shuffle: bool = True) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            collate_fn=self.collate_fn,
+            num_workers=self.num_workers,
+            generator=generator,
+            drop_last=False,
+        )
+
+    def meta_split(self, generator: torch.Generator) -> tuple[Subset, Subset]:
+        """Disjoint random meta-train and meta-test subsets, M batches each where the data allows."""
+        n = len(self.train_set)  # type: ignore[arg-type]
+        perm = torch.randperm(n, generator=generator).tolist()
+        half = min(self.meta.meta_steps * self.batch_size, n // 2) or 1
+        return Subset(self.train_set, perm[:half]), Subset(self.train_set, perm[half : 2 * half])
+
+    def _cycle(self, dataset: Dataset, generator: torch.Generator) -> Iterator[Any]:
+        while True:
+            yield from self._loader(dataset, generator)
+
+    def _prepare(self, batch: Any, generator: torch.Generator) -> Any:
+        prepare = self.hooks.prepare_batch
+        return prepare(batch, generator) if prepare is not None else batch
+
+    # -- phases -------------------------------------------------------------------------------
+    @property
+    def learner_lr(self) -> float:
+        return float(self.learner_opt.param_groups[0]["lr"])
+
+    def meta_phase(self, epoch: int, generator: torch.Generator) -> Record:
+        steps = self.meta.meta_steps
+        if steps == 0:
+            return {}
+        mtr, mts = self.meta_split(generator)
+        train_iter, test_iter = self._cycle(mtr, generator), self._cycle(mts, generator)
+        inner_lr = self.learner_lr if self.meta.inner_lr == "learner" else float(self.meta.inner_lr)
+        lookahead = (
+            float(self.objective_opt.param_groups[0]["lr"])
+            if self.objective_opt is not None and self.meta.objective_lookahead
+            else None
+        )
+        sums: dict[str, float] = {}
+        self.problem.generator.train()
+        for step in range(1, steps + 1):
+            train_batch = self._prepare(next(train_iter), generator)
+            test_batch = self._prepare(next(test_iter), generator)
+            result = meta_step(
+                self.problem,
+                train_batch,
+                test_batch,
+                self.outer_opt,
+                inner_lr=inner_lr,
+                inner_steps=self.meta.inner_steps,
+                truncate=self.meta.truncate,
+                backend=self.meta.backend,
+                lookahead_lr=lookahead,
+            )
+            record = {
+                "phase": "meta",
+                "epoch": epoch,
+                "step": step,
+                "inner_loss": result.inner_loss,
+                "outer_loss": result.outer_loss,
+                "generator_grad_norm": result.generator_grad_norm,
+                **({"objective_loss": result.objective_loss} if result.objective_loss is not None else {}),
+                **_terms(self.problem, "inner_"),
+            }
+            self._emit("meta", epoch, step, steps, record, sums)
+        return {f"meta/{k}": v / steps for k, v in sums.items()}
+
+    def learner_phase(self, epoch: int, generator: torch.Generator) -> Record:
+        loader = self._loader(self.train_set, generator)
+        steps = self.meta.learner_steps or len(loader)
+        batches: Iterable[Any] = itertools.islice(self._cycle(self.train_set, generator), steps)
+        sums: dict[str, float] = {}
+        self.problem.generator.eval()
+        for step, batch in enumerate(batches, start=1):
+            batch = self._prepare(batch, generator)
+            loss, objective = learner_step(
+                self.problem, batch, self.learner_opt, self.objective_opt, grad_clip=self.optim.grad_clip
+            )
+            record = {
+                "phase": "learner",
+                "epoch": epoch,
+                "step": step,
+                "learner_loss": loss,
+                **({"objective_loss": objective} if objective is not None else {}),
+                **_terms(self.problem, "learner_"),
+            }
+            self._emit("learner", epoch, step, steps, record, sums)
+        return {f"learner/{k}": v / steps for k, v in sums.items()}
+
+    def _emit(self, phase: str, epoch: int, step: int, total: int, record: Record, sums: dict[str, float]) -> None:
+        for k, v in record.items():
+            if k not in ("phase", "epoch", "step") and isinstance(v, (int, float)):
+                sums[k] = sums.get(k, 0.0) + float(v)
+        if self.hooks.log is not None:
+            self.hooks.log(record)
+        if self.hooks.progress is not None:
+            self.hooks.progress(phase, epoch, step, total, record)
+
+    # -- the schedule -------------------------------------------------------------------------
+    def fit(self) -> list[Record]:
+        """Train from ``self.epoch`` (0, or where a loaded checkpoint left off) to ``meta.epochs``."""
+        for epoch in range(self.epoch + 1, self.meta.epochs + 1):
+            start = time.perf_counter()
+            generator = seed_everything(epoch_seed(self.seed, epoch))
+            lrs = {"lr/fusion": self.learner_lr}
+            summary: Record = {"phase": "epoch", "epoch": epoch, **lrs}
+            summary.update(self.meta_phase(epoch, generator))
+            summary.update(self.learner_phase(epoch, generator))
+            for scheduler in self.schedulers:
+                scheduler.step()
+            self.epoch = epoch
+            last = epoch == self.meta.epochs
+            if self.hooks.evaluate is not None and (last or (self.eval_every and epoch % self.eval_every == 0)):
+                summary.update({f"val/{k}": v for k, v in self.hooks.evaluate(epoch).items()})
+            summary["seconds"] = time.perf_counter() - start
+            self.history.append(summary)
+            if self.hooks.log is not None:
+                self.hooks.log(summary)
+            if self.hooks.checkpoint is not None:
+                self.hooks.checkpoint(epoch, last)
+        return self.history
+
+    # -- state ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        p = self.problem
+        return {
+            "epoch": self.epoch,
+            "learner": p.learner.state_dict(),
+            "generator": p.generator.state_dict(),
+            "objective": p.objective.state_dict() if p.objective is not None else None,
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "schedulers": [s.state_dict() for s in self.schedulers],
+            "history": self.history,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        p = self.problem
+        p.learner.load_state_dict(state["learner"])
+        p.generator.load_state_dict(state["generator"])
+        if p.objective is not None:
+            p.objective.load_state_dict(state["objective"])
+        for o, s in zip(self.optimizers, state["optimizers"], strict=True):
+            o.load_state_dict(s)
+        for sch, s in zip(self.schedulers, state["schedulers"], strict=True):
+            sch.load_state_dict(s)
+        self.epoch = int(state["epoch"])
+        self.history = list(state.get("history", []))
+        rng = state.get("rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            np.random.set_state(rng["numpy"])
+            random.setstate(rng["python"])
+
+
+def _terms(problem: Any, prefix: str) -> Record:
+    """Named components of the last loss computed, if the problem reports them (``problem.terms``)."""
+    terms = getattr(problem, "terms", None) or {}
+    return {f"{prefix}{k}": v for k, v in terms.items()}

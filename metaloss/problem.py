@@ -1,0 +1,134 @@
+"""Image fusion as a ``MetaProblem``: fusion network F (learner), loss generator G, task network T.
+
+    inner_loss     = L_f(F_theta(crop), G_phi(crop))                        on random crops
+    objective_loss = L_t(T_psi(F_theta(full).detach()))                     on resized full images
+    outer_loss     = L_t(T_psi'(F_theta'(full)))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from metaloss.losses import WeightForm, fusion_loss
+from metaloss.protocols import Batch, ParamDict
+
+
+def random_crop_box(h: int, w: int, size: int, generator: torch.Generator) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of a random ``size`` crop; the whole side where it is shorter."""
+    ch, cw = min(size, h), min(size, w)
+    top = int(torch.randint(0, h - ch + 1, (1,), generator=generator))
+    left = int(torch.randint(0, w - cw + 1, (1,), generator=generator))
+    return top, left, ch, cw
+
+
+class FusionProblem(nn.Module):
+    """Holds F, G and T and defines the three losses of the meta-step (``metaloss.meta.MetaProblem``)."""
+
+    def __init__(
+        self,
+        fusion: nn.Module,
+        generator: nn.Module,
+        task: nn.Module,
+        *,
+        alpha: float = 1.0,
+        weight_form: WeightForm = "linear",
+        crop_size: int = 256,
+        task_size: tuple[int, int] | None = None,
+        swap_modalities: bool = True,
+        device: torch.device | str = "cpu",
+    ):
+        super().__init__()
+        self.learner, self.generator, self.objective = fusion, generator, task
+        self.alpha, self.weight_form = alpha, weight_form
+        self.crop_size, self.task_size, self.swap_modalities = crop_size, task_size, swap_modalities
+        self.device = torch.device(device)
+        self.terms: dict[str, float] = {}
+
+    # -- batches ------------------------------------------------------------------------------
+    def prepare_batch(self, batch: Batch, generator: torch.Generator, augment: bool = True) -> Batch:
+        """Crop for the fusion loss, resize for the task, and optionally double by swapping modalities.
+
+        ``augment=False`` (evaluation): no crop and no swap, only the resize for the task.
+
+        In: ``ir``, ``vi`` [B,1,H,W] (+ ``mask`` [B,H,W], ``boxes`` [N,6]).  Out: ``ir``/``vi`` crops,
+        ``task_ir``/``task_vi`` resized full images and the targets, all on the problem's device.
+        """
+        ir, vi = batch["ir"].to(self.device), batch["vi"].to(self.device)
+        h, w = ir.shape[-2:]
+        out: Batch = {k: v for k, v in batch.items() if k not in ("ir", "vi")}
+        if self.crop_size and augment:
+            top, left, ch, cw = random_crop_box(h, w, self.crop_size, generator)
+            out["ir"], out["vi"] = ir[..., top : top + ch, left : left + cw], vi[..., top : top + ch, left : left + cw]
+        else:
+            out["ir"], out["vi"] = ir, vi
+        size = tuple(self.task_size) if self.task_size else (h, w)
+        if size != (h, w):
+            out["task_ir"] = F.interpolate(ir, size=size, mode="bilinear", align_corners=False)
+            out["task_vi"] = F.interpolate(vi, size=size, mode="bilinear", align_corners=False)
+        else:
+            out["task_ir"], out["task_vi"] = ir, vi
+        if "mask" in batch:
+            mask = batch["mask"].to(self.device)
+            if tuple(mask.shape[-2:]) != size:
+                mask = F.interpolate(mask[:, None].float(), size=size, mode="nearest")[:, 0].long()
+            out["mask"] = mask
+        if "boxes" in batch:
+            out["boxes"] = batch["boxes"].to(self.device)
+        if self.swap_modalities and augment:
+            out = swap_modalities(out, batch_size=ir.shape[0])
+        return out
+
+    # -- the three losses -----------------------------------------------------------------------
+    def inner_loss(self, learner_params: ParamDict, batch: Batch) -> Tensor:
+        ir, vi = batch["ir"], batch["vi"]
+        fused = functional_call(self.learner, learner_params, (ir, vi))
+        maps = self.generator(ir, vi)
+        loss = fusion_loss(fused, ir, vi, maps, alpha=self.alpha, weight_form=self.weight_form)
+        self.terms = loss.terms()
+        return loss.total
+
+    def objective_loss(self, objective_params: ParamDict, learner_params: ParamDict, batch: Batch) -> Tensor:
+        with torch.no_grad():
+            fused = functional_call(self.learner, learner_params, (batch["task_ir"], batch["task_vi"]))
+        return self.objective.loss(functional_call(self.objective, objective_params, (fused,)), batch)
+
+    def outer_loss(self, learner_params: ParamDict, objective_params: ParamDict | None, batch: Batch) -> Tensor:
+        fused = functional_call(self.learner, learner_params, (batch["task_ir"], batch["task_vi"]))
+        assert objective_params is not None
+        return self.objective.loss(functional_call(self.objective, objective_params, (fused,)), batch)
+
+    # -- inference ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def fuse(self, ir: Tensor, vi: Tensor) -> Tensor:
+        self.learner.eval()
+        try:
+            return self.learner(ir.to(self.device), vi.to(self.device))
+        finally:
+            self.learner.train()
+
+
+def swap_modalities(batch: Batch, batch_size: int) -> Batch:
+    """Double the batch: (ir, vi) followed by (vi, ir); targets repeated (box image indices shifted)."""
+    out = dict(batch)
+    for a, b in (("ir", "vi"), ("task_ir", "task_vi")):
+        if a in batch:
+            out[a], out[b] = torch.cat([batch[a], batch[b]]), torch.cat([batch[b], batch[a]])
+    if "mask" in batch:
+        out["mask"] = torch.cat([batch["mask"], batch["mask"]])
+    if "boxes" in batch:
+        shifted = batch["boxes"].clone()
+        shifted[:, 0] += batch_size
+        out["boxes"] = torch.cat([batch["boxes"], shifted])
+    for key, value in batch.items():
+        if isinstance(value, list) and len(value) == batch_size:
+            out[key] = value + value
+    return out
+
+
+def describe(module: nn.Module) -> dict[str, Any]:
+    return {"class": type(module).__name__, "parameters": sum(p.numel() for p in module.parameters())}
