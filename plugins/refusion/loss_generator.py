@@ -1,0 +1,72 @@
+"""ReFusion's loss proposal module P(I_a, I_b, ∇I_a, ∇I_b) → {[W_a, W_b], [V_a, V_b]}.
+
+ReFusion's paper describes the module's inputs and outputs but its code was not available to us;
+we build it from the same two-stream Restormer backbone as TDFusion's loss generator
+(``metaloss.nn.restormer.DualStreamRestormer``, concat merge, PReLU head), with:
+
+* each source's stream fed ``[I_k, |∇I_k|]`` (2 channels): the image and its Sobel gradient
+  magnitude ``|∇I| = |S_x * I| + |S_y * I|`` (L1 magnitude, as the reference code bases compute
+  it), from the same Sobel operator as the fusion loss (``metaloss.losses.sobel``, zero padding);
+* four output maps ``[W_a, W_b, V_a, V_b]``, each pair softmax-normalised over the two sources:
+  W weights the intensity term, V the gradient term of the fusion loss.
+
+Default sizes: 45,105 trainable parameters.
+"""
+
+# No ``from __future__ import annotations``: the registry builds a pydantic config from the
+# constructor's signature (see metaloss.registry.config_model).
+
+import torch
+from torch import Tensor, nn
+
+from metaloss.losses import sobel
+from metaloss.nn.restormer import DualStreamRestormer, LayerNormKind
+
+__all__ = ["ReFusionLossGenerator", "sobel_magnitude"]
+
+
+def sobel_magnitude(x: Tensor) -> Tensor:
+    """L1 Sobel gradient magnitude ``|S_x * x| + |S_y * x|`` of ``[B, C, H, W]`` (per channel, as the loss)."""
+    gx, gy = sobel(x)
+    return gx.abs() + gy.abs()
+
+
+class ReFusionLossGenerator(nn.Module):
+    """ReFusion's loss proposal module: ``forward(ir, vi) -> {"intensity": W, "gradient": V}``.
+
+    W and V are ``[B, 2, H, W]``, channel 0 infrared (a), channel 1 visible (b); each pair sums to 1
+    per pixel (softmax over the two sources).  The Sobel magnitudes of both sources are computed
+    inside ``forward``.  45,105 trainable parameters at the default sizes.
+    """
+
+    def __init__(
+        self,
+        dim: int = 16,
+        heads: int = 8,
+        blocks_per_modality: int = 2,
+        fused_blocks: int = 2,
+        ffn_expansion: float = 2.0,
+        bias: bool = False,
+        layernorm: LayerNormKind = "with_bias",
+    ) -> None:
+        super().__init__()
+        self.backbone = DualStreamRestormer(
+            in_channels=2,
+            out_channels=4,
+            dim=dim,
+            heads=heads,
+            blocks_per_source=blocks_per_modality,
+            fused_blocks=fused_blocks,
+            ffn_expansion=ffn_expansion,
+            bias=bias,
+            layernorm=layernorm,
+            merge="concat",
+            activation="prelu",
+        )
+
+    def forward(self, ir: Tensor, vi: Tensor) -> dict[str, Tensor]:
+        a = torch.cat([ir, sobel_magnitude(ir)], dim=1)
+        b = torch.cat([vi, sobel_magnitude(vi)], dim=1)
+        logits = self.backbone(a, b)  # [B, 4, H, W] = [W_a, W_b, V_a, V_b]
+        w, v = logits.split(2, dim=1)
+        return {"intensity": w.softmax(dim=1), "gradient": v.softmax(dim=1)}

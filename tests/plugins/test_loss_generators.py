@@ -1,0 +1,190 @@
+"""Loss generators of the TDFusion and ReFusion plugins: sizes, normalisation, meta-gradients."""
+
+import pytest
+import torch
+from torch.func import functional_call
+
+from metaloss.models.restormer import RestormerFusion
+from metaloss.losses import sobel
+from metaloss.protocols import LossGenerator
+from metaloss.registry import available, load
+
+tdfusion = pytest.importorskip("metaloss_tdfusion.loss_generator")
+refusion = pytest.importorskip("metaloss_refusion.loss_generator")
+TDFusionLossGenerator = tdfusion.TDFusionLossGenerator
+SigmoidLossGenerator = tdfusion.SigmoidLossGenerator
+ReFusionLossGenerator = refusion.ReFusionLossGenerator
+sobel_magnitude = refusion.sobel_magnitude
+convert_reference_lpn = tdfusion.convert_reference_state_dict
+
+SMALL = dict(dim=4, heads=2, blocks_per_modality=1, fused_blocks=1)
+
+
+def n_params(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters() if p.requires_grad)
+
+
+def images(size: tuple[int, int] = (17, 23), batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(batch, 1, *size, generator=g), torch.rand(batch, 1, *size, generator=g)
+
+
+def test_parameter_counts() -> None:
+    assert n_params(TDFusionLossGenerator()) == 44_529
+    assert n_params(SigmoidLossGenerator()) == 44_529
+    # two input channels per stream (+2·16·9) and four output maps (+2·16·9)
+    assert n_params(ReFusionLossGenerator()) == 45_105
+
+
+@pytest.mark.parametrize("size", [(17, 23), (1, 1), (6, 9)])
+def test_tdfusion_weights_are_a_softmax_pair(size: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    ir, vi = images(size, batch=2)
+    maps = TDFusionLossGenerator()(ir, vi)
+    assert set(maps) == {"intensity"}
+    w = maps["intensity"]
+    assert w.shape == (2, 2, *size)
+    assert (w > 0).all() and (w < 1).all()
+    torch.testing.assert_close(w.sum(dim=1), torch.ones(2, *size))
+
+
+@pytest.mark.parametrize("size", [(17, 23), (1, 1), (6, 9)])
+def test_refusion_both_maps_are_softmax_pairs(size: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    ir, vi = images(size, batch=2)
+    maps = ReFusionLossGenerator()(ir, vi)
+    assert set(maps) == {"intensity", "gradient"}
+    for key in ("intensity", "gradient"):
+        m = maps[key]
+        assert m.shape == (2, 2, *size)
+        assert (m > 0).all() and (m < 1).all()
+        torch.testing.assert_close(m.sum(dim=1), torch.ones(2, *size))
+    assert not torch.allclose(maps["intensity"], maps["gradient"])
+
+
+def test_sigmoid_weights_are_independent_and_unconstrained() -> None:
+    ir, vi = images()
+    sig = SigmoidLossGenerator(**SMALL, bias=True)
+    soft = TDFusionLossGenerator(**SMALL, bias=True)
+    for gen in (sig, soft):
+        with torch.no_grad():  # constant logits (2, 2): both sources strongly emphasised
+            gen.backbone.head_out.weight.zero_()
+            gen.backbone.head_out.bias.fill_(2.0)
+    w_sig, w_soft = sig(ir, vi)["intensity"], soft(ir, vi)["intensity"]
+    assert torch.allclose(w_sig, torch.sigmoid(torch.tensor(2.0)).expand_as(w_sig))
+    assert (w_sig.sum(dim=1) > 1.7).all()  # both near 0.88: a softmax pair cannot express this
+    torch.testing.assert_close(w_soft, torch.full_like(w_soft, 0.5))
+
+    # changing the infrared logit leaves the visible weight untouched (sigmoid) but not (softmax)
+    for gen in (sig, soft):
+        with torch.no_grad():
+            gen.backbone.head_out.bias[0] = -1.0
+    w_sig2, w_soft2 = sig(ir, vi)["intensity"], soft(ir, vi)["intensity"]
+    torch.testing.assert_close(w_sig2[:, 1], w_sig[:, 1])
+    assert not torch.allclose(w_sig2[:, 0], w_sig[:, 0])
+    assert not torch.allclose(w_soft2[:, 1], w_soft[:, 1])
+
+
+def test_sigmoid_generator_default_output_range() -> None:
+    torch.manual_seed(0)
+    ir, vi = images()
+    w = SigmoidLossGenerator()(ir, vi)["intensity"]
+    assert w.shape == (1, 2, 17, 23) and (w > 0).all() and (w < 1).all()
+    assert not torch.allclose(w.sum(dim=1), torch.ones(1, 17, 23))
+
+
+def test_generators_share_the_backbone_code() -> None:
+    assert type(TDFusionLossGenerator().backbone) is type(SigmoidLossGenerator().backbone)
+    assert type(ReFusionLossGenerator().backbone) is type(TDFusionLossGenerator().backbone)
+    for cls in (TDFusionLossGenerator, SigmoidLossGenerator, ReFusionLossGenerator):
+        assert isinstance(cls(**SMALL), LossGenerator)
+
+
+def test_sobel_magnitude() -> None:
+    flat = sobel_magnitude(torch.full((1, 1, 5, 6), 0.3))
+    assert torch.equal(flat[..., 1:-1, 1:-1], torch.zeros(1, 1, 3, 4))  # (zero padding: border edges)
+    ramp = torch.arange(7.0).mul(0.1).expand(1, 1, 5, 7)  # I(y, x) = 0.1·x
+    g = sobel_magnitude(ramp)
+    assert g.shape == ramp.shape
+    torch.testing.assert_close(g[..., 1:-1, 1:-1], torch.full((1, 1, 3, 5), 0.8))  # (1+2+1)·2·0.1
+    gx, gy = sobel(ramp)
+    torch.testing.assert_close(g, gx.abs() + gy.abs())
+
+
+def test_refusion_generator_sees_gradients() -> None:
+    """The Sobel magnitudes are inputs: the stems have 2 input channels per source."""
+    gen = ReFusionLossGenerator(**SMALL)
+    assert gen.backbone.encoder1.stem.in_channels == 2
+    assert gen.backbone.encoder2.stem.in_channels == 2
+
+
+@pytest.mark.parametrize("cls", ["tdfusion", "sigmoid", "refusion"])
+def test_registered_as_entry_points(cls: str) -> None:
+    if cls not in available("loss_generators"):
+        pytest.skip("metaloss not pip-installed")
+    expected = {
+        "tdfusion": TDFusionLossGenerator,
+        "sigmoid": SigmoidLossGenerator,
+        "refusion": ReFusionLossGenerator,
+    }[cls]
+    assert load("loss_generators", cls) is expected
+
+
+def _fusion_loss(fused: torch.Tensor, ir: torch.Tensor, vi: torch.Tensor, maps: dict) -> torch.Tensor:
+    w = maps["intensity"]
+    loss = (w[:, :1] * (fused - ir) ** 2).mean() + (w[:, 1:] * (fused - vi) ** 2).mean()
+    if "gradient" in maps:
+        v = maps["gradient"]
+        gf = sobel_magnitude(fused)
+        loss = loss + (v[:, :1] * (gf - sobel_magnitude(ir)).abs()).mean()
+        loss = loss + (v[:, 1:] * (gf - sobel_magnitude(vi)).abs()).mean()
+    return loss
+
+
+@pytest.mark.parametrize("cls", ["tdfusion", "sigmoid", "refusion"])
+def test_meta_gradient_reaches_the_generator(cls: str) -> None:
+    """A gradient of a gradient: θ' = θ − η∇θ L_f(θ, φ); ∇φ L_outer(θ') is finite and non-zero."""
+    torch.manual_seed(0)
+    gen = {"tdfusion": TDFusionLossGenerator, "sigmoid": SigmoidLossGenerator, "refusion": ReFusionLossGenerator}[
+        cls
+    ](**SMALL)
+    net = RestormerFusion(**SMALL)
+    theta = {n: p.detach().clone().requires_grad_(True) for n, p in net.named_parameters()}
+    phi = {n: p.detach().clone().requires_grad_(True) for n, p in gen.named_parameters()}
+    ir, vi = images((9, 11))
+    maps = functional_call(gen, phi, (ir, vi))
+    inner = _fusion_loss(functional_call(net, theta, (ir, vi)), ir, vi, maps)
+    grads = torch.autograd.grad(inner, list(theta.values()), create_graph=True)
+    theta2 = {n: p - 0.5 * g for (n, p), g in zip(theta.items(), grads)}
+    ir2, vi2 = images((7, 10))
+    outer = functional_call(net, theta2, (ir2, vi2)).sub(ir2).pow(2).mean()
+    meta = torch.autograd.grad(outer, list(phi.values()), allow_unused=True)
+    flat = torch.cat([g.flatten() for g in meta if g is not None])
+    assert torch.isfinite(flat).all() and flat.abs().sum() > 0
+    # every generator parameter takes part (the PReLU slope and heads included)
+    assert all(g is not None for g in meta)
+
+
+def test_reference_lpn_checkpoint_keys_convert() -> None:
+    """Keys of the reference ``LPN`` (nets/ReFusion.py) map one-to-one onto TDFusionLossGenerator."""
+
+    def conv(name: str) -> list[str]:  # MetaConv2d registers ``x.weight`` and ``x.conv.weight``
+        return [f"{name}.weight", f"{name}.conv.weight"]
+
+    keys = conv("patch_embed1") + conv("patch_embed2") + conv("out1") + ["out2.weight"] + conv("out3")
+    for enc in ("encoder1", "encoder2", "encoder3"):
+        for i in (0, 1):
+            keys += [f"{enc}.{i}.norm{j}.body.{p}" for j in (1, 2) for p in ("weight", "bias")]
+            keys.append(f"{enc}.{i}.attn.temperature")
+            for name in ("attn.qkv", "attn.qkv_dwconv", "attn.project_out", "ffn.project_in", "ffn.dwconv", "ffn.project_out"):
+                keys += conv(f"{enc}.{i}.{name}")
+    gen = TDFusionLossGenerator()
+    ours = gen.state_dict()
+    converted = convert_reference_lpn({k: torch.zeros(()) for k in keys})
+    assert set(converted) == set(ours)
+    target = {k: next(iter(convert_reference_lpn({k: torch.zeros(())}))) for k in keys}
+    values = {k: torch.randn(ours[target[k]].shape) for k in keys if ".conv." not in k}
+    values.update({k: values[k.replace(".conv.", ".")] for k in keys if ".conv." in k})
+    gen.load_state_dict(convert_reference_lpn(values), strict=True)
+    torch.testing.assert_close(gen.backbone.act.weight, values["out2.weight"])
+    torch.testing.assert_close(gen.backbone.decoder[0].attn.temperature, values["encoder3.0.attn.temperature"])
