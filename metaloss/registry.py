@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.metadata as md
 import inspect
 import traceback
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,11 +150,15 @@ def config_model(obj: Any) -> type[pydantic.BaseModel]:
     if isinstance(explicit, type) and issubclass(explicit, pydantic.BaseModel):
         return explicit
     target = obj.__init__ if inspect.isclass(obj) else obj
+    try:  # resolve string annotations (``from __future__ import annotations``), keeping Annotated[...]
+        hints = typing.get_type_hints(target, include_extras=True)
+    except Exception:
+        hints = {}
     fields: dict[str, Any] = {}
     for pname, p in inspect.signature(target).parameters.items():
         if pname == "self" or pname in INJECTED or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
-        annotation = p.annotation if p.annotation is not inspect.Parameter.empty else Any
+        annotation = hints.get(pname, p.annotation if p.annotation is not inspect.Parameter.empty else Any)
         default = p.default if p.default is not inspect.Parameter.empty else ...
         fields[pname] = (annotation, default)
     model_name = f"{getattr(obj, '__name__', 'Plugin')}Config"

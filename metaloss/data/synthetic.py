@@ -10,11 +10,12 @@ Each sample also has the objects' segmentation mask (0 background, 1 person, 2 v
 from __future__ import annotations
 
 import zlib
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import cv2
 import numpy as np
 import torch
+from pydantic import Field
 from torch.utils.data import Dataset
 
 SPLITS = ("train", "val", "test")
@@ -30,12 +31,12 @@ class SyntheticScenes(Dataset):
 
     def __init__(
         self,
-        num_images: int = 64,
-        height: int = 96,
-        width: int = 128,
-        objects: tuple[int, int] = (1, 4),
+        num_images: Annotated[int, Field(ge=1)] = 64,
+        height: Annotated[int, Field(ge=16)] = 96,
+        width: Annotated[int, Field(ge=16)] = 128,
+        objects: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] = (1, 4),
         seed: int = 0,
-        split: str = "train",
+        split: Literal["train", "val", "test"] = "train",
     ):
         if num_images < 1:
             raise ValueError(f"num_images must be >= 1, got {num_images}")

@@ -1,0 +1,97 @@
+import pytest
+import torch
+
+from metaloss.losses import fusion_loss, max_abs, sobel
+
+
+def img(rows):
+    return torch.tensor(rows, dtype=torch.float64)[None, None]
+
+
+def naive_sobel(x):
+    """Direct 3x3 cross-correlation with zero padding, pixel by pixel."""
+    kx = [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]
+    h, w = x.shape
+    pad = [[0.0] * (w + 2)] + [[0.0] + list(map(float, r)) + [0.0] for r in x.tolist()] + [[0.0] * (w + 2)]
+    gx = [[sum(kx[i][j] * pad[r + i][c + j] for i in range(3) for j in range(3)) for c in range(w)] for r in range(h)]
+    gy = [[sum(kx[j][i] * pad[r + i][c + j] for i in range(3) for j in range(3)) for c in range(w)] for r in range(h)]
+    return torch.tensor(gx, dtype=torch.float64), torch.tensor(gy, dtype=torch.float64)
+
+
+def test_sobel_ramp_and_zero_padding():
+    x = img([[0, 1, 2, 3]] * 4)
+    gx, gy = sobel(x)
+    assert torch.equal(gx[0, 0, 1:3, 1:3], torch.full((2, 2), 8.0, dtype=torch.float64))
+    assert torch.equal(gy[0, 0, 1:3, :], torch.zeros(2, 4, dtype=torch.float64))
+    assert gy[0, 0, 0, 1] == 4.0  # the zero row above: 1*0 + 2*1 + 1*2 below
+    assert gx[0, 0, 0, 0] == 1.0 * 2 * 1 + 1.0 * 1  # 2*x[0,1] + x[1,1] (left column and top row padded)
+
+
+def test_sobel_matches_naive():
+    x = torch.rand(5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    gx, gy = sobel(x[None, None])
+    nx, ny = naive_sobel(x)
+    assert torch.allclose(gx[0, 0], nx) and torch.allclose(gy[0, 0], ny)
+
+
+def test_max_abs_keeps_sign_and_ties_go_to_first():
+    a = torch.tensor([-3.0, 1.0, 2.0, -2.0])
+    b = torch.tensor([2.0, -4.0, -2.0, 2.0])
+    assert max_abs(a, b).tolist() == [-3.0, -4.0, 2.0, -2.0]
+
+
+F = img([[0.5, 0.5], [0.5, 0.5]])
+A = img([[1, 0], [0, 0]])
+B = img([[0, 0], [0, 1]])
+WA = img([[1, 0.5], [0.5, 0]])
+W = torch.cat([WA, 1 - WA], dim=1)
+
+
+def test_intensity_linear_form_by_hand():
+    # mean(w_a (f-a)^2) = (0.25 + 0.125 + 0.125 + 0)/4 ; same for b by symmetry
+    loss = fusion_loss(F, A, B, {"intensity": W}, alpha=0.0)
+    assert loss.intensity.item() == pytest.approx(0.25)
+    assert loss.total.item() == pytest.approx(0.25)
+
+
+def test_intensity_squared_form_by_hand():
+    # mean(w_a^2 (f-a)^2) = (0.25 + 0.0625 + 0.0625 + 0)/4 = 0.09375, twice
+    loss = fusion_loss(F, A, B, {"intensity": W}, alpha=0.0, weight_form="squared")
+    assert loss.intensity.item() == pytest.approx(0.1875)
+
+
+def test_gradient_max_rule_against_naive():
+    g = torch.Generator().manual_seed(1)
+    f, a, b = (torch.rand(4, 5, dtype=torch.float64, generator=g) for _ in range(3))
+    (fx, fy), (ax, ay), (bx, by) = naive_sobel(f), naive_sobel(a), naive_sobel(b)
+    pick = lambda u, v: torch.where(u.abs() >= v.abs(), u, v)
+    expected = (fx - pick(ax, bx)).abs().mean() + (fy - pick(ay, by)).abs().mean()
+    w = torch.full((1, 2, 4, 5), 0.5, dtype=torch.float64)
+    loss = fusion_loss(f[None, None], a[None, None], b[None, None], {"intensity": w}, alpha=2.0)
+    assert loss.gradient.item() == pytest.approx(expected.item(), rel=1e-12)
+    assert loss.total.item() == pytest.approx(loss.intensity.item() + 2.0 * expected.item(), rel=1e-12)
+
+
+def test_gradient_weights_replace_max_rule():
+    g = torch.Generator().manual_seed(2)
+    f, a, b = (torch.rand(1, 1, 4, 4, dtype=torch.float64, generator=g) for _ in range(3))
+    v = torch.rand(1, 1, 4, 4, dtype=torch.float64, generator=g)
+    (fx, fy), (ax, ay), (bx, by) = sobel(f), sobel(a), sobel(b)
+    expected = (v * (fx - ax).abs()).mean() + ((1 - v) * (fx - bx).abs()).mean()
+    expected = expected + (v * (fy - ay).abs()).mean() + ((1 - v) * (fy - by).abs()).mean()
+    maps = {"intensity": torch.cat([v, 1 - v], 1), "gradient": torch.cat([v, 1 - v], 1)}
+    assert fusion_loss(f, a, b, maps).gradient.item() == pytest.approx(expected.item(), rel=1e-12)
+
+
+def test_fused_equal_to_a_source_with_full_weight_has_zero_intensity_loss():
+    w = torch.cat([torch.ones_like(A), torch.zeros_like(A)], 1)
+    assert fusion_loss(A, A, B, {"intensity": w}).intensity.item() == 0.0
+
+
+def test_bad_maps_are_refused():
+    with pytest.raises(KeyError, match="intensity"):
+        fusion_loss(F, A, B, {})
+    with pytest.raises(ValueError, match=r"\[B, 2, H, W\]"):
+        fusion_loss(F, A, B, {"intensity": WA})
+    with pytest.raises(ValueError, match="weight_form"):
+        fusion_loss(F, A, B, {"intensity": W}, weight_form="cubic")  # type: ignore[arg-type]
