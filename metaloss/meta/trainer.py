@@ -77,8 +77,10 @@ class AlternatingTrainer:
         hooks: TrainerHooks | None = None,
         eval_every: int = 1,
         checkpoint_every: int = 1,
+        meta_test_set: Dataset | None = None,
     ):
         self.problem, self.train_set, self.meta, self.optim = problem, train_set, meta, optim
+        self.meta_test_set = meta_test_set
         self.batch_size, self.collate_fn, self.num_workers = batch_size, collate_fn, num_workers
         self.seed, self.hooks = seed, hooks or TrainerHooks()
         self.eval_every, self.checkpoint_every = eval_every, checkpoint_every
@@ -110,10 +112,16 @@ class AlternatingTrainer:
             drop_last=False,
         )
 
-    def meta_split(self, generator: torch.Generator) -> tuple[Subset, Subset]:
-        """Disjoint random meta-train and meta-test subsets, M batches each where the data allows."""
+    def meta_split(self, generator: torch.Generator) -> tuple[Dataset, Dataset]:
+        """Disjoint random meta-train and meta-test subsets, M batches each where the data allows.
+
+        With a separate ``meta_test_set`` (trusted data, say) the meta-train subset is drawn from the
+        training set and the meta-test batches come from that set.
+        """
         n = len(self.train_set)  # type: ignore[arg-type]
         perm = torch.randperm(n, generator=generator).tolist()
+        if self.meta_test_set is not None:
+            return Subset(self.train_set, perm[: self.meta.meta_steps * self.batch_size or 1]), self.meta_test_set
         half = min(self.meta.meta_steps * self.batch_size, n // 2) or 1
         return Subset(self.train_set, perm[:half]), Subset(self.train_set, perm[half : 2 * half])
 
