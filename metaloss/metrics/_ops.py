@@ -1,0 +1,178 @@
+"""Tensor building blocks shared by the metric profiles.
+
+Every function works on tensors whose last two dimensions are an image (``[..., H, W]``) and
+broadcasts over the leading dimensions, so a source image with batch size 1 can be paired with a
+batch of fused images without being copied. Computations are done in the dtype given (the
+profiles pass float64: several reference formulas subtract large nearly equal numbers).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# MATLAB's rgb2gray weights: the first row of inv([1 .956 .621; 1 -.272 -.647; 1 -1.106 1.703]).
+_NTSC = torch.linalg.inv(
+    torch.tensor([[1.0, 0.956, 0.621], [1.0, -0.272, -0.647], [1.0, -1.106, 1.703]], dtype=torch.float64)
+)[0].tolist()
+
+
+def reduce_mean(x: Tensor) -> Tensor:
+    """Mean over the last two (image) dimensions."""
+    return x.mean(dim=(-2, -1))
+
+
+def reduce_sum(x: Tensor) -> Tensor:
+    """Sum over the last two (image) dimensions."""
+    return x.sum(dim=(-2, -1))
+
+
+def round_half_away(x: Tensor) -> Tensor:
+    """MATLAB's ``round`` (and integer conversion): halves go away from zero."""
+    return torch.sign(x) * torch.floor(x.abs() + 0.5)
+
+
+def rgb_to_gray_bt601_f32(rgb: Tensor) -> Tensor:
+    """OpenCV's float32 ``COLOR_BGR2GRAY`` on an RGB tensor ``[..., 3, H, W]`` → ``[..., 1, H, W]``
+    (0.299 R + 0.587 G + 0.114 B in float32)."""
+    x = rgb.to(torch.float32)
+    y = x[..., 0:1, :, :] * 0.299 + x[..., 1:2, :, :] * 0.587 + x[..., 2:3, :, :] * 0.114
+    return y.to(rgb.dtype)
+
+
+def rgb_to_gray_matlab(rgb: Tensor, *, uint8: bool) -> Tensor:
+    """MATLAB's ``rgb2gray`` on ``[..., 3, H, W]`` → ``[..., 1, H, W]``; with ``uint8=True`` the result
+    is rounded (half away from zero) and saturated to 0–255 as MATLAB does for ``uint8`` images."""
+    y = rgb[..., 0:1, :, :] * _NTSC[0] + rgb[..., 1:2, :, :] * _NTSC[1] + rgb[..., 2:3, :, :] * _NTSC[2]
+    if uint8:
+        y = round_half_away(y).clamp(0, 255)
+    return y
+
+
+# --------------------------------------------------------------------------------------- filtering
+def correlate_sep_valid(x: Tensor, kv: Sequence[float], kh: Sequence[float] | None = None) -> Tensor:
+    """Separable correlation, 'valid' output: ``out[y, x] = sum_ij kv[i] kh[j] in[y+i, x+j]``.
+
+    On the CPU (float32/float64) this runs OpenCV's SIMD ``sepFilter2D`` image by image, several
+    times faster than any composition of torch operators; elsewhere (GPU) it accumulates shifted
+    slices in place. Both accumulate in the tensor's dtype.
+    """
+    kh = kv if kh is None else kh
+    h, w = x.shape[-2], x.shape[-1]
+    nv, nh = len(kv), len(kh)
+    if h < nv or w < nh:
+        raise ValueError(f"image {h}×{w} is smaller than the {nv}×{nh} window")
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and nv % 2 == 1 and nh % 2 == 1:
+        return _correlate_sep_valid_cv2(x, kv, kh)
+    ho = h - nv + 1
+    acc = x[..., 0:ho, :] * kv[0]
+    for i in range(1, nv):
+        if kv[i] != 0.0:
+            acc.add_(x[..., i : i + ho, :], alpha=kv[i])
+    wo = w - nh + 1
+    out = acc[..., 0:wo] * kh[0]
+    for j in range(1, nh):
+        if kh[j] != 0.0:
+            out.add_(acc[..., j : j + wo], alpha=kh[j])
+    return out
+
+
+def _correlate_sep_valid_cv2(x: Tensor, kv: Sequence[float], kh: Sequence[float]) -> Tensor:
+    h, w = x.shape[-2], x.shape[-1]
+    pv, ph = len(kv) // 2, len(kh) // 2
+    npdt = np.float64 if x.dtype == torch.float64 else np.float32
+    kv_np = np.asarray(kv, dtype=np.float64)
+    kh_np = np.asarray(kh, dtype=np.float64)
+    src = x.detach().reshape(-1, h, w)
+    if not src.is_contiguous():
+        src = src.contiguous()
+    arr = src.numpy()
+    out = np.empty((arr.shape[0], h - 2 * pv, w - 2 * ph), dtype=npdt)
+    for i in range(arr.shape[0]):
+        full = cv2.sepFilter2D(arr[i], -1, kh_np, kv_np, borderType=cv2.BORDER_CONSTANT)
+        out[i] = full[pv : h - pv, ph : w - ph]
+    return torch.from_numpy(out).reshape(tuple(x.shape[:-2]) + out.shape[1:])
+
+
+def box_sum_valid(x: Tensor, size: int) -> Tensor:
+    """Sum over every ``size×size`` window ('valid' output)."""
+    return correlate_sep_valid(x, [1.0] * size)
+
+
+def pad2d(x: Tensor, p: int, mode: str) -> Tensor:
+    """Pad the last two dimensions by ``p`` on each side; mode 'zeros' or 'replicate'."""
+    if p == 0:
+        return x
+    lead = x.shape[:-2]
+    x4 = x.reshape((-1, 1) + tuple(x.shape[-2:]))
+    if mode == "zeros":
+        y = F.pad(x4, (p, p, p, p))
+    elif mode == "replicate":
+        y = F.pad(x4, (p, p, p, p), mode="replicate")
+    else:
+        raise ValueError(mode)
+    return y.reshape(lead + tuple(y.shape[-2:]))
+
+
+def sobel_same(x: Tensor, padding: str = "zeros") -> tuple[Tensor, Tensor]:
+    """Sobel responses by correlation, same size as ``x``.
+
+    Returns ``(gx, gy)`` with ``gx`` the correlation with ``[[-1,0,1],[-2,0,2],[-1,0,1]]`` and
+    ``gy`` the correlation with ``[[-1,-2,-1],[0,0,0],[1,2,1]]`` (rows grow downwards). MATLAB's
+    ``conv2(img, h, 'same')`` and SciPy's ``convolve2d`` flip the kernel, which only changes signs.
+    """
+    p = pad2d(x, 1, padding)
+    d = p[..., :, 2:] - p[..., :, :-2]  # [.., H+2, W]
+    gx = d[..., :-2, :] + 2.0 * d[..., 1:-1, :] + d[..., 2:, :]
+    s = p[..., :, :-2] + 2.0 * p[..., :, 1:-1] + p[..., :, 2:]  # [.., H+2, W]
+    gy = s[..., 2:, :] - s[..., :-2, :]
+    return gx, gy
+
+
+def gaussian_1d(n: int, sigma: float, normalise: bool = True) -> list[float]:
+    """Samples ``exp(-x²/2σ²)`` at ``x = -(n-1)/2 … (n-1)/2``; the outer product of the normalised
+    vector with itself is MATLAB's ``fspecial('gaussian', n, σ)`` (whose corner values never fall
+    below the eps·max cut-off for the windows used here)."""
+    c = (n - 1) / 2.0
+    g = [math.exp(-((i - c) ** 2) / (2.0 * sigma * sigma)) for i in range(n)]
+    if normalise:
+        s = sum(g)
+        g = [v / s for v in g]
+    return g
+
+
+# ------------------------------------------------------------------------------------- histograms
+def batched_histogram(idx: Tensor, bins: int) -> Tensor:
+    """Counts of integer labels ``idx`` (``[B, N]``, values in ``[0, bins)``) per row → ``[B, bins]``."""
+    b = idx.shape[0]
+    offs = torch.arange(b, device=idx.device, dtype=idx.dtype).unsqueeze(1) * bins
+    return torch.bincount((idx + offs).reshape(-1), minlength=b * bins).reshape(b, bins)
+
+
+def entropy_from_counts(counts: Tensor, log: str = "e") -> Tensor:
+    """Shannon entropy of histogram rows (``[..., K]``), 0·log 0 = 0; ``log`` is 'e' or '2'."""
+    p = counts.to(torch.float64) / counts.sum(dim=-1, keepdim=True).to(torch.float64)
+    lp = torch.log(torch.where(p > 0, p, torch.ones_like(p)))
+    if log == "2":
+        lp = lp / math.log(2.0)
+    return -(p * lp).sum(dim=-1)
+
+
+def mutual_information_labels(x: Tensor, y: Tensor, kx: int, ky: int) -> Tensor:
+    """Mutual information (nats) of integer label images ``x`` and ``y`` (``[B, N]``, values in
+    ``[0, kx)`` and ``[0, ky)``) from their joint histogram; clipped at 0 like scikit-learn."""
+    joint = batched_histogram(x * ky + y, kx * ky).reshape(-1, kx, ky).to(torch.float64)
+    n = joint.sum(dim=(1, 2), keepdim=True)
+    p = joint / n
+    px = p.sum(dim=2, keepdim=True)
+    py = p.sum(dim=1, keepdim=True)
+    nz = p > 0
+    ratio = torch.where(nz, p / (px * py).clamp_min(torch.finfo(torch.float64).tiny), torch.ones_like(p))
+    mi = (p * torch.log(ratio)).sum(dim=(1, 2))
+    return mi.clamp_min(0.0)
