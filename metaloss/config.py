@@ -35,7 +35,7 @@ class PluginSection(BaseModel):
     """``name`` of a registered plugin plus its own keyword arguments (validated against the plugin)."""
 
     model_config = ConfigDict(extra="allow")
-    name: str
+    name: str = Field(description="the registered plugin (see `metaloss plugins`)")
 
     @property
     def options(self) -> dict[str, Any]:
@@ -43,7 +43,7 @@ class PluginSection(BaseModel):
 
 
 class DataConfig(PluginSection):
-    name: str = "synthetic"
+    name: str = Field("synthetic", description="the registered plugin (see `metaloss plugins`)")
     batch_size: int = Field(1, ge=1, description="pairs per batch, before the modality swap doubles it")
     crop_size: int = Field(256, ge=0, description="random square crop for the fusion loss; 0 = whole image")
     task_size: tuple[int, int] | None = Field(
@@ -61,15 +61,15 @@ class DataConfig(PluginSection):
 
 
 class FusionConfig(PluginSection):
-    name: str = "restormer"
+    name: str = Field("restormer", description="the registered plugin (see `metaloss plugins`)")
 
 
 class LossGeneratorConfig(PluginSection):
-    name: str = "tdfusion"
+    name: str = Field("tdfusion", description="the registered plugin (see `metaloss plugins`)")
 
 
 class TaskConfig(PluginSection):
-    name: str = "segmentation"
+    name: str = Field("segmentation", description="the registered plugin (see `metaloss plugins`)")
 
 
 class LossConfig(_Strict):
@@ -143,8 +143,8 @@ class CheckpointConfig(_Strict):
 class ExperimentConfig(_Strict):
     """A whole experiment.  Every key has a default, so ``[section]`` tables list only what differs."""
 
-    name: str = "experiment"
-    seed: int = 0
+    name: str = Field("experiment", description="run name; the default run directory is runs/<name>-<time>")
+    seed: int = Field(0, description="seeds python, numpy and torch; each epoch re-seeds from (seed, epoch)")
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     deterministic: bool = Field(True, description="torch.use_deterministic_algorithms for repeatable runs")
     data: DataConfig = Field(default_factory=DataConfig)
