@@ -68,7 +68,8 @@ class PairedDataset(Protocol):
     ``__getitem__`` returns ``{"name": str, "ir": [1,H,W], "vi": [1,H,W]}`` (float, [0, 1]) plus,
     when labelled, ``"mask"`` ([H, W] long, class indices, ``ignore_index`` for unlabelled pixels)
     or ``"boxes"`` ([N, 5] = class, cx, cy, w, h normalised to [0, 1]).
-    ``num_classes`` and ``class_names`` describe the labels (0 classes when unlabelled).
+    ``num_classes``/``class_names`` describe the mask classes (background included) and
+    ``num_box_classes``/``box_class_names`` the box classes (0 classes when unlabelled).
     """
 
     num_classes: int

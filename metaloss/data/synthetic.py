@@ -27,6 +27,7 @@ class SyntheticScenes(Dataset):
     class_names = ("background", "person", "vehicle")
     box_class_names = ("person", "vehicle")
     num_classes = 3
+    num_box_classes = 2
     ignore_index = 255
 
     def __init__(
