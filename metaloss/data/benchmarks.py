@@ -1,0 +1,157 @@
+"""The fusion benchmarks' own folder layouts (registered in ``metaloss.datasets``).
+
+Each dataset reads the layout its authors distribute; ``split`` "train" reads the training part,
+"val" and "test" the test part (M3FD has no official split: a fixed random ``val_fraction``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from metaloss.data.folders import (
+    DatasetError,
+    Pair,
+    PairedFolderDataset,
+    match_pairs,
+    read_voc_boxes,
+    split_names,
+)
+
+Split = Literal["train", "val", "test"]
+
+
+def _split_dir(split: str) -> str:
+    return "train" if split == "train" else "test"
+
+
+class PairFolders(PairedFolderDataset):
+    """Any folder of registered pairs: ``root/<ir>/``, ``root/<vi>/`` (same file names), optionally
+    ``root/<masks>/`` (class-index PNGs) or ``root/<labels>/`` (YOLO txt).  RoadScene, TNO, medical
+    pairs.  ``split`` reads ``root/<split>/`` when that folder exists; otherwise the whole root, of
+    which a fixed random ``val_fraction`` is held out for "val"/"test" (0: every split sees all pairs).
+    """
+
+    source = "any folder of registered image pairs"
+    layout = "  ROOT/ir/NAME.png  ROOT/vi/NAME.png  [ROOT/masks/NAME.png | ROOT/labels/NAME.txt]"
+
+    def __init__(
+        self,
+        root: str,
+        ir: str = "ir",
+        vi: str = "vi",
+        masks: str | None = None,
+        labels: str | None = None,
+        class_names: tuple[str, ...] = (),
+        box_class_names: tuple[str, ...] = (),
+        val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0,
+        allow_unpaired: bool = False,
+        split: Split = "train",
+    ):
+        base = self.check_root(root)
+        has_split_dirs = (base / split).is_dir()
+        base = base / split if has_split_dirs else base
+        pairs = match_pairs(base / ir, base / vi, allow_unpaired)
+        if val_fraction and not has_split_dirs:
+            keep = set(split_names([p[0] for p in pairs], split, val_fraction))
+            pairs = [p for p in pairs if p[0] in keep]
+        if masks and labels:
+            raise DatasetError("give masks or labels, not both")
+        records = []
+        for stem, ir_path, vi_path in pairs:
+            mask = boxes = None
+            if masks:
+                mask = _find_label(base / masks, stem, (".png", ".bmp", ".tif", ".tiff"))
+            if labels:
+                boxes = base / labels / f"{stem}.txt"
+            records.append(Pair(stem, ir_path, vi_path, mask, boxes))
+        super().__init__(records)
+        self.class_names, self.box_class_names = tuple(class_names), tuple(box_class_names)
+
+
+def _find_label(folder: Path, stem: str, extensions: tuple[str, ...]) -> Path:
+    for ext in extensions:
+        path = folder / f"{stem}{ext}"
+        if path.is_file():
+            return path
+    raise DatasetError(f"no label mask for {stem!r} in {folder}")
+
+
+class MSRS(PairedFolderDataset):
+    """MSRS (Tang et al., PIAFusion): 9 segmentation classes, class-index PNG labels."""
+
+    class_names = ("unlabelled", "car", "person", "bike", "curve", "car_stop", "guardrail", "color_cone", "bump")
+    source = "https://github.com/Linfeng-Tang/MSRS"
+    layout = "  ROOT/{train,test}/ir/NAME.png\n  ROOT/{train,test}/vi/NAME.png\n  ROOT/{train,test}/Segmentation_labels/NAME.png"
+
+    def __init__(self, root: str, labels: bool = True, allow_unpaired: bool = False, split: Split = "train"):
+        base = self.check_root(root) / _split_dir(split)
+        pairs = match_pairs(base / "ir", base / "vi", allow_unpaired)
+        super().__init__(
+            [Pair(s, i, v, _find_label(base / "Segmentation_labels", s, (".png",)) if labels else None) for s, i, v in pairs]
+        )
+
+
+class FMB(PairedFolderDataset):
+    """FMB (Liu et al., SegMiF): 15 label ids (0 = background/unlabelled, 1-14 classes), 255 ignored."""
+
+    class_names = (
+        "unlabelled", "road", "sidewalk", "building", "traffic_light", "traffic_sign", "vegetation", "sky",
+        "person", "car", "truck", "bus", "motorcycle", "bicycle", "pole",
+    )
+    source = "https://github.com/JinyuanLiu-CV/SegMiF"
+    layout = "  ROOT/{train,test}/Infrared/NAME.png\n  ROOT/{train,test}/Visible/NAME.png\n  ROOT/{train,test}/Label/NAME.png"
+
+    def __init__(self, root: str, labels: bool = True, allow_unpaired: bool = False, split: Split = "train"):
+        base = self.check_root(root) / _split_dir(split)
+        pairs = match_pairs(base / "Infrared", base / "Visible", allow_unpaired)
+        super().__init__([Pair(s, i, v, _find_label(base / "Label", s, (".png",)) if labels else None) for s, i, v in pairs])
+
+
+class _VOCDetection(PairedFolderDataset):
+    ignore_unknown_classes = False
+
+    def read_boxes(self, path: Path):  # type: ignore[override]
+        if not path.is_file():
+            raise DatasetError(f"{path}: annotation file missing")
+        ids = {name: i for i, name in enumerate(self.box_class_names)}
+        return read_voc_boxes(path, ids, ignore_unknown=self.ignore_unknown_classes)
+
+
+class LLVIP(_VOCDetection):
+    """LLVIP (Jia et al.): pedestrian detection, Pascal-VOC XML boxes of class ``person``."""
+
+    box_class_names = ("person",)
+    source = "https://bupt-ai-cz.github.io/LLVIP/"
+    layout = "  ROOT/infrared/{train,test}/NAME.jpg\n  ROOT/visible/{train,test}/NAME.jpg\n  ROOT/Annotations/NAME.xml"
+
+    def __init__(self, root: str, labels: bool = True, allow_unpaired: bool = False, split: Split = "train"):
+        base = self.check_root(root)
+        part = _split_dir(split)
+        pairs = match_pairs(base / "infrared" / part, base / "visible" / part, allow_unpaired)
+        super().__init__([Pair(s, i, v, boxes=base / "Annotations" / f"{s}.xml" if labels else None) for s, i, v in pairs])
+
+
+class M3FD(_VOCDetection):
+    """M3FD (Liu et al., TarDAL): 6 detection classes, mapped by name from its VOC XML files."""
+
+    box_class_names = ("People", "Car", "Bus", "Motorcycle", "Lamp", "Truck")
+    source = "https://github.com/JinyuanLiu-CV/TarDAL"
+    layout = "  ROOT/Ir/NAME.png\n  ROOT/Vis/NAME.png\n  ROOT/Annotation/NAME.xml"
+
+    def __init__(
+        self,
+        root: str,
+        labels: bool = True,
+        val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2,
+        allow_unpaired: bool = False,
+        split: Split = "train",
+    ):
+        base = self.check_root(root)
+        pairs = match_pairs(base / "Ir", base / "Vis", allow_unpaired)
+        keep = set(split_names([p[0] for p in pairs], split, val_fraction))
+        super().__init__(
+            [Pair(s, i, v, boxes=base / "Annotation" / f"{s}.xml" if labels else None) for s, i, v in pairs if s in keep]
+        )

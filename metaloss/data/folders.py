@@ -1,0 +1,208 @@
+"""Paired image folders and the label formats of the fusion benchmarks.
+
+A pair is two files with the same stem in an infrared and a visible folder.  Images are returned as
+the Y (luma) channel in [0, 1]: 8-bit / 255, 16-bit / 65535, colour converted with the BT.601
+weights OpenCV uses for BGR->GRAY and YCrCb (Y = 0.299 R + 0.587 G + 0.114 B), alpha dropped.
+
+Labels: class-index PNG masks (MSRS, FMB), Pascal-VOC XML boxes (LLVIP, M3FD) and YOLO txt boxes
+(class cx cy w h, normalised).  Boxes come out as [N, 5] = class, cx, cy, w, h normalised to [0, 1].
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from metaloss.data.io import IMAGE_EXTENSIONS, ImageReadError, read_image
+
+
+class DatasetError(ValueError):
+    """A dataset folder is missing, empty or inconsistent; the message names the path."""
+
+
+def to_unit_gray(image: np.ndarray) -> np.ndarray:
+    """uint8/uint16 H x W (x 3 RGB | x 4 RGBA) -> float32 H x W luma in [0, 1]."""
+    scale = 65535.0 if image.dtype == np.uint16 else 255.0
+    x = image.astype(np.float32) / scale
+    if x.ndim == 3:
+        x = 0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2]
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def load_gray(path: Path) -> torch.Tensor:
+    """[1, H, W] float in [0, 1]."""
+    return torch.from_numpy(to_unit_gray(read_image(path)))[None]
+
+
+def list_images(folder: Path) -> dict[str, Path]:
+    """Image files in ``folder`` by stem (hidden files ignored)."""
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: no such folder")
+    found: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."):
+            if p.stem in found:
+                raise DatasetError(f"{folder}: two images share the name {p.stem!r} ({found[p.stem].name}, {p.name})")
+            found[p.stem] = p
+    return found
+
+
+def match_pairs(ir_dir: Path, vi_dir: Path, allow_unpaired: bool = False) -> list[tuple[str, Path, Path]]:
+    """(stem, ir path, vi path) for every stem in both folders; files without a partner are an error
+    that lists them (or, with ``allow_unpaired``, are left out)."""
+    ir, vi = list_images(ir_dir), list_images(vi_dir)
+    only_ir, only_vi = sorted(set(ir) - set(vi)), sorted(set(vi) - set(ir))
+    if (only_ir or only_vi) and not allow_unpaired:
+        lines = [f"  {ir[s]} has no partner in {vi_dir}" for s in only_ir[:10]]
+        lines += [f"  {vi[s]} has no partner in {ir_dir}" for s in only_vi[:10]]
+        more = len(only_ir) + len(only_vi) - len(lines)
+        raise DatasetError(
+            "unpaired images (set allow_unpaired = true to leave them out):\n" + "\n".join(lines)
+            + (f"\n  ... and {more} more" if more > 0 else "")
+        )
+    stems = sorted(set(ir) & set(vi))
+    if not stems:
+        raise DatasetError(f"no image pairs: {ir_dir} and {vi_dir} share no file names")
+    return [(s, ir[s], vi[s]) for s in stems]
+
+
+def read_mask(path: Path) -> torch.Tensor:
+    """A class-index PNG (one channel, or three equal channels) -> [H, W] long."""
+    image = read_image(path)
+    if image.ndim == 3:
+        if not (np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 0], image[..., 2])):
+            raise ImageReadError(path, "a label mask must hold class indices in one channel (this is a colour image)")
+        image = image[..., 0]
+    return torch.from_numpy(image.astype(np.int64))
+
+
+def read_voc_boxes(path: Path, class_ids: dict[str, int], ignore_unknown: bool = False) -> torch.Tensor:
+    """Pascal-VOC XML -> [N, 5] (class, cx, cy, w, h normalised by the XML's image size).
+
+    Classes are mapped by *name* (case-insensitive), never by position."""
+    try:
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError) as err:
+        raise DatasetError(f"{path}: not a readable Pascal-VOC XML file ({err})") from None
+    size = root.find("size")
+    try:
+        w, h = float(size.findtext("width")), float(size.findtext("height"))  # type: ignore[union-attr,arg-type]
+    except (AttributeError, TypeError, ValueError):
+        raise DatasetError(f"{path}: <size> with <width> and <height> is missing") from None
+    lookup = {k.lower(): v for k, v in class_ids.items()}
+    rows = []
+    for obj in root.iter("object"):
+        name = (obj.findtext("name") or "").strip()
+        if name.lower() not in lookup:
+            if ignore_unknown:
+                continue
+            raise DatasetError(f"{path}: unknown class {name!r}; known: {', '.join(class_ids)}")
+        box = obj.find("bndbox")
+        try:
+            x0, y0, x1, y1 = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))  # type: ignore[union-attr,arg-type]
+        except (AttributeError, TypeError, ValueError):
+            raise DatasetError(f"{path}: object {name!r} has no valid <bndbox>") from None
+        x0, x1 = max(0.0, min(x0, x1)), min(w, max(x0, x1))
+        y0, y1 = max(0.0, min(y0, y1)), min(h, max(y0, y1))
+        if x1 > x0 and y1 > y0:
+            rows.append([lookup[name.lower()], (x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h])
+    return torch.tensor(rows, dtype=torch.float32).reshape(-1, 5)
+
+
+def read_yolo_boxes(path: Path, num_classes: int | None = None) -> torch.Tensor:
+    """YOLO txt (``class cx cy w h`` per line, normalised) -> [N, 5]; a missing file means no boxes."""
+    if not path.is_file():
+        return torch.zeros(0, 5)
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        try:
+            values = [float(v) for v in parts[:5]]
+        except ValueError:
+            values = []
+        if len(parts) != 5 or len(values) != 5 or not all(0 <= v <= 1 for v in values[1:]):
+            raise DatasetError(f"{path}:{number}: expected 'class cx cy w h' with coordinates in [0, 1], got {line!r}")
+        if values[0] != int(values[0]) or values[0] < 0 or (num_classes is not None and values[0] >= num_classes):
+            raise DatasetError(f"{path}:{number}: class {parts[0]!r} is not an index below {num_classes}")
+        rows.append(values)
+    return torch.tensor(rows, dtype=torch.float32).reshape(-1, 5)
+
+
+@dataclass(frozen=True)
+class Pair:
+    name: str
+    ir: Path
+    vi: Path
+    mask: Path | None = None
+    boxes: Path | None = None
+
+
+class PairedFolderDataset(Dataset):
+    """Base class: a list of ``Pair`` records read into samples (see ``metaloss.protocols.PairedDataset``)."""
+
+    class_names: tuple[str, ...] = ()
+    box_class_names: tuple[str, ...] = ()
+    ignore_index = 255
+    #: where to get the data and the layout expected, for the error on a missing root
+    source = ""
+    layout = ""
+
+    def __init__(self, pairs: Sequence[Pair]):
+        self.pairs = list(pairs)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def num_box_classes(self) -> int:
+        return len(self.box_class_names)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def read_boxes(self, path: Path) -> torch.Tensor:
+        return read_yolo_boxes(path, self.num_box_classes or None)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        pair = self.pairs[index]
+        ir, vi = load_gray(pair.ir), load_gray(pair.vi)
+        if ir.shape != vi.shape:
+            raise DatasetError(f"pair {pair.name!r}: {pair.ir} is {tuple(ir.shape[1:])} but {pair.vi} is {tuple(vi.shape[1:])}")
+        sample: dict[str, Any] = {"name": pair.name, "ir": ir, "vi": vi}
+        if pair.mask is not None:
+            mask = read_mask(pair.mask)
+            if tuple(mask.shape) != tuple(ir.shape[1:]):
+                raise DatasetError(f"{pair.mask} is {tuple(mask.shape)} but its images are {tuple(ir.shape[1:])}")
+            sample["mask"] = mask
+        if pair.boxes is not None:
+            sample["boxes"] = self.read_boxes(pair.boxes)
+        return sample
+
+    @classmethod
+    def check_root(cls, root: str | Path) -> Path:
+        path = Path(root).expanduser()
+        if not path.is_dir():
+            raise DatasetError(
+                f"{cls.__name__}: data.root {str(root)!r} does not exist.\n"
+                + (f"Get the dataset from {cls.source}\n" if cls.source else "")
+                + (f"Expected layout:\n{cls.layout}" if cls.layout else "")
+            )
+        return path
+
+
+def split_names(names: Sequence[str], split: str, val_fraction: float, seed: int = 0) -> list[str]:
+    """A deterministic train/val split of ``names`` (for datasets without an official split)."""
+    rng = np.random.default_rng(seed)
+    order = list(rng.permutation(len(names)))
+    n_val = int(round(len(names) * val_fraction))
+    chosen = order[:n_val] if split in ("val", "test") else order[n_val:]
+    return [names[i] for i in sorted(chosen)]
