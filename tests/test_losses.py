@@ -95,3 +95,13 @@ def test_bad_maps_are_refused():
         fusion_loss(F, A, B, {"intensity": WA})
     with pytest.raises(ValueError, match="weight_form"):
         fusion_loss(F, A, B, {"intensity": W}, weight_form="cubic")  # type: ignore[arg-type]
+
+
+def test_fixed_generator_is_the_equal_weight_baseline():
+    from metaloss.models.conv_generator import FixedLossGenerator
+
+    maps = FixedLossGenerator()(A.float(), B.float())
+    assert torch.equal(maps["intensity"], torch.full((1, 2, 2, 2), 0.5))
+    assert list(FixedLossGenerator().parameters()) == []
+    with pytest.raises(ValueError, match="ir_weight"):
+        FixedLossGenerator(1.5)

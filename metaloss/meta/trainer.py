@@ -92,7 +92,15 @@ class AlternatingTrainer:
             if problem.objective is not None
             else None
         )
-        self.outer_opt = make_outer_optimizer(problem.generator, meta.outer_optimizer, meta.outer_lr)
+        has_generator_params = any(p.requires_grad for p in problem.generator.parameters())
+        if not has_generator_params and meta.meta_steps:
+            raise ValueError(
+                f"the loss generator {type(problem.generator).__name__} has no trainable parameters, so there is "
+                "nothing to meta-learn: set meta.meta_steps = 0"
+            )
+        self.outer_opt = (
+            make_outer_optimizer(problem.generator, meta.outer_optimizer, meta.outer_lr) if has_generator_params else None
+        )
         self.optimizers = [o for o in (self.learner_opt, self.objective_opt, self.outer_opt) if o is not None]
         self.schedulers = [
             torch.optim.lr_scheduler.StepLR(o, step_size=optim.lr_step, gamma=optim.lr_gamma) for o in self.optimizers
@@ -140,7 +148,7 @@ class AlternatingTrainer:
 
     def meta_phase(self, epoch: int, generator: torch.Generator) -> Record:
         steps = self.meta.meta_steps
-        if steps == 0:
+        if steps == 0 or self.outer_opt is None:
             return {}
         mtr, mts = self.meta_split(generator)
         train_iter, test_iter = self._cycle(mtr, generator), self._cycle(mts, generator)

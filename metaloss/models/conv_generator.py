@@ -21,3 +21,19 @@ class ConvLossGenerator(nn.Module):
 
     def forward(self, ir: Tensor, vi: Tensor) -> dict[str, Tensor]:
         return {"intensity": torch.softmax(self.body(torch.cat([ir, vi], dim=1)), dim=1)}
+
+
+class FixedLossGenerator(nn.Module):
+    """Constant weights, the hand-made baseline: w_a = ``ir_weight``, w_b = 1 - ``ir_weight`` everywhere.
+
+    It has no parameters, so a run with it has no meta phase (set ``meta.meta_steps = 0``)."""
+
+    def __init__(self, ir_weight: float = 0.5):
+        super().__init__()
+        if not 0.0 <= ir_weight <= 1.0:
+            raise ValueError(f"ir_weight must be in [0, 1], got {ir_weight}")
+        self.ir_weight = ir_weight
+
+    def forward(self, ir: Tensor, vi: Tensor) -> dict[str, Tensor]:
+        w = torch.full_like(ir, self.ir_weight)
+        return {"intensity": torch.cat([w, 1 - w], dim=1)}

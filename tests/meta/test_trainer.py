@@ -127,3 +127,19 @@ def test_state_dict_round_trip_continues_identically(toy):
 def test_needs_two_samples(toy):
     with pytest.raises(ValueError, match="at least 2"):
         make(toy, n=1)
+
+
+def test_generator_without_parameters_needs_no_meta_phase(toy):
+    from torch import nn
+
+    class Constant(nn.Module):
+        def forward(self, x, y):
+            return torch.ones(len(x), dtype=x.dtype)
+
+    problem = Recording(copy.deepcopy(toy["problem"]))
+    problem.generator = problem.inner.generator = Constant()
+    with pytest.raises(ValueError, match="meta_steps = 0"):
+        AlternatingTrainer(problem, Pairs(10), MetaConfig(epochs=1, meta_steps=2), OptimConfig(), batch_size=2)
+    trainer = AlternatingTrainer(problem, Pairs(10), MetaConfig(epochs=1, meta_steps=0), OptimConfig(), batch_size=2)
+    history = trainer.fit()
+    assert "meta/outer_loss" not in history[0] and "learner/learner_loss" in history[0]
