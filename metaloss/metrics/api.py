@@ -1,0 +1,93 @@
+"""``evaluate``: fusion metrics of batched tensors under a named profile."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from metaloss.metrics.profiles import DEFAULT_PROFILE, Profile, get_profile
+
+__all__ = ["evaluate", "MIN_SIZE"]
+
+#: Smallest image side the metrics accept (the 4-scale VIF needs 41 pixels).
+MIN_SIZE = 41
+
+
+def _as_4d(x: Tensor, what: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim == 2:
+        x = x[None, None]
+    elif x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4:
+        raise ValueError(f"{what} must be [B, C, H, W] (or [C, H, W] / [H, W]); got shape {tuple(x.shape)}")
+    if x.is_complex():
+        raise TypeError(f"{what} must be real")
+    return x
+
+
+def evaluate(
+    fused: Tensor,
+    ir: Tensor,
+    vi: Tensor,
+    profile: str | Profile = DEFAULT_PROFILE,
+    metrics: Sequence[str] | None = None,
+    *,
+    quantize: bool = False,
+) -> dict[str, Tensor]:
+    """Fusion metrics of a batch of fused images against their infrared and visible sources.
+
+    Args:
+        fused: ``[B, C, H, W]`` on a 0–255 scale (any real dtype). ``C`` = 1 (grey) or 3 (RGB; a
+            4th alpha channel is dropped). ``cddfuse``/``tdfusion`` turn colour into grey as
+            CDDFuse's ``image_read_cv2(..., 'GRAY')`` does (float32 BT.601, rounded); ``vifb``
+            evaluates each colour channel and averages.
+        ir, vi: the sources, ``[B or 1, C, H, W]`` with the same ``H × W``; a batch of 1 is shared
+            by every fused image (and its per-source statistics are computed once).
+        profile: ``"cddfuse"`` (default), ``"vifb"``, ``"tdfusion"`` or a :class:`Profile`.
+        metrics: names to compute (default: all of the profile's, in its order).
+        quantize: clamp the fused image to 0–255 and round it (half to even) first, as saving it
+            to an 8-bit file and reading it back would. The reference numbers are computed on
+            8-bit files; a float network output evaluated as is gives slightly different values.
+
+    Returns:
+        ``{name: tensor [B]}`` (float64, on the input's device), in the order requested.
+    """
+    prof = get_profile(profile)
+    specs = prof.resolve(list(metrics) if metrics is not None else None)
+    fused = _as_4d(fused, "fused")
+    ir = _as_4d(ir, "ir")
+    vi = _as_4d(vi, "vi")
+    b, _, h, w = fused.shape
+    for name, src in (("ir", ir), ("vi", vi)):
+        if src.shape[-2:] != fused.shape[-2:]:
+            raise ValueError(
+                f"size mismatch: fused is {h}×{w} but {name} is {src.shape[-2]}×{src.shape[-1]} (H×W)"
+            )
+        if src.shape[0] not in (1, b):
+            raise ValueError(f"{name} has batch size {src.shape[0]}; expected 1 or {b} (the fused batch)")
+        if src.device != fused.device:
+            raise ValueError(f"{name} is on {src.device} but fused is on {fused.device}")
+    for name, x in (("fused", fused), ("ir", ir), ("vi", vi)):
+        if x.shape[1] not in (1, 3, 4):
+            raise ValueError(f"{name} has {x.shape[1]} channels; expected 1 (grey), 3 (RGB) or 4 (RGBA)")
+    if min(h, w) < MIN_SIZE:
+        raise ValueError(f"images must be at least {MIN_SIZE}×{MIN_SIZE} (the 4-scale VIF); got {h}×{w}")
+
+    with torch.no_grad():
+        f64 = fused.detach().to(torch.float64)
+        if quantize:
+            f64 = torch.round(f64.clamp(0.0, 255.0))
+        ir64 = ir.detach().to(torch.float64)
+        vi64 = vi.detach().to(torch.float64)
+        prepared: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+        out: dict[str, Tensor] = {}
+        for spec in specs:
+            if spec.sources not in prepared:
+                prepared[spec.sources] = prof.prepare(f64, ir64, vi64, spec.sources)
+            pf, pa, pb = prepared[spec.sources]
+            out[spec.name] = spec.fn(pf, pa, pb).reshape(b)
+    return out

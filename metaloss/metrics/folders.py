@@ -1,0 +1,350 @@
+"""Evaluate folders of fused images (one folder per method) against infrared/visible folders.
+
+Files are paired by name: ``fused/x.png`` goes with ``ir/x.png`` and ``vi/x.png``, or, failing
+an exact match, with the source of the same stem and another image extension (``x.jpg``).
+Problems are reported per fused file (missing partner, unreadable file, size mismatch) and do not
+stop the evaluation. All fused images of one source pair (one per method) are evaluated as one
+batch, so the per-source work is done once per pair.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from metaloss.data.io import IMAGE_EXTENSIONS, ImageReadError, read_gray_cddfuse, read_image
+from metaloss.metrics.api import MIN_SIZE, evaluate
+from metaloss.metrics.profiles import DEFAULT_PROFILE, Profile, get_profile
+
+__all__ = [
+    "ImageRecord",
+    "MethodResult",
+    "FolderEvaluation",
+    "evaluate_folders",
+    "load_image_tensor",
+    "list_images",
+]
+
+#: At most this many fused pixels (B·H·W) in one batch, to bound memory.
+MAX_BATCH_PIXELS = 8_000_000
+
+
+@dataclass
+class ImageRecord:
+    """One fused file: its metric values, or why it has none."""
+
+    name: str
+    values: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class MethodResult:
+    """All fused files of one folder (one fusion method)."""
+
+    label: str
+    fused_dir: Path
+    records: list[ImageRecord]
+
+    @property
+    def errors(self) -> list[ImageRecord]:
+        return [r for r in self.records if not r.ok]
+
+    @property
+    def evaluated(self) -> list[ImageRecord]:
+        return [r for r in self.records if r.ok]
+
+    def mean(self, metrics: Sequence[str]) -> dict[str, float]:
+        """Mean of each metric over the evaluated images (NaN values are skipped, like MATLAB's
+        ``nanmean`` in VIFB; NaN when no image has a value)."""
+        out: dict[str, float] = {}
+        for m in metrics:
+            vals = [r.values[m] for r in self.evaluated if m in r.values and not math.isnan(r.values[m])]
+            out[m] = float(np.mean(vals)) if vals else float("nan")
+        return out
+
+
+@dataclass
+class FolderEvaluation:
+    """The result of :func:`evaluate_folders`."""
+
+    profile: Profile
+    metrics: list[str]
+    ir_dir: Path
+    vi_dir: Path
+    methods: list[MethodResult]
+
+    @property
+    def higher_is_better(self) -> dict[str, bool]:
+        hib = self.profile.higher_is_better
+        return {m: hib[m] for m in self.metrics}
+
+    def means(self) -> dict[str, dict[str, float]]:
+        """``{method label: {metric: mean}}``."""
+        return {mr.label: mr.mean(self.metrics) for mr in self.methods}
+
+    def best(self) -> dict[str, list[str]]:
+        """``{metric: [labels of the methods with the best mean]}`` (ties all listed)."""
+        means = self.means()
+        out: dict[str, list[str]] = {}
+        for m in self.metrics:
+            vals = {lab: v[m] for lab, v in means.items() if not math.isnan(v[m])}
+            if not vals:
+                out[m] = []
+                continue
+            target = max(vals.values()) if self.higher_is_better[m] else min(vals.values())
+            out[m] = [lab for lab, v in vals.items() if v == target]
+        return out
+
+    def to_dict(self) -> dict:
+        """A JSON-ready summary: profile, metrics with directions, per-image values, errors, means."""
+
+        def clean(v: float) -> float | None:
+            return None if math.isnan(v) else v
+
+        return {
+            "profile": self.profile.name,
+            "profile_description": self.profile.description,
+            "metrics": list(self.metrics),
+            "higher_is_better": self.higher_is_better,
+            "ir_dir": str(self.ir_dir),
+            "vi_dir": str(self.vi_dir),
+            "methods": {
+                mr.label: {
+                    "fused_dir": str(mr.fused_dir),
+                    "images": {r.name: {k: clean(v) for k, v in r.values.items()} for r in mr.evaluated},
+                    "errors": {r.name: r.error for r in mr.errors},
+                    "mean": {k: clean(v) for k, v in mr.mean(self.metrics).items()},
+                    "n_images": len(mr.evaluated),
+                }
+                for mr in self.methods
+            },
+            "best": self.best(),
+        }
+
+    def write_json(self, path: str | os.PathLike[str]) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    def write_csv(self, path: str | os.PathLike[str]) -> None:
+        """One row per (method, image) plus a ``mean`` row per method; an ``error`` column."""
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["profile", "method", "image", *self.metrics, "error"])
+            for mr in self.methods:
+                for r in mr.records:
+                    vals = [("" if r.error else _csv_num(r.values.get(m, float("nan")))) for m in self.metrics]
+                    w.writerow([self.profile.name, mr.label, r.name, *vals, r.error or ""])
+                means = mr.mean(self.metrics)
+                w.writerow([self.profile.name, mr.label, "mean", *[_csv_num(means[m]) for m in self.metrics], ""])
+
+
+def _csv_num(v: float) -> str:
+    return "nan" if math.isnan(v) else repr(float(v))
+
+
+# ---------------------------------------------------------------------------------------- files
+def list_images(folder: str | os.PathLike[str]) -> list[Path]:
+    """Image files (by extension) directly inside ``folder``, sorted by name."""
+    p = Path(folder)
+    if not p.is_dir():
+        raise NotADirectoryError(f"not a directory: {str(p)!r}")
+    return sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+class _Partners:
+    """Finds the source file that goes with a fused file name."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.files = list_images(folder)
+        self.by_name = {p.name: p for p in self.files}
+        self.by_stem: dict[str, list[Path]] = {}
+        for p in self.files:
+            self.by_stem.setdefault(p.stem, []).append(p)
+
+    def find(self, name: str) -> Path | None:
+        if name in self.by_name:
+            return self.by_name[name]
+        cands = self.by_stem.get(Path(name).stem, [])
+        return cands[0] if cands else None
+
+
+def load_image_tensor(path: str | os.PathLike[str], profile: str | Profile = DEFAULT_PROFILE) -> Tensor:
+    """Read ``path`` as ``profile``'s reference code would: ``[1, C, H, W]`` float64, 0–255.
+
+    ``cddfuse``/``tdfusion``: CDDFuse's ``image_read_cv2(path, 'GRAY')`` (C = 1). ``vifb``: the
+    stored channels (grey C = 1, colour C = 3 in RGB order, alpha dropped), as MATLAB's ``imread``;
+    16-bit files are reduced to 8 bits (``>> 8``) as OpenCV's 8-bit read does.
+    """
+    prof = get_profile(profile)
+    if prof.name == "vifb":
+        arr = read_image(path)
+        if arr.dtype == np.uint16:
+            arr = (arr >> 8).astype(np.uint8)
+        if arr.ndim == 3 and arr.shape[2] == 4:
+            arr = arr[:, :, :3]
+        t = torch.from_numpy(np.ascontiguousarray(arr)).to(torch.float64)
+        return t[None, None] if t.ndim == 2 else t.permute(2, 0, 1)[None]
+    return torch.from_numpy(read_gray_cddfuse(path)).to(torch.float64)[None, None]
+
+
+def _label_dirs(dirs: Sequence[Path]) -> list[str]:
+    """Short unique labels: the folder names, with parents added where they collide."""
+    labels = [d.name or str(d) for d in dirs]
+    depth = 1
+    while len(set(labels)) < len(labels) and depth < 8:
+        depth += 1
+        labels = ["/".join(d.parts[-depth:]) for d in dirs]
+    seen: dict[str, int] = {}
+    out = []
+    for lab in labels:
+        n = seen.get(lab, 0)
+        seen[lab] = n + 1
+        out.append(lab if n == 0 else f"{lab}#{n + 1}")
+    return out
+
+
+def evaluate_folders(
+    ir_dir: str | os.PathLike[str],
+    vi_dir: str | os.PathLike[str],
+    fused_dirs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    profile: str | Profile = DEFAULT_PROFILE,
+    metrics: Sequence[str] | None = None,
+    *,
+    labels: Sequence[str] | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> FolderEvaluation:
+    """Evaluate every image of each fused folder against its infrared and visible partners.
+
+    Args:
+        ir_dir, vi_dir: folders of the sources.
+        fused_dirs: one folder or a list of folders (one per method).
+        profile, metrics: as for :func:`metaloss.metrics.evaluate`.
+        labels: names of the methods (default: the folder names, made unique).
+        device: where to compute ("cpu", "cuda", ...).
+        progress: show a tqdm progress bar over the fused images (on stderr).
+
+    Returns:
+        A :class:`FolderEvaluation` with per-image values, per-file errors and means.
+    """
+    prof = get_profile(profile)
+    specs = prof.resolve(list(metrics) if metrics is not None else None)
+    names = [s.name for s in specs]
+    if isinstance(fused_dirs, (str, os.PathLike)):
+        fused_dirs = [fused_dirs]
+    fdirs = [Path(d) for d in fused_dirs]
+    if not fdirs:
+        raise ValueError("no fused folder given")
+    if labels is None:
+        labels = _label_dirs(fdirs)
+    elif len(labels) != len(fdirs):
+        raise ValueError("one label per fused folder")
+    ir_p = _Partners(Path(ir_dir))
+    vi_p = _Partners(Path(vi_dir))
+
+    # Plan: fused files grouped by their (ir, vi) pair.
+    results = [MethodResult(lab, d, []) for lab, d in zip(labels, fdirs)]
+    groups: dict[tuple[Path, Path], list[tuple[int, ImageRecord, Path]]] = {}
+    for mi, d in enumerate(fdirs):
+        for fp in list_images(d):
+            rec = ImageRecord(fp.name)
+            results[mi].records.append(rec)
+            ip, vp = ir_p.find(fp.name), vi_p.find(fp.name)
+            missing = [f"no infrared partner in {ir_p.folder}" if ip is None else "",
+                       f"no visible partner in {vi_p.folder}" if vp is None else ""]
+            missing = [m for m in missing if m]
+            if missing:
+                rec.error = "; ".join(missing)
+                continue
+            groups.setdefault((ip, vp), []).append((mi, rec, fp))  # type: ignore[arg-type]
+
+    total = sum(len(v) for v in groups.values())
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=f"eval [{prof.name}]", unit="img", leave=False)
+
+    dev = torch.device(device)
+    try:
+        for (ip, vp), items in groups.items():
+            _evaluate_group(prof, names, ip, vp, items, dev)
+            if bar is not None:
+                bar.update(len(items))
+    finally:
+        if bar is not None:
+            bar.close()
+    return FolderEvaluation(prof, names, Path(ir_dir), Path(vi_dir), results)
+
+
+def _evaluate_group(
+    prof: Profile,
+    names: list[str],
+    ip: Path,
+    vp: Path,
+    items: list[tuple[int, ImageRecord, Path]],
+    dev: torch.device,
+) -> None:
+    try:
+        ir = load_image_tensor(ip, prof)
+        vi = load_image_tensor(vp, prof)
+    except ImageReadError as exc:
+        for _, rec, _ in items:
+            rec.error = f"source unreadable: {exc}"
+        return
+    if ir.shape[-2:] != vi.shape[-2:]:
+        for _, rec, _ in items:
+            rec.error = (
+                f"size mismatch: infrared {ip.name} is {ir.shape[-2]}×{ir.shape[-1]}, "
+                f"visible {vp.name} is {vi.shape[-2]}×{vi.shape[-1]} (H×W)"
+            )
+        return
+    h, w = ir.shape[-2:]
+    if min(h, w) < MIN_SIZE:
+        for _, rec, _ in items:
+            rec.error = f"image too small ({h}×{w}; the metrics need at least {MIN_SIZE}×{MIN_SIZE})"
+        return
+    ready: list[tuple[ImageRecord, Tensor]] = []
+    for _, rec, fp in items:
+        try:
+            f = load_image_tensor(fp, prof)
+        except ImageReadError as exc:
+            rec.error = str(exc)
+            continue
+        if f.shape[-2:] != ir.shape[-2:]:
+            rec.error = f"size mismatch: fused is {f.shape[-2]}×{f.shape[-1]}, sources are {h}×{w} (H×W)"
+            continue
+        ready.append((rec, f))
+    ir, vi = ir.to(dev), vi.to(dev)
+    # Batch fused images with the same channel count, bounded in memory.
+    by_c: dict[int, list[tuple[ImageRecord, Tensor]]] = {}
+    for rec, f in ready:
+        by_c.setdefault(f.shape[1], []).append((rec, f))
+    per_batch = max(1, MAX_BATCH_PIXELS // (h * w))
+    for chunk_all in by_c.values():
+        for s in range(0, len(chunk_all), per_batch):
+            chunk = chunk_all[s : s + per_batch]
+            batch = torch.cat([f for _, f in chunk]).to(dev)
+            try:
+                vals = evaluate(batch, ir, vi, prof, names)
+            except (ValueError, RuntimeError) as exc:
+                for rec, _ in chunk:
+                    rec.error = f"evaluation failed: {exc}"
+                continue
+            cpu = {k: v.detach().cpu().tolist() for k, v in vals.items()}
+            for i, (rec, _) in enumerate(chunk):
+                rec.values = {k: float(cpu[k][i]) for k in names}

@@ -1,0 +1,251 @@
+"""Metric profiles: which formulas a table of fusion metrics was computed with.
+
+There is no single standard for infrared–visible fusion metrics; published numbers come from
+code bases that disagree (sum or mean over the two sources, MI units, SSIM window and data range,
+per-channel evaluation of colour images). A :class:`Profile` names one code base's conventions
+and lists its metrics, each with its direction (higher or lower is better).
+
+- ``cddfuse`` (default): CDDFuse's ``utils/Evaluator.py`` — grey 0–255 images, 12 metrics.
+- ``vifb``: the VIFB MATLAB toolkit — each colour channel of the fused image, averaged; 13 metrics.
+- ``tdfusion``: TDFusion's ``Evaluator.py`` — CDDFuse's, with VIF and SSIM averaged over the two
+  sources (and SSIM on uint8 images, data range 255).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from metaloss.metrics import cddfuse as _cdd
+from metaloss.metrics import tdfusion as _td
+from metaloss.metrics import vifb as _vifb
+from metaloss.metrics._ops import rgb_to_gray_bt601_f32, rgb_to_gray_matlab
+
+__all__ = ["MetricSpec", "Profile", "PROFILES", "get_profile", "DEFAULT_PROFILE"]
+
+MetricFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+PrepareFn = Callable[[Tensor, Tensor, Tensor, str], "tuple[Tensor, Tensor, Tensor]"]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric of a profile.
+
+    ``fn(fused, ir, vi)`` takes the profile-prepared float64 tensors ``[B, C, H, W]`` (sources may
+    have batch 1) and returns ``[B]``. ``sources`` names the preparation variant the metric needs
+    (only the ``vifb`` profile has more than one: MATLAB's ``rgb2gray`` rounds for uint8 input).
+    """
+
+    name: str
+    fn: MetricFn = field(repr=False)
+    higher_is_better: bool
+    description: str
+    sources: str = "default"
+
+    @property
+    def direction(self) -> str:
+        """'higher' or 'lower' (which is better)."""
+        return "higher" if self.higher_is_better else "lower"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A named set of metric conventions (see the module docstring)."""
+
+    name: str
+    description: str
+    specs: tuple[MetricSpec, ...]
+    prepare: PrepareFn = field(repr=False)
+    #: Names the reference code uses, where they differ from ours (e.g. VIFB's "Variance").
+    reference_names: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """Metric names in table order."""
+        return tuple(s.name for s in self.specs)
+
+    @property
+    def higher_is_better(self) -> dict[str, bool]:
+        return {s.name: s.higher_is_better for s in self.specs}
+
+    def __getitem__(self, name: str) -> MetricSpec:
+        for s in self.specs:
+            if s.name == name:
+                return s
+        for s in self.specs:  # case-insensitive, and the reference code's spelling
+            if s.name.lower() == name.lower() or self.reference_names.get(s.name, "").lower() == name.lower():
+                return s
+        raise KeyError(f"profile {self.name!r} has no metric {name!r}; it has {', '.join(self.metrics)}")
+
+    def __contains__(self, name: object) -> bool:
+        try:
+            self[str(name)]
+        except KeyError:
+            return False
+        return True
+
+    def __iter__(self) -> Iterator[MetricSpec]:
+        return iter(self.specs)
+
+    def resolve(self, metrics: list[str] | tuple[str, ...] | None) -> list[MetricSpec]:
+        """Specs for ``metrics`` (all when None), in the order given; unknown names raise KeyError."""
+        if metrics is None:
+            return list(self.specs)
+        out: list[MetricSpec] = []
+        for m in metrics:
+            s = self[m]
+            if s not in out:
+                out.append(s)
+        return out
+
+
+# ------------------------------------------------------------------------------------ preparation
+def _drop_alpha(x: Tensor) -> Tensor:
+    return x[:, :3] if x.shape[1] == 4 else x
+
+
+def _check_channels(x: Tensor, what: str) -> None:
+    if x.shape[1] not in (1, 3, 4):
+        raise ValueError(f"{what} has {x.shape[1]} channels; expected 1 (grey), 3 (RGB) or 4 (RGBA)")
+
+
+def _gray_cddfuse(x: Tensor) -> Tensor:
+    """Grey as CDDFuse's ``image_read_cv2(path, 'GRAY')`` makes it: colour → float32 BT.601 → round."""
+    x = _drop_alpha(x)
+    if x.shape[1] == 1:
+        return x
+    return torch.round(rgb_to_gray_bt601_f32(x))
+
+
+def _prepare_gray(f: Tensor, ir: Tensor, vi: Tensor, variant: str) -> tuple[Tensor, Tensor, Tensor]:
+    return _gray_cddfuse(f), _gray_cddfuse(ir), _gray_cddfuse(vi)
+
+
+def _prepare_vifb(f: Tensor, ir: Tensor, vi: Tensor, variant: str) -> tuple[Tensor, Tensor, Tensor]:
+    f, ir, vi = _drop_alpha(f), _drop_alpha(ir), _drop_alpha(vi)
+    k = f.shape[1]
+    if k == 3:
+        # Colour fused image: channel k against VI(:,:,k) and IR(:,:,k) (a grey source is used for
+        # every channel, as VIFB does for the grey IR).
+        ir = ir.expand(-1, 3, -1, -1) if ir.shape[1] == 1 else ir
+        vi = vi.expand(-1, 3, -1, -1) if vi.shape[1] == 1 else vi
+        return f, ir, vi
+    # Grey fused image: VIFB's metrics convert colour sources with rgb2gray, which rounds when the
+    # source is still uint8 in that metric's code ("uint8") and does not when it was made double.
+    as_uint8 = variant == "uint8"
+    ir = rgb_to_gray_matlab(ir, uint8=as_uint8) if ir.shape[1] == 3 else ir
+    vi = rgb_to_gray_matlab(vi, uint8=as_uint8) if vi.shape[1] == 3 else vi
+    return f, ir, vi
+
+
+# ---------------------------------------------------------------------------------------- specs
+def _grey(kernel: Callable[..., Tensor], uses_sources: bool = True) -> MetricFn:
+    if uses_sources:
+        return lambda f, ir, vi: kernel(f, ir, vi)[:, 0]
+    return lambda f, ir, vi: kernel(f)[:, 0]
+
+
+def _per_channel(kernel: Callable[..., Tensor], uses_sources: bool = True) -> MetricFn:
+    if uses_sources:
+        return lambda f, ir, vi: kernel(f, ir, vi).mean(dim=1)
+    return lambda f, ir, vi: kernel(f).mean(dim=1)
+
+
+_CDDFUSE_SPECS = (
+    MetricSpec("EN", _grey(_cdd.entropy, False), True, "entropy of the fused image (bits)"),
+    MetricSpec("SD", _grey(_cdd.std, False), True, "standard deviation of the fused image"),
+    MetricSpec("SF", _grey(_cdd.spatial_frequency, False), True, "spatial frequency"),
+    MetricSpec("AG", _grey(_cdd.average_gradient, False), True, "average gradient"),
+    MetricSpec("MI", _grey(_cdd.mutual_information), True, "mutual information, MI(F,A)+MI(F,B), nats"),
+    MetricSpec("SCD", _grey(_cdd.scd), True, "sum of the correlations of differences"),
+    MetricSpec("VIF", _grey(_cdd.vif), True, "pixel-domain VIF, VIFp(A,F)+VIFp(B,F)"),
+    MetricSpec("Qabf", _grey(_cdd.qabf), True, "edge-information preservation (Xydeas–Petrović)"),
+    MetricSpec("SSIM", _grey(_cdd.ssim), True, "SSIM(F,A)+SSIM(F,B), 7×7 uniform window, data_range=2"),
+    MetricSpec("CC", _grey(_cdd.cc), True, "correlation coefficient, mean over the sources"),
+    MetricSpec("PSNR", _grey(_cdd.psnr), True, "10·log10(max(F)²/MSE), dB"),
+    MetricSpec("MSE", _grey(_cdd.mse), False, "mean squared error, mean over the sources"),
+)
+
+
+def _replace(specs: tuple[MetricSpec, ...], **new: MetricSpec) -> tuple[MetricSpec, ...]:
+    return tuple(new.get(s.name, s) for s in specs)
+
+
+_TDFUSION_SPECS = _replace(
+    _CDDFUSE_SPECS,
+    VIF=MetricSpec("VIF", _grey(_td.vif), True, "pixel-domain VIF, mean of VIFp(A,F) and VIFp(B,F)"),
+    SSIM=MetricSpec("SSIM", _grey(_td.ssim), True, "mean of SSIM(F,A), SSIM(F,B) on uint8, data_range=255"),
+)
+
+_VIFB_SPECS = (
+    MetricSpec("EN", _per_channel(_vifb.entropy, False), True, "entropy (bits)"),
+    MetricSpec("MI", _per_channel(_vifb.mutual_information), True, "MI(VI,F)+MI(IR,F), min–max normalised, nats", "uint8"),
+    MetricSpec("AG", _per_channel(_vifb.average_gradient, False), True, "average gradient, Σ/((M−1)(N−1))"),
+    MetricSpec("SD", _per_channel(_vifb.std, False), True, "standard deviation (VIFB's 'Variance')"),
+    MetricSpec("SF", lambda f, ir, vi: _vifb.spatial_frequency(f), True, "spatial frequency, denominators M·N"),
+    MetricSpec("EI", _per_channel(_vifb.edge_intensity, False), True, "edge intensity (mean Sobel magnitude)"),
+    MetricSpec("CE", _per_channel(_vifb.cross_entropy), False, "cross entropy, mean over the sources (bits)", "uint8"),
+    MetricSpec("Qabf", _per_channel(_vifb.qabf), True, "edge-information preservation (Xydeas–Petrović)", "double"),
+    MetricSpec("SSIM", _per_channel(_vifb.ssim), True, "SSIM(VI,F)+SSIM(IR,F), 11×11 Gaussian window", "uint8"),
+    MetricSpec("PSNR", _per_channel(_vifb.psnr), True, "20·log10(255/sqrt(e)), e as in RMSE, dB", "double"),
+    MetricSpec("RMSE", _per_channel(_vifb.rmse), False, "mean over the sources of sqrt(Σ(S−F)²)/(M·N)", "double"),
+    MetricSpec("Qcb", _per_channel(_vifb.qcb), True, "Chen–Blum perceptual quality", "double"),
+    MetricSpec("Qcv", _per_channel(_vifb.qcv), False, "Chen–Varshney regional distortion", "double"),
+)
+
+#: Our metric name → VIFB's (``metrics<Name>.m``; the keys of ``matlab_metrics.json``).
+VIFB_NAMES = {
+    "EN": "Entropy",
+    "MI": "Mutinf",
+    "AG": "Avg_gradient",
+    "SD": "Variance",
+    "SF": "Spatial_frequency",
+    "EI": "Edge_intensity",
+    "CE": "Cross_entropy",
+    "Qabf": "Qabf",
+    "SSIM": "Ssim",
+    "PSNR": "Psnr",
+    "RMSE": "Rmse",
+    "Qcb": "Qcb",
+    "Qcv": "Qcv",
+}
+
+PROFILES: dict[str, Profile] = {
+    "cddfuse": Profile(
+        "cddfuse",
+        "CDDFuse utils/Evaluator.py: grey 0-255, MI in nats, VIF and SSIM summed over the sources, "
+        "SSIM data_range=2 (scikit-image 0.19 on float32)",
+        _CDDFUSE_SPECS,
+        _prepare_gray,
+    ),
+    "vifb": Profile(
+        "vifb",
+        "VIFB MATLAB toolkit: every colour channel of the fused image, averaged; MI in nats on "
+        "min-max normalised images; SSIM 11x11 Gaussian, summed over the sources",
+        _VIFB_SPECS,
+        _prepare_vifb,
+        VIFB_NAMES,
+    ),
+    "tdfusion": Profile(
+        "tdfusion",
+        "TDFusion Evaluator.py: as cddfuse, but VIF and SSIM are the mean over the two sources "
+        "(SSIM on uint8, data_range=255)",
+        _TDFUSION_SPECS,
+        _prepare_gray,
+    ),
+}
+
+DEFAULT_PROFILE = "cddfuse"
+
+
+def get_profile(profile: str | Profile) -> Profile:
+    """The :class:`Profile` named ``profile`` (or ``profile`` itself)."""
+    if isinstance(profile, Profile):
+        return profile
+    try:
+        return PROFILES[profile.lower()]
+    except KeyError:
+        raise KeyError(f"unknown metric profile {profile!r}; known: {', '.join(PROFILES)}") from None

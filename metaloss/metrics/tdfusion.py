@@ -1,0 +1,40 @@
+"""Metrics where TDFusion's ``Evaluator.py`` differs from CDDFuse's (the ``tdfusion`` profile).
+
+TDFusion's evaluator is CDDFuse's with two changes: VIF and SSIM are the *mean* over the two
+sources instead of the sum, and
+
+- VIF comes from ``sewar.full_ref.vifp`` (the same pixel-domain VIFp, σn² = 2, but a flat
+  reference gives NaN instead of CDDFuse's 1);
+- SSIM is scikit-image's default on ``np.uint8`` copies of the images, so the data range is 255
+  (not 2) and the computation is in float64; ``np.uint8`` truncates towards zero (values outside
+  0–255 are clamped here; NumPy's result for them is platform-dependent).
+
+Everything else (EN, SF, SCD, Qabf, and the CDDFuse metrics that TDFusion's file does not list)
+is taken from :mod:`metaloss.metrics.cddfuse`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from metaloss.metrics.cddfuse import ssim_skimage, vifp_multi
+
+__all__ = ["vif", "ssim"]
+
+
+def vif(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """VIF = (VIFp(A, F) + VIFp(B, F)) / 2; NaN for a flat source (sewar)."""
+    va, vb = vifp_multi((a, b), f, nan_to_one=False)
+    return (va + vb) / 2.0
+
+
+def _as_uint8(x: Tensor) -> Tensor:
+    return torch.trunc(x.clamp(0, 255)).to(torch.float64)
+
+
+def ssim(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """SSIM = (SSIM(uint8 F, uint8 A) + SSIM(uint8 F, uint8 B)) / 2, scikit-image defaults
+    (7×7 uniform window, sample covariance), data range 255, float64."""
+    f8 = _as_uint8(f)
+    return (ssim_skimage(f8, _as_uint8(a), 255.0) + ssim_skimage(f8, _as_uint8(b), 255.0)) / 2.0
