@@ -1,0 +1,183 @@
+"""Does the learned loss follow the task?  TDFusion on synthetic scenes, learned vs fixed weights.
+
+On the synthetic scenes the objects are visible mainly in the infrared image.  For each task
+(segmentation, detection) and seed, two runs with the same budget of learner steps:
+
+- learned: the TDFusion loss generator, meta-trained;
+- fixed:   w_a = w_b = 0.5 everywhere (``loss_generator = "fixed"``, no meta phase).
+
+Reported on held-out scenes (split "test"): the learned infrared weight w_a averaged over object
+pixels and over background pixels, and the task metric (mIoU / mAP50) of both variants.  Writes the
+numbers and a figure of weight maps into docs/tdfusion.md (between the EVIDENCE markers).
+
+    python -m benchmarks.tdfusion_evidence                 # full: 3 seeds x 2 tasks x 2 variants
+    python -m benchmarks.tdfusion_evidence --quick         # a smoke run of the same code
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from metaloss.config import load_config
+from metaloss.data.collate import collate_pairs
+from metaloss.experiment import build_dataset, build_experiment, evaluate, load_checkpoint, run
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "tdfusion.md"
+TASK_METRIC = {"segmentation": "task/mIoU", "detection": "task/mAP50"}
+
+
+def config(task: str, seed: int, learned: bool, size: int, epochs: int, meta_steps: int, images: int) -> dict:
+    return {
+        "name": f"evidence-{task}-{'learned' if learned else 'fixed'}-{seed}",
+        "seed": seed,
+        "device": "cpu",
+        "data": {"name": "synthetic", "num_images": images, "height": size, "width": size, "crop_size": size,
+                 "task_size": [size, size], "seed": seed},
+        "val_data": {"name": "synthetic", "num_images": 16, "height": size, "width": size, "seed": seed},
+        "fusion": {"name": "restormer"},
+        "loss_generator": {"name": "tdfusion"} if learned else {"name": "fixed", "ir_weight": 0.5},
+        "task": {"name": task},
+        "meta": {"epochs": epochs, "meta_steps": meta_steps if learned else 0, "outer_lr": 1e-3},
+        "optim": {"fusion_lr": 1e-3, "task_lr": 1e-3, "lr_step": 1000},
+        "eval": {"num_images": 16, "metrics": []},
+        "checkpoint": {"every": 0},
+    }
+
+
+@torch.no_grad()
+def held_out(run_dir: Path, cfg_dict: dict, scenes: int) -> tuple[dict, dict]:
+    """Task metric and weight statistics of a finished run on held-out scenes (split "test")."""
+    cfg = load_config(cfg_dict)
+    exp = build_experiment(cfg)
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")["trainer"]
+    exp.problem.learner.load_state_dict(state["learner"])
+    exp.problem.generator.load_state_dict(state["generator"])
+    exp.problem.objective.load_state_dict(state["objective"])
+    exp.val_set = build_dataset(cfg.val_data, "test")
+    exp.config.eval.num_images = scenes
+    metrics = evaluate(exp)
+    obj, bg = [], []
+    for i in range(min(scenes, len(exp.val_set))):
+        batch = collate_pairs([exp.val_set[i]])
+        w = exp.problem.generator.eval()(batch["ir"], batch["vi"])["intensity"][0, 0]
+        mask = batch["mask"][0] > 0
+        if mask.any():
+            obj.append(float(w[mask].mean()))
+            bg.append(float(w[~mask].mean()))
+    return metrics, {"w_ir_objects": statistics.mean(obj), "w_ir_background": statistics.mean(bg)}
+
+
+def figure(run_dir: Path, cfg_dict: dict, out: Path, n: int = 3) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cfg = load_config(cfg_dict)
+    exp = build_experiment(cfg)
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")["trainer"]
+    exp.problem.generator.load_state_dict(state["generator"])
+    exp.problem.learner.load_state_dict(state["learner"])
+    test = build_dataset(cfg.val_data, "test")
+    fig, axes = plt.subplots(n, 5, figsize=(12, 2.6 * n), squeeze=False)
+    for row in range(n):
+        s = collate_pairs([test[row]])
+        with torch.no_grad():
+            w = exp.problem.generator.eval()(s["ir"], s["vi"])["intensity"][0, 0]
+            fused = exp.problem.fuse(s["ir"], s["vi"])[0, 0]
+        panels = [(s["ir"][0, 0], "infrared", "gray"), (s["vi"][0, 0], "visible", "gray"), (s["mask"][0] > 0, "objects", "gray"),
+                  (w, "learned w_ir", "inferno"), (fused, "fused", "gray")]
+        for ax, (img, title, cmap) in zip(axes[row], panels):
+            im = ax.imshow(img.float().numpy(), cmap=cmap, vmin=0, vmax=1)
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=["segmentation", "detection"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--meta-steps", type=int, default=24)
+    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--scenes", type=int, default=32, help="held-out scenes to score")
+    parser.add_argument("--out", default="runs/evidence")
+    parser.add_argument("--quick", action="store_true", help="tiny budget, to check the script")
+    parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/tdfusion.md")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds, args.epochs, args.meta_steps, args.images, args.scenes = [0], 1, 2, 4, 4
+    out = Path(args.out)
+    results: list[dict] = []
+    for task in args.tasks:
+        for seed in args.seeds:
+            for learned in (True, False):
+                cfg = config(task, seed, learned, args.size, args.epochs, args.meta_steps, args.images)
+                run_dir = out / cfg["name"]
+                start = time.perf_counter()
+                run(load_config(cfg), run_dir, quiet=True)
+                metrics, weights = held_out(run_dir, cfg, args.scenes)
+                row = {"task": task, "seed": seed, "variant": "learned" if learned else "fixed",
+                       "metric": metrics[TASK_METRIC[task]], "seconds": time.perf_counter() - start, **weights}
+                results.append(row)
+                print(json.dumps(row), file=sys.stderr)
+                if learned and seed == args.seeds[0]:
+                    figure(run_dir, cfg, ROOT / "docs" / "figures" / f"tdfusion_weights_{task}.png")
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    table = summarise(results, args)
+    print(table)
+    if not args.no_doc:
+        write_doc(table)
+    return 0
+
+
+def summarise(results: list[dict], args: argparse.Namespace) -> str:
+    lines = [
+        f"Budget per run: {args.epochs} epochs x ({args.meta_steps} meta-steps for the learned loss + one pass over "
+        f"{args.images} scenes of {args.size}x{args.size}); held-out: {args.scenes} scenes of the test split; "
+        f"seeds {args.seeds}.",
+        "",
+        "| task | metric | learned (mean) | fixed 0.5 (mean) | learned w_ir on objects | on background | difference |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for task in args.tasks:
+        rows = [r for r in results if r["task"] == task]
+        learned = [r for r in rows if r["variant"] == "learned"]
+        fixed = [r for r in rows if r["variant"] == "fixed"]
+        m = lambda rs, k: statistics.mean(r[k] for r in rs)
+        lines.append(
+            f"| {task} | {TASK_METRIC[task].split('/')[1]} | {m(learned, 'metric'):.3f} | {m(fixed, 'metric'):.3f} | "
+            f"{m(learned, 'w_ir_objects'):.3f} | {m(learned, 'w_ir_background'):.3f} | "
+            f"{m(learned, 'w_ir_objects') - m(learned, 'w_ir_background'):+.3f} |"
+        )
+    lines += ["", "Per run:", "", "| task | seed | variant | metric | w_ir objects | w_ir background | seconds |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['task']} | {r['seed']} | {r['variant']} | {r['metric']:.3f} | {r['w_ir_objects']:.3f} | "
+                     f"{r['w_ir_background']:.3f} | {r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def write_doc(table: str) -> None:
+    begin, end = "<!-- EVIDENCE:BEGIN -->", "<!-- EVIDENCE:END -->"
+    text = DOC.read_text() if DOC.exists() else f"# TDFusion\n\n{begin}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    stamp = time.strftime("%Y-%m-%d")
+    DOC.write_text(f"{head}{begin}\n_Measured {stamp} by `python -m benchmarks.tdfusion_evidence`._\n\n{table}\n{end}{tail}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
