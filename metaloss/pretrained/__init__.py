@@ -1,0 +1,31 @@
+"""Where the package's default pretrained model lives.
+
+The default model is a metaloss checkpoint (the format ``metaloss run`` writes; see
+``metaloss.experiment.load_checkpoint``) shipped as package data: ``metaloss/pretrained/default.pt``.
+It is looked up with :mod:`importlib.resources`, so it is found in a source checkout, an editable
+install and an installed wheel alike, provided the packaging lists ``metaloss.pretrained`` as a
+package and ``*.pt`` as its package data.
+"""
+
+from __future__ import annotations
+
+import importlib.resources as resources
+from importlib.resources.abc import Traversable
+
+__all__ = ["DEFAULT_NAME", "PACKAGE", "default_checkpoint"]
+
+#: The package holding the pretrained files, and the default model's file name in it.
+PACKAGE = __name__
+DEFAULT_NAME = "default.pt"
+
+
+def default_checkpoint(package: str | None = None, name: str = DEFAULT_NAME) -> Traversable | None:
+    """The default pretrained checkpoint as a package resource, or None when it is not shipped.
+
+    Read it with ``importlib.resources.as_file(resource)`` (a real path even from a zip).
+    """
+    try:
+        resource = resources.files(package or PACKAGE).joinpath(name)
+    except ModuleNotFoundError:
+        return None
+    return resource if resource.is_file() else None
