@@ -49,6 +49,7 @@ class DataConfig(PluginSection):
     task_size: tuple[int, int] | None = Field(
         None, description="[H, W] the task sees (full image resized); omitted = the image's own size"
     )
+    task_from_crop: bool = Field(False, description="the task sees the fusion-loss crop, not the resized full image")
     swap_modalities: bool = Field(True, description="double each batch with ir and vi swapped (TDFusion)")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
 

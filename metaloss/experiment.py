@@ -94,6 +94,7 @@ def build_experiment(cfg: ExperimentConfig) -> Experiment:
         weight_form=cfg.loss.weight_form,
         crop_size=cfg.data.crop_size,
         task_size=cfg.data.task_size,
+        task_from_crop=cfg.data.task_from_crop,
         swap_modalities=cfg.data.swap_modalities,
         device=device,
     ).to(device)

@@ -18,6 +18,10 @@ from metaloss.losses import WeightForm, fusion_loss
 from metaloss.protocols import Batch, ParamDict
 
 
+#: The label keys a batch may carry; a task lists those it needs in ``targets``.
+TARGETS = ("mask", "boxes")
+
+
 def random_crop_box(h: int, w: int, size: int, generator: torch.Generator) -> tuple[int, int, int, int]:
     """(top, left, height, width) of a random ``size`` crop; the whole side where it is shorter."""
     ch, cw = min(size, h), min(size, w)
@@ -39,6 +43,7 @@ class FusionProblem(nn.Module):
         weight_form: WeightForm = "linear",
         crop_size: int = 256,
         task_size: tuple[int, int] | None = None,
+        task_from_crop: bool = False,
         swap_modalities: bool = True,
         device: torch.device | str = "cpu",
     ):
@@ -46,6 +51,7 @@ class FusionProblem(nn.Module):
         self.learner, self.generator, self.objective = fusion, generator, task
         self.alpha, self.weight_form = alpha, weight_form
         self.crop_size, self.task_size, self.swap_modalities = crop_size, task_size, swap_modalities
+        self.task_from_crop = task_from_crop
         self.device = torch.device(device)
         self.terms: dict[str, float] = {}
 
@@ -54,24 +60,41 @@ class FusionProblem(nn.Module):
         """Crop for the fusion loss, resize for the task, and optionally double by swapping modalities.
 
         ``augment=False`` (evaluation): no crop and no swap, only the resize for the task.
+        Targets the task does not name in its ``targets`` attribute (default: all) are dropped.
 
         In: ``ir``, ``vi`` [B,1,H,W] (+ ``mask`` [B,H,W], ``boxes`` [N,6]).  Out: ``ir``/``vi`` crops,
         ``task_ir``/``task_vi`` resized full images and the targets, all on the problem's device.
         """
+        targets = getattr(self.objective, "targets", TARGETS)
+        batch = {k: v for k, v in batch.items() if k not in TARGETS or k in targets}
         ir, vi = batch["ir"].to(self.device), batch["vi"].to(self.device)
         h, w = ir.shape[-2:]
         out: Batch = {k: v for k, v in batch.items() if k not in ("ir", "vi")}
+        crop = (0, 0, h, w)
         if self.crop_size and augment:
-            top, left, ch, cw = random_crop_box(h, w, self.crop_size, generator)
-            out["ir"], out["vi"] = ir[..., top : top + ch, left : left + cw], vi[..., top : top + ch, left : left + cw]
+            crop = random_crop_box(h, w, self.crop_size, generator)
+        top, left, ch, cw = crop
+        out["ir"], out["vi"] = ir[..., top : top + ch, left : left + cw], vi[..., top : top + ch, left : left + cw]
+        if self.task_from_crop:
+            if "boxes" in batch:
+                raise ValueError("data.task_from_crop cannot crop detection boxes; use task_size instead")
+            out["task_ir"], out["task_vi"] = out["ir"], out["vi"]
+            if "mask" in batch:
+                out["mask"] = batch["mask"].to(self.device)[..., top : top + ch, left : left + cw]
         else:
-            out["ir"], out["vi"] = ir, vi
+            out.update(self._task_view(batch, ir, vi))
+        if self.swap_modalities and augment:
+            out = swap_modalities(out, batch_size=ir.shape[0])
+        return out
+
+    def _task_view(self, batch: Batch, ir: Tensor, vi: Tensor) -> Batch:
+        """The full images resized to ``task_size`` (and the masks, nearest), for the task."""
+        h, w = ir.shape[-2:]
         size = tuple(self.task_size) if self.task_size else (h, w)
+        out: Batch = {"task_ir": ir, "task_vi": vi}
         if size != (h, w):
             out["task_ir"] = F.interpolate(ir, size=size, mode="bilinear", align_corners=False)
             out["task_vi"] = F.interpolate(vi, size=size, mode="bilinear", align_corners=False)
-        else:
-            out["task_ir"], out["task_vi"] = ir, vi
         if "mask" in batch:
             mask = batch["mask"].to(self.device)
             if tuple(mask.shape[-2:]) != size:
@@ -79,8 +102,6 @@ class FusionProblem(nn.Module):
             out["mask"] = mask
         if "boxes" in batch:
             out["boxes"] = batch["boxes"].to(self.device)
-        if self.swap_modalities and augment:
-            out = swap_modalities(out, batch_size=ir.shape[0])
         return out
 
     # -- the three losses -----------------------------------------------------------------------

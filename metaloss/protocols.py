@@ -50,6 +50,9 @@ class TaskEvaluator(Protocol):
 class Task(Protocol):
     """T_ψ, the meta-objective network: ``forward(fused) -> outputs``; ``loss(outputs, batch) -> scalar``.
 
+    ``targets`` (optional) names the label keys of a batch it uses (``("mask",)``, ``("boxes",)``,
+    or ``()`` for an unlabelled objective); the others are dropped before the batch reaches it.
+
     ``loss`` must be differentiable with respect to ``outputs`` (the outer loss reaches the fusion
     network, and through its inner update the loss generator, only through it).
     """

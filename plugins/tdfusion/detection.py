@@ -39,6 +39,9 @@ class DetectionTask(nn.Module):
     ultralytics' letterbox does) and the normalised boxes are rescaled to the padded frame.
     """
 
+    #: the label keys of a batch it trains on (the others are dropped)
+    targets = ("boxes",)
+
     #: task options filled from the dataset when unset: num_classes <- dataset.num_box_classes
     dataset_fields = {"num_classes": "num_box_classes"}
 

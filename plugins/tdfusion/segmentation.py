@@ -19,6 +19,9 @@ class SegmentationTask(nn.Module):
     back, so any task size works (MSRS's 240 x 320, say).
     """
 
+    #: the label keys of a batch it trains on (the others are dropped)
+    targets = ("mask",)
+
     def __init__(
         self,
         num_classes: int | None = None,
