@@ -1,0 +1,205 @@
+"""``metaloss fuse``: fuse one pair of images, or two folders of pairs, with a trained model.
+
+    metaloss fuse [--checkpoint CKPT] --ir PATH --vi PATH --out DIR [--tile SIZE] [--overlap PX]
+                  [--stretch | --no-stretch] [--save-weights] [--colormap NAME] [--device DEV] [--quiet]
+
+``--ir``/``--vi`` are two files (one pair) or two folders; in folders, images (by extension) are
+paired by file name without extension, and files without a partner are listed on stderr.  Each
+fused image is written as an 8-bit PNG ``DIR/<name>.png`` (``<name>``: the source's file name
+without extension; for a single pair with two different names, the visible image's).  See
+``docs/fuse.md``.  Also runnable as ``python -m metaloss.fuse_cli``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``fuse`` options to ``parser`` (a sub-parser of ``metaloss``)."""
+    from metaloss.inference import AUTO_TILE, AUTO_WHOLE_MAX_PIXELS, DEFAULT_OVERLAP
+
+    parser.add_argument(
+        "--checkpoint", "-c", metavar="CKPT",
+        help="checkpoint written by `metaloss run` (or its run directory); default: the package's pretrained model",
+    )
+    parser.add_argument("--ir", required=True, metavar="PATH", help="infrared image, or a folder of them")
+    parser.add_argument("--vi", required=True, metavar="PATH", help="visible image, or a folder of them")
+    parser.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder (created if needed)")
+    parser.add_argument(
+        "--tile", type=_nonneg_int, default=None, metavar="SIZE",
+        help=(
+            "fuse in overlapping SIZE×SIZE tiles to bound memory; 0 = whole image; default: whole image up to "
+            f"{AUTO_WHOLE_MAX_PIXELS} pixels, else {AUTO_TILE}"
+        ),
+    )
+    parser.add_argument(
+        "--overlap", type=_nonneg_int, default=DEFAULT_OVERLAP, metavar="PX",
+        help=f"minimum overlap of neighbouring tiles in pixels (default {DEFAULT_OVERLAP})",
+    )
+    parser.add_argument(
+        "--stretch", action=argparse.BooleanOptionalAction, default=True,
+        help="min-max stretch the fused Y channel of each image to [0, 1], as the reference test scripts do (default: on)",
+    )
+    parser.add_argument(
+        "--save-weights", action="store_true",
+        help="also write the loss generator's weight maps as heat maps: <name>_w_ir.png, <name>_w_vi.png "
+        "(and <name>_v_ir.png, <name>_v_vi.png for gradient weights)",
+    )
+    parser.add_argument("--colormap", default="viridis", help="OpenCV colormap of the heat maps (default viridis)")
+    parser.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    return parser
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> int:
+    print(f"metaloss fuse: error: {message}", file=sys.stderr)
+    return code
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    ir: Path
+    vi: Path
+
+
+class PairingError(ValueError):
+    pass
+
+
+def _images(folder: Path) -> dict[str, Path]:
+    from metaloss.data.io import IMAGE_EXTENSIONS
+
+    found: dict[str, Path] = {}
+    clashes: list[str] = []
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS:
+            if p.stem in found:
+                clashes.append(f"{found[p.stem].name} and {p.name}")
+            found.setdefault(p.stem, p)
+    if clashes:
+        raise PairingError(f"{folder}: several images with one name: {'; '.join(clashes)}")
+    return found
+
+
+def pair_jobs(ir: Path, vi: Path) -> tuple[list[Job], list[Path]]:
+    """The pairs to fuse and the unpaired files.  Two files: one pair.  Two folders: images matched by
+    file name without extension (so ``a.png`` pairs with ``a.jpg``)."""
+    if ir.is_file() and vi.is_file():
+        name = vi.stem
+        return [Job(name, ir, vi)], []
+    if ir.is_dir() and vi.is_dir():
+        a, b = _images(ir), _images(vi)
+        jobs = [Job(n, a[n], b[n]) for n in sorted(a.keys() & b.keys())]
+        unpaired = sorted([a[n] for n in a.keys() - b.keys()] + [b[n] for n in b.keys() - a.keys()])
+        return jobs, unpaired
+    for p in (ir, vi):
+        if not p.exists():
+            raise PairingError(f"no such file or folder: {p}")
+    raise PairingError(f"--ir and --vi must both be files or both be folders: {ir}, {vi}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``metaloss fuse`` with parsed ``args``; returns the exit status."""
+    from metaloss.data.images import ImageReadError, ImageSizeError, load_pair
+    from metaloss.experiment import RunError, resolve_device
+    from metaloss.inference import InferenceError, fuse_images, heatmap, load_model, write_png
+    from metaloss.registry import PluginError
+
+    if args.tile and args.overlap >= args.tile:
+        return _fail(f"--overlap ({args.overlap}) must be smaller than --tile ({args.tile})", EXIT_USAGE)
+    try:
+        heatmap([[0.0]], args.colormap)
+    except ValueError as err:
+        return _fail(str(err), EXIT_USAGE)
+    try:
+        jobs, unpaired = pair_jobs(Path(args.ir), Path(args.vi))
+    except PairingError as err:
+        return _fail(str(err), EXIT_USAGE)
+    if unpaired:
+        print(f"metaloss fuse: {len(unpaired)} file(s) without a partner, not fused:", file=sys.stderr)
+        for p in unpaired:
+            print(f"  {p}", file=sys.stderr)
+    if not jobs:
+        return _fail(f"no image pairs in {args.ir} and {args.vi}")
+    try:
+        device = resolve_device(args.device)
+        model = load_model(args.checkpoint, generator=args.save_weights, device=device)
+    except (InferenceError, RunError, PluginError) as err:
+        return _fail(str(err))
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bar = None
+    if not args.quiet:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(jobs), unit="pair", file=sys.stderr, dynamic_ncols=True, desc="fuse")
+
+    def on_tile(i: int, n: int) -> None:
+        if bar is not None and n > 1:
+            bar.set_postfix_str(f"tile {i}/{n}")
+
+    failures: list[str] = []
+    try:
+        for job in jobs:
+            if bar is not None:
+                bar.set_description(f"fuse {job.name}")
+            try:
+                pair = load_pair(job.ir, job.vi)
+                result = fuse_images(
+                    model, pair, tile=args.tile, overlap=args.overlap, stretch_y=args.stretch,
+                    weights=args.save_weights, on_tile=on_tile,
+                )
+                del pair
+                write_png(out / f"{job.name}.png", result.image)
+                for suffix, values in result.maps.items():
+                    write_png(out / f"{job.name}_{suffix}.png", heatmap(values, args.colormap))
+            except (ImageReadError, ImageSizeError, OSError) as err:
+                failures.append(f"{job.name}: {err}")
+                if bar is not None:
+                    bar.write(f"metaloss fuse: {job.name}: {err}", file=sys.stderr)
+                else:
+                    print(f"metaloss fuse: {job.name}: {err}", file=sys.stderr)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    if failures:
+        return _fail(f"{len(failures)} of {len(jobs)} pair(s) failed; the others are in {out}")
+    if not args.quiet:
+        print(f"fused {len(jobs)} pair(s) into {out} ({model.source})", file=sys.stderr)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Standalone entry point (``python -m metaloss.fuse_cli``)."""
+    parser = configure_parser(argparse.ArgumentParser(prog="metaloss fuse", description="Fuse infrared-visible image pairs."))
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("metaloss fuse: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

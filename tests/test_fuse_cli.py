@@ -1,0 +1,202 @@
+"""`metaloss fuse` (through metaloss.fuse_cli.main, the same parser `metaloss fuse` uses)."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import metaloss.pretrained as pretrained
+from metaloss.fuse_cli import main
+from metaloss.data.images import compose, load_pair
+from metaloss.inference import fuse_pair, load_model, stretch, write_checkpoint
+from metaloss.models.conv_generator import ConvLossGenerator
+from metaloss.models.dense import DenseFusion
+
+DENSE = {"name": "dense", "width": 4, "growth": 4, "layers": 2}
+H, W = 40, 56
+
+
+def _gray(seed):
+    rng = np.random.default_rng(seed)
+    return cv2.resize(rng.integers(0, 256, (H // 4, W // 4), dtype=np.uint8), (W, H), interpolation=cv2.INTER_LINEAR)
+
+
+def _colour(seed):
+    return np.stack([_gray(seed), _gray(seed + 100), _gray(seed + 200)], axis=-1)
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    torch.manual_seed(0)
+    return write_checkpoint(tmp_path / "ck.pt", DenseFusion(width=4, growth=4, layers=2), DENSE, ConvLossGenerator(width=4), {"name": "conv", "width": 4})
+
+
+@pytest.fixture
+def folders(tmp_path):
+    ir, vi = tmp_path / "ir", tmp_path / "vi"
+    ir.mkdir()
+    vi.mkdir()
+    for i, name in enumerate(["a", "b", "c"]):
+        cv2.imwrite(str(ir / f"{name}.png"), _gray(i))
+        cv2.imwrite(str(vi / f"{name}.jpg" if name == "b" else vi / f"{name}.png"), _colour(i))
+    cv2.imwrite(str(ir / "only_ir.png"), _gray(7))
+    cv2.imwrite(str(vi / "only_vi.bmp"), _colour(8))
+    (vi / "notes.txt").write_text("not an image")
+    return ir, vi
+
+
+def _read(path):
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert img is not None, path
+    return img
+
+
+def test_single_pair_grayscale_and_colour(tmp_path, ckpt):
+    cv2.imwrite(str(tmp_path / "ir.png"), _gray(0))
+    cv2.imwrite(str(tmp_path / "vi_gray.png"), _gray(1))
+    cv2.imwrite(str(tmp_path / "vi.png"), _colour(1))
+    out = tmp_path / "out"
+    assert main(["--checkpoint", str(ckpt), "--ir", str(tmp_path / "ir.png"), "--vi", str(tmp_path / "vi_gray.png"), "--out", str(out), "-q"]) == 0
+    gray = _read(out / "vi_gray.png")  # named after the visible source
+    assert gray.dtype == np.uint8 and gray.shape == (H, W)
+    assert gray.min() == 0 and gray.max() == 255  # stretched by default
+    assert main(["-c", str(ckpt), "--ir", str(tmp_path / "ir.png"), "--vi", str(tmp_path / "vi.png"), "--out", str(out), "-q"]) == 0
+    colour = _read(out / "vi.png")
+    assert colour.dtype == np.uint8 and colour.shape == (H, W, 3)
+    assert sorted(p.name for p in out.iterdir()) == ["vi.png", "vi_gray.png"]
+
+
+def test_stretch_is_an_option(tmp_path, ckpt):
+    cv2.imwrite(str(tmp_path / "ir.png"), _gray(0))
+    cv2.imwrite(str(tmp_path / "vi.png"), _gray(1))
+    args = ["-c", str(ckpt), "--ir", str(tmp_path / "ir.png"), "--vi", str(tmp_path / "vi.png"), "-q"]
+    assert main([*args, "--out", str(tmp_path / "s")]) == 0
+    assert main([*args, "--out", str(tmp_path / "n"), "--no-stretch"]) == 0
+    s, n = _read(tmp_path / "s" / "vi.png"), _read(tmp_path / "n" / "vi.png")
+    assert (s.min(), s.max()) == (0, 255) and n.max() - n.min() < 255
+    model = load_model(ckpt)
+    pair = load_pair(tmp_path / "ir.png", tmp_path / "vi.png")
+    fused = fuse_pair(model.fusion, pair.ir.y, pair.vi.y)
+    assert np.array_equal(n, compose(fused, None))
+    assert np.array_equal(s, compose(stretch(fused), None))  # the stretch is of the unquantised Y
+
+
+def test_folders_pair_by_name_and_list_unpaired(folders, ckpt, tmp_path, capsys):
+    ir, vi = folders
+    out = tmp_path / "out"
+    assert main(["-c", str(ckpt), "--ir", str(ir), "--vi", str(vi), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png"]  # b.png from b.png + b.jpg
+    assert all(_read(out / f"{n}.png").shape == (H, W, 3) for n in "abc")
+    err = capsys.readouterr().err
+    assert "2 file(s) without a partner" in err and "only_ir.png" in err and "only_vi.bmp" in err
+    assert "notes.txt" not in err
+    assert "3/3" in err and "pair" in err  # the tqdm progress bar, on stderr
+
+
+def test_quiet_prints_nothing_but_unpaired_files(folders, ckpt, tmp_path, capsys):
+    ir, vi = folders
+    assert main(["-c", str(ckpt), "--ir", str(ir), "--vi", str(vi), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and "3/3" not in err and "only_ir.png" in err
+
+
+def test_save_weights_writes_heat_maps(tmp_path, ckpt):
+    cv2.imwrite(str(tmp_path / "p.png"), _gray(0))
+    (tmp_path / "v").mkdir()
+    cv2.imwrite(str(tmp_path / "v" / "p.png"), _colour(1))
+    out = tmp_path / "out"
+    assert main(["-c", str(ckpt), "--ir", str(tmp_path / "p.png"), "--vi", str(tmp_path / "v" / "p.png"), "--out", str(out), "--save-weights", "-q"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["p.png", "p_w_ir.png", "p_w_vi.png"]
+    w_ir, w_vi = _read(out / "p_w_ir.png"), _read(out / "p_w_vi.png")
+    assert w_ir.shape == (H, W, 3) and w_ir.dtype == np.uint8
+    assert not np.array_equal(w_ir, w_vi)
+
+
+def test_save_weights_with_gradient_maps(tmp_path):
+    from metaloss_refusion.loss_generator import ReFusionLossGenerator
+
+    torch.manual_seed(0)
+    options = {"dim": 8, "heads": 2, "blocks_per_modality": 1, "fused_blocks": 1}
+    ck = write_checkpoint(tmp_path / "ck.pt", DenseFusion(width=4, growth=4, layers=2), DENSE, ReFusionLossGenerator(**options), {"name": "refusion", **options})
+    cv2.imwrite(str(tmp_path / "ir.png"), _gray(0))
+    cv2.imwrite(str(tmp_path / "vi.png"), _gray(1))
+    out = tmp_path / "out"
+    assert main(["-c", str(ck), "--ir", str(tmp_path / "ir.png"), "--vi", str(tmp_path / "vi.png"), "--out", str(out), "--save-weights", "--colormap", "jet", "-q"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["vi.png", "vi_v_ir.png", "vi_v_vi.png", "vi_w_ir.png", "vi_w_vi.png"]
+
+
+def test_tiling_options(tmp_path, ckpt):
+    cv2.imwrite(str(tmp_path / "ir.png"), _gray(0))
+    cv2.imwrite(str(tmp_path / "vi.png"), _gray(1))
+    args = ["-c", str(ckpt), "--ir", str(tmp_path / "ir.png"), "--vi", str(tmp_path / "vi.png"), "-q", "--no-stretch"]
+    assert main([*args, "--out", str(tmp_path / "w"), "--tile", "0"]) == 0
+    assert main([*args, "--out", str(tmp_path / "t"), "--tile", "24", "--overlap", "16"]) == 0
+    w, t = _read(tmp_path / "w" / "vi.png"), _read(tmp_path / "t" / "vi.png")
+    assert np.abs(w.astype(int) - t.astype(int)).max() <= 1  # a local CNN: tiling is exact up to rounding
+    assert main([*args, "--out", str(tmp_path / "x"), "--tile", "16", "--overlap", "16"]) == 2
+    with pytest.raises(SystemExit):
+        main([*args, "--out", str(tmp_path / "x"), "--tile", "-3"])
+
+
+def test_checkpoint_from_a_metaloss_run(tmp_path):
+    from tests.test_inference import run_tiny_experiment
+
+    last = run_tiny_experiment(tmp_path / "run")
+    cv2.imwrite(str(tmp_path / "ir.png"), _gray(0))
+    cv2.imwrite(str(tmp_path / "vi.png"), _colour(1))
+    for ck in (last, tmp_path / "run"):
+        out = tmp_path / "out"
+        assert main(["-c", str(ck), "--ir", str(tmp_path / "ir.png"), "--vi", str(tmp_path / "vi.png"), "--out", str(out), "--save-weights", "-q"]) == 0
+        assert sorted(p.name for p in out.iterdir()) == ["vi.png", "vi_w_ir.png", "vi_w_vi.png"]
+
+
+def test_without_checkpoint_the_default_model_is_used_or_its_absence_explained(tmp_path, ckpt, monkeypatch, capsys):
+    cv2.imwrite(str(tmp_path / "ir.png"), _gray(0))
+    cv2.imwrite(str(tmp_path / "vi.png"), _gray(1))
+    args = ["--ir", str(tmp_path / "ir.png"), "--vi", str(tmp_path / "vi.png"), "--out", str(tmp_path / "out"), "-q"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "no default pretrained model" in err and "does not ship one yet" in err and "--checkpoint" in err
+    assert not (tmp_path / "out").exists()
+    # a package shipping default.pt (as metaloss/pretrained/default.pt will be) is picked up
+    pkg = tmp_path / "site" / "fake_pretrained"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "default.pt").write_bytes(ckpt.read_bytes())
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setattr(pretrained, "PACKAGE", "fake_pretrained")
+    assert main(args) == 0
+    assert (tmp_path / "out" / "vi.png").is_file()
+
+
+def test_bad_inputs(tmp_path, ckpt, folders, capsys):
+    ir, vi = folders
+    (vi / "c.png").write_bytes(b"broken")
+    cv2.imwrite(str(vi / "a.png"), _colour(0)[:-2])
+    out = tmp_path / "out"
+    assert main(["-c", str(ckpt), "--ir", str(ir), "--vi", str(vi), "--out", str(out), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "c.png" in err and "not a supported image format" in err
+    assert "differ in size" in err and "a.png" in err
+    assert "2 of 3 pair(s) failed" in err
+    assert sorted(p.name for p in out.iterdir()) == ["b.png"]  # the good pair is still written
+    assert main(["-c", str(ckpt), "--ir", str(ir), "--vi", str(vi / "b.jpg"), "--out", str(out)]) == 2
+    assert "both be files or both be folders" in capsys.readouterr().err
+    assert main(["-c", str(ckpt), "--ir", str(tmp_path / "nope"), "--vi", str(vi), "--out", str(out)]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    assert main(["-c", str(tmp_path / "missing.pt"), "--ir", str(ir), "--vi", str(vi), "--out", str(out), "-q"]) == 1
+    assert "no checkpoint at" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["-c", str(ckpt), "--ir", str(empty), "--vi", str(vi), "--out", str(out), "-q"]) == 1
+    assert "no image pairs" in capsys.readouterr().err
+    assert main(["-c", str(ckpt), "--ir", str(ir), "--vi", str(vi), "--out", str(out), "--colormap", "nope"]) == 2
+
+
+def test_duplicate_names_in_a_folder_are_refused(tmp_path, ckpt, folders, capsys):
+    ir, vi = folders
+    cv2.imwrite(str(ir / "a.jpg"), _gray(0))
+    assert main(["-c", str(ckpt), "--ir", str(ir), "--vi", str(vi), "--out", str(tmp_path / "o")]) == 2
+    assert "a.jpg and a.png" in capsys.readouterr().err or "a.png and a.jpg" in json.dumps(str(ir))
