@@ -1,7 +1,7 @@
 """``metaloss fuse``: fuse one pair of images, or two folders of pairs, with a trained model.
 
-    metaloss fuse [--checkpoint CKPT] --ir PATH --vi PATH --out DIR [--tile SIZE] [--overlap PX]
-                  [--stretch | --no-stretch] [--save-weights] [--colormap NAME] [--device DEV] [--quiet]
+    metaloss fuse [--checkpoint CKPT] --ir PATH --vi PATH --out DIR [--tile SIZE]
+                  [--tiling auto|exact|blend] [--overlap PX] [--stretch | --no-stretch] [--save-weights] [--colormap NAME] [--device DEV] [--quiet]
 
 ``--ir``/``--vi`` are two files (one pair) or two folders; in folders, images (by extension) are
 paired by file name without extension, and files without a partner are listed on stderr.  Each
@@ -33,7 +33,7 @@ def _nonneg_int(text: str) -> int:
 
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``fuse`` options to ``parser`` (a sub-parser of ``metaloss``)."""
-    from metaloss.inference import AUTO_TILE, AUTO_WHOLE_MAX_PIXELS, DEFAULT_OVERLAP
+    from metaloss.inference import AUTO_TILE, AUTO_WHOLE_MAX_PIXELS, DEFAULT_OVERLAP, EXACT_CHUNK
 
     parser.add_argument(
         "--checkpoint", "-c", metavar="CKPT",
@@ -45,13 +45,21 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument(
         "--tile", type=_nonneg_int, default=None, metavar="SIZE",
         help=(
-            "fuse in overlapping SIZE×SIZE tiles to bound memory; 0 = whole image; default: whole image up to "
-            f"{AUTO_WHOLE_MAX_PIXELS} pixels, else {AUTO_TILE}"
+            "process large images in SIZE×SIZE pieces to bound memory; 0 = whole image at once; default: whole "
+            f"image up to {AUTO_WHOLE_MAX_PIXELS} pixels, else {EXACT_CHUNK} (exact) or {AUTO_TILE} (blend)"
+        ),
+    )
+    parser.add_argument(
+        "--tiling", choices=("auto", "exact", "blend"), default="auto",
+        help=(
+            "exact: layer by layer with global attention statistics, same result as the whole image "
+            "(Restormer-based networks); blend: independent overlapping tiles, ramp-blended (any network, "
+            "approximate); auto (default): exact when the network supports it"
         ),
     )
     parser.add_argument(
         "--overlap", type=_nonneg_int, default=DEFAULT_OVERLAP, metavar="PX",
-        help=f"minimum overlap of neighbouring tiles in pixels (default {DEFAULT_OVERLAP})",
+        help=f"blend tiling: minimum overlap of neighbouring tiles in pixels (default {DEFAULT_OVERLAP})",
     )
     parser.add_argument(
         "--stretch", action=argparse.BooleanOptionalAction, default=True,
@@ -120,10 +128,10 @@ def run(args: argparse.Namespace) -> int:
     """Run ``metaloss fuse`` with parsed ``args``; returns the exit status."""
     from metaloss.data.images import ImageReadError, ImageSizeError, load_pair
     from metaloss.experiment import RunError, resolve_device
-    from metaloss.inference import InferenceError, fuse_images, heatmap, load_model, write_png
+    from metaloss.inference import InferenceError, fuse_images, heatmap, load_model, plan_tiling, write_png
     from metaloss.registry import PluginError
 
-    if args.tile and args.overlap >= args.tile:
+    if args.tiling == "blend" and args.tile and args.overlap >= args.tile:
         return _fail(f"--overlap ({args.overlap}) must be smaller than --tile ({args.tile})", EXIT_USAGE)
     try:
         heatmap([[0.0]], args.colormap)
@@ -144,6 +152,12 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(args.checkpoint, generator=args.save_weights, device=device)
     except (InferenceError, RunError, PluginError) as err:
         return _fail(str(err))
+    try:  # refuse an impossible tiling (exact for a network that cannot stream) before any work
+        for net in (model.fusion, model.generator):
+            if net is not None:
+                plan_tiling(net, 1 << 16, 1 << 16, tile=args.tile, mode=args.tiling, overlap=args.overlap)
+    except ValueError as err:
+        return _fail(str(err), EXIT_USAGE)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -155,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
 
     def on_tile(i: int, n: int) -> None:
         if bar is not None and n > 1:
-            bar.set_postfix_str(f"tile {i}/{n}")
+            bar.set_postfix_str(f"step {i}/{n}")
 
     failures: list[str] = []
     try:
@@ -165,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 pair = load_pair(job.ir, job.vi)
                 result = fuse_images(
-                    model, pair, tile=args.tile, overlap=args.overlap, stretch_y=args.stretch,
+                    model, pair, tile=args.tile, mode=args.tiling, overlap=args.overlap, stretch_y=args.stretch,
                     weights=args.save_weights, on_tile=on_tile,
                 )
                 del pair

@@ -23,13 +23,15 @@ statistics the whole image gives: tiled output differs slightly from whole-image
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources as resources
 import math
 import os
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -37,18 +39,24 @@ import torch
 from torch import Tensor, nn
 
 import metaloss
+import metaloss.nn.restormer as restormer_nn
 from metaloss import pretrained, registry
 from metaloss.data.images import ImagePair, compose
+from metaloss.nn.restormer import MDTA, CrossAttentionFusion, DualStreamRestormer, RestormerBlock, RestormerEncoder
 from metaloss.utils.io import atomic_torch_save, atomic_write_bytes
 
 __all__ = [
     "AUTO_TILE",
     "AUTO_WHOLE_MAX_PIXELS",
     "DEFAULT_OVERLAP",
+    "EXACT_CHUNK",
+    "EXACT_MAX_PIXELS",
+    "EXACT_OUTER_TILE",
     "FusedImage",
     "FusionModel",
     "InferenceError",
     "NoPretrainedModelError",
+    "TilePlan",
     "blend_weights",
     "fuse_images",
     "fuse_pair",
@@ -56,17 +64,25 @@ __all__ = [
     "generator_maps",
     "heatmap",
     "load_model",
+    "plan_tiling",
     "resolve_tile",
+    "run_exact",
+    "run_planned",
     "stretch",
+    "supports_exact",
     "tile_starts",
     "write_checkpoint",
     "write_png",
 ]
 
-#: Automatic tiling (``tile=None``): images of at most this many pixels are fused whole; larger ones
-#: in tiles of ``AUTO_TILE`` with ``DEFAULT_OVERLAP``.  Both bound the network's working set to that
-#: of a 640×640 image (≈1.1 GiB for RestormerFusion on the CPU).
+#: Automatic tiling (``tile=None``): images of at most ``AUTO_WHOLE_MAX_PIXELS`` pixels are fused
+#: whole.  Larger ones: exact tiling in ``EXACT_CHUNK`` chunks for networks that support it (images
+#: above ``EXACT_MAX_PIXELS`` in blended ``EXACT_OUTER_TILE`` tiles, each exact), else blend tiling
+#: in ``AUTO_TILE`` tiles with ``DEFAULT_OVERLAP``.  See docs/fuse.md for the memory these give.
 AUTO_WHOLE_MAX_PIXELS = 640 * 640
+EXACT_CHUNK = 384
+EXACT_MAX_PIXELS = 2048 * 2048
+EXACT_OUTER_TILE = 1536
 AUTO_TILE = 640
 DEFAULT_OVERLAP = 192
 #: Pixels next to an inner tile edge that get zero blending weight (at most a quarter of the overlap).
@@ -200,10 +216,76 @@ def write_checkpoint(
     return Path(path)
 
 
-# -- tiling ---------------------------------------------------------------------------------------------
+# -- tiling: the plan --------------------------------------------------------------------------------------
+TilingMode = Literal["auto", "exact", "blend"]
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """How one image is run: ``"whole"`` (one forward), ``"exact"`` (layer by layer in ``tile``-pixel
+    chunks with global attention statistics: equal to ``"whole"`` up to float rounding),
+    ``"blend"`` (independent overlapping ``tile`` tiles, ramp-blended), or ``"exact+blend"``
+    (blended ``outer`` tiles, each run exactly in ``tile`` chunks: for very large images)."""
+
+    mode: Literal["whole", "exact", "blend", "exact+blend"]
+    tile: int = 0
+    overlap: int = 0
+    outer: int = 0
+
+
+def supports_exact(module: nn.Module) -> bool:
+    """Whether ``module`` runs on ``DualStreamRestormer`` backbones, which exact tiling can stream
+    (``RestormerFusion`` and the TDFusion/ReFusion loss generators do)."""
+    return any(isinstance(m, DualStreamRestormer) for m in module.modules())
+
+
+def plan_tiling(
+    module: nn.Module,
+    height: int,
+    width: int,
+    *,
+    tile: int | None = None,
+    mode: TilingMode = "auto",
+    overlap: int = DEFAULT_OVERLAP,
+) -> TilePlan:
+    """Choose how to run ``module`` on a ``height``×``width`` image.
+
+    ``tile``: 0 = whole image; None = automatic (whole image up to ``AUTO_WHOLE_MAX_PIXELS``
+    pixels, else ``EXACT_CHUNK`` chunks or ``AUTO_TILE`` tiles).  ``mode``: ``"exact"`` (needs
+    :func:`supports_exact`), ``"blend"`` (any network), or ``"auto"``: exact when the network
+    supports it (blended outer tiles of ``EXACT_OUTER_TILE`` around it for images larger than
+    ``EXACT_MAX_PIXELS``), blend otherwise.
+    """
+    if mode not in ("auto", "exact", "blend"):
+        raise ValueError(f"unknown tiling mode {mode!r}; choose 'auto', 'exact' or 'blend'")
+    if tile is not None and tile < 0:
+        raise ValueError(f"tile must be >= 0 (0 = whole image), got {tile}")
+    exact_ok = supports_exact(module)
+    if mode == "exact" and not exact_ok:
+        raise ValueError(
+            f"exact tiling needs a network built on metaloss.nn.restormer.DualStreamRestormer; "
+            f"{type(module).__name__} is not: use blend tiling"
+        )
+    if tile == 0 or (tile is None and height * width <= AUTO_WHOLE_MAX_PIXELS):
+        return TilePlan("whole")
+    if mode == "exact" or (mode == "auto" and exact_ok):
+        size = tile or EXACT_CHUNK
+        if mode == "auto" and height * width > EXACT_MAX_PIXELS:
+            return TilePlan("exact+blend", size, overlap, EXACT_OUTER_TILE)
+        if size >= height and size >= width:
+            return TilePlan("whole")
+        return TilePlan("exact", size)
+    size = tile or AUTO_TILE
+    if size >= height and size >= width:
+        return TilePlan("whole")
+    if not 0 <= overlap < size:
+        raise ValueError(f"overlap must be in [0, tile): overlap={overlap}, tile={size}")
+    return TilePlan("blend", size, overlap)
+
+
 def resolve_tile(tile: int | None, height: int, width: int) -> int:
-    """The tile size to use: ``tile`` itself (0 = whole image), or for None the automatic choice
-    (whole image up to ``AUTO_WHOLE_MAX_PIXELS`` pixels, else ``AUTO_TILE``)."""
+    """The blend tile size for ``tile`` (0 = whole image; None = automatic: whole image up to
+    ``AUTO_WHOLE_MAX_PIXELS`` pixels, else ``AUTO_TILE``)."""
     if tile is None:
         return 0 if height * width <= AUTO_WHOLE_MAX_PIXELS else AUTO_TILE
     if tile < 0:
@@ -211,6 +293,7 @@ def resolve_tile(tile: int | None, height: int, width: int) -> int:
     return tile
 
 
+# -- blend tiling ------------------------------------------------------------------------------------------
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of tiles of ``tile`` pixels covering ``length`` with at least ``overlap`` between
     neighbours: the fewest tiles that do, spread evenly (first at 0, last ending at ``length``)."""
@@ -255,6 +338,7 @@ def blend_weights(starts: list[int], tile: int, margin: int = DEFAULT_MARGIN) ->
 
 
 TileFn = Callable[[Tensor, Tensor], "Tensor | Mapping[str, Tensor]"]
+Progress = Callable[[int, int], None]
 
 
 def fuse_tiled(
@@ -266,9 +350,9 @@ def fuse_tiled(
     *,
     margin: int = DEFAULT_MARGIN,
     device: torch.device | str | None = None,
-    on_tile: Callable[[int, int], None] | None = None,
+    on_tile: Progress | None = None,
 ) -> Tensor | dict[str, Tensor]:
-    """Run ``fn(ir_tile, vi_tile)`` on overlapping ``tile``×``tile`` tiles and blend the outputs.
+    """Blend tiling: run ``fn(ir_tile, vi_tile)`` on overlapping ``tile``×``tile`` tiles and blend.
 
     ``ir``, ``vi``: ``[B, C, H, W]``.  ``fn`` returns ``[B, K, h, w]`` maps of its input's size, or a
     dict of them (a loss generator).  Tiles are moved to ``device`` (default: the input's) and the
@@ -313,26 +397,309 @@ def fuse_tiled(
     return acc[""] if single else acc
 
 
+# -- exact tiling -----------------------------------------------------------------------------------------
+# A DualStreamRestormer is run stage by stage (stem, each Restormer block, the merge block, the head),
+# each stage over the whole image in chunks, keeping the stage's full-resolution output.  Convolutions
+# are local: a chunk is computed from its region grown by the stage's receptive radius (clipped at the
+# image border, where the convolutions' own zero padding then matches the whole-image result) and
+# cropped back.  Channel attention is global but decomposes into sums over pixels:
+#     q̂ᵢ·k̂ⱼ = Σₚ qᵢₚ kⱼₚ / (‖qᵢ‖ ‖kⱼ‖),  ‖qᵢ‖² = Σₚ qᵢₚ²
+# so a first pass over the chunks accumulates these sums for every attention call of the stage, and a
+# second pass runs the stage with the resulting c×c attention maps.  Both passes call the stage's own
+# forward, with ``metaloss.nn.restormer.channel_attention`` temporarily replaced by a function that
+# records the sums (pass 1) or applies the global map (pass 2).  The result equals the whole-image
+# forward up to float summation order (about 1e-6).
+
+_ATTENTION_LOCK = threading.RLock()
+#: Leaf modules that act per pixel or as convolutions (so a chunk plus its radius computes them exactly).
+_LOCAL_LEAVES = (nn.Conv2d, nn.PReLU, nn.LeakyReLU, nn.ReLU, nn.GELU, nn.Identity, nn.Sigmoid)
+
+
+class _StopForward(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _attention_replaced(fn: Callable[..., Tensor]) -> Iterator[None]:
+    with _ATTENTION_LOCK:
+        original = restormer_nn.channel_attention
+        restormer_nn.channel_attention = fn
+        try:
+            yield
+        finally:
+            restormer_nn.channel_attention = original
+
+
+def _radius(module: nn.Module) -> int:
+    """An upper bound of the receptive radius: the sum of every convolution's radius."""
+    r = 0
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            r += max((k - 1) // 2 * d for k, d in zip(m.kernel_size, m.dilation))
+    return r
+
+
+def _chunks(height: int, width: int, size: int) -> list[tuple[int, int, int, int]]:
+    return [
+        (y0, min(y0 + size, height), x0, min(x0 + size, width))
+        for y0 in range(0, height, size)
+        for x0 in range(0, width, size)
+    ]
+
+
+def _region(inputs: Sequence[Tensor], box: tuple[int, int, int, int], halo: int) -> tuple[list[Tensor], tuple[Any, ...]]:
+    """The chunk ``box`` grown by ``halo`` (clipped to the image) of each input, and the index that
+    crops a region-sized result back to the chunk."""
+    y0, y1, x0, x1 = box
+    h, w = inputs[0].shape[-2:]
+    ya, yb, xa, xb = max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo)
+    crop = (..., slice(y0 - ya, y1 - ya), slice(x0 - xa, x1 - xa))
+    return [x[..., ya:yb, xa:xb] for x in inputs], crop
+
+
+class _AttentionSums:
+    """Σ q kᵀ, Σ q², Σ k² per head over the chunks: the global channel attention map."""
+
+    def __init__(self, temperature: Tensor, heads: int) -> None:
+        self.temperature, self.heads = temperature, heads
+        self.gram: Tensor | None = None
+        self.qq: Tensor | None = None
+        self.kk: Tensor | None = None
+
+    def add(self, q: Tensor, k: Tensor) -> None:
+        b, c = q.shape[:2]
+        qh = q.reshape(b, self.heads, c // self.heads, -1)
+        kh = k.reshape(b, self.heads, c // self.heads, -1)
+        gram = (qh @ kh.transpose(-2, -1)).double()
+        qq, kk = qh.square().sum(-1).double(), kh.square().sum(-1).double()
+        if self.gram is None:
+            self.gram, self.qq, self.kk = gram, qq, kk
+        else:
+            self.gram += gram
+            self.qq += qq  # type: ignore[operator]
+            self.kk += kk  # type: ignore[operator]
+
+    def attention(self) -> Tensor:
+        assert self.gram is not None and self.qq is not None and self.kk is not None
+        eps = 1e-12  # F.normalize's
+        nq, nk = self.qq.sqrt().clamp_min(eps), self.kk.sqrt().clamp_min(eps)
+        logits = (self.gram / (nq[..., :, None] * nk[..., None, :])).to(self.temperature.dtype)
+        return torch.softmax(logits * self.temperature, dim=-1)
+
+
+class _Streamer:
+    """Runs modules stage by stage in ``size``-pixel chunks (see the comment above)."""
+
+    def __init__(self, size: int, on_step: Callable[[], None] | None = None) -> None:
+        self.size, self.on_step = size, on_step
+
+    def _step(self) -> None:
+        if self.on_step is not None:
+            self.on_step()
+
+    def local(self, fn: Callable[..., Tensor], inputs: Sequence[Tensor], halo: int) -> Tensor:
+        h, w = inputs[0].shape[-2:]
+        out: Tensor | None = None
+        for box in _chunks(h, w, self.size):
+            regions, crop = _region(inputs, box, halo)
+            y = fn(*regions)[crop]
+            if out is None:
+                out = y.new_empty((*y.shape[:-2], h, w))
+            out[..., box[0] : box[1], box[2] : box[3]] = y
+            del y, regions
+            self._step()
+        assert out is not None
+        return out
+
+    def attention_stage(self, module: nn.Module, inputs: Sequence[Tensor]) -> Tensor:
+        """A module whose attention calls all depend on its inputs only (MDTA, RestormerBlock,
+        CrossAttentionFusion), otherwise local."""
+        halo = _radius(module)
+        h, w = inputs[0].shape[-2:]
+        sums: list[_AttentionSums] = []
+        expected: int | None = None
+        for box in _chunks(h, w, self.size):
+            regions, crop = _region(inputs, box, halo)
+            calls = 0
+
+            def record(q: Tensor, k: Tensor, v: Tensor, temperature: Tensor, heads: int) -> Tensor:
+                nonlocal calls
+                if calls == len(sums):
+                    sums.append(_AttentionSums(temperature, heads))
+                sums[calls].add(q[crop], k[crop])
+                calls += 1
+                if calls == expected:
+                    raise _StopForward
+                return torch.zeros_like(v)
+
+            try:
+                with _attention_replaced(record):
+                    module(*regions)
+            except _StopForward:
+                pass
+            expected = calls
+            self._step()
+        maps = [s.attention() for s in sums]
+        del sums
+        index = 0
+
+        def apply(q: Tensor, k: Tensor, v: Tensor, temperature: Tensor, heads: int) -> Tensor:
+            nonlocal index
+            attn = maps[index]
+            index += 1
+            b, c, hh, ww = v.shape
+            return (attn @ v.reshape(b, heads, c // heads, hh * ww)).reshape(b, c, hh, ww)
+
+        def run(*regions: Tensor) -> Tensor:
+            nonlocal index
+            index = 0
+            with _attention_replaced(apply):
+                return module(*regions)
+
+        return self.local(run, inputs, halo)
+
+    def stream(self, module: nn.Module, inputs: Sequence[Tensor]) -> Tensor:
+        if isinstance(module, DualStreamRestormer):  # mirrors DualStreamRestormer.forward
+            a, b = inputs
+            ea = self.stream(module.encoder1, [a])
+            eb = self.stream(module.encoder2, [b])
+            z = torch.cat([ea, eb], dim=1) if module.merge is None else self.stream(module.merge, [ea, eb])
+            del ea, eb
+            z = self.stream(module.decoder, [z])
+            head = nn.Sequential(module.head_in, module.act, module.head_out)
+            return self.local(head, [z], _radius(head))
+        if isinstance(module, RestormerEncoder):  # mirrors RestormerEncoder.forward
+            return self.stream(module.blocks, [self.stream(module.stem, inputs)])
+        if isinstance(module, nn.Sequential):
+            x = list(inputs)
+            for child in module:
+                x = [self.stream(child, x)]
+            return x[0]
+        if isinstance(module, (RestormerBlock, CrossAttentionFusion, MDTA)):
+            return self.attention_stage(module, inputs)
+        if all(isinstance(m, _LOCAL_LEAVES) for m in module.modules() if not list(m.children())):
+            return self.local(module, inputs, _radius(module))
+        raise TypeError(f"exact tiling cannot stream a {type(module).__name__}")
+
+    @staticmethod
+    def steps_per_chunk(module: nn.Module) -> int:
+        """Passes over the chunks that :meth:`stream` makes for ``module``."""
+        if isinstance(module, DualStreamRestormer):
+            merge = 0 if module.merge is None else _Streamer.steps_per_chunk(module.merge)
+            return sum(_Streamer.steps_per_chunk(m) for m in (module.encoder1, module.encoder2, module.decoder)) + merge + 1
+        if isinstance(module, RestormerEncoder):
+            return 1 + _Streamer.steps_per_chunk(module.blocks)
+        if isinstance(module, nn.Sequential):
+            return sum(_Streamer.steps_per_chunk(m) for m in module)
+        if isinstance(module, (RestormerBlock, CrossAttentionFusion, MDTA)):
+            return 2
+        return 1
+
+
+class _StreamedBackbone(nn.Module):
+    """Stands in for a DualStreamRestormer during :func:`run_exact`."""
+
+    def __init__(self, backbone: DualStreamRestormer, streamer: _Streamer) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.streamer = streamer
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        return self.streamer.stream(self.backbone, [a, b])
+
+
+def run_exact(
+    module: nn.Module,
+    ir: Tensor,
+    vi: Tensor,
+    chunk: int,
+    *,
+    on_tile: Progress | None = None,
+) -> Any:
+    """``module(ir, vi)`` with every ``DualStreamRestormer`` inside it run stage by stage in
+    ``chunk``-pixel chunks (exact tiling; see the comment above).  The rest of ``module`` (a
+    sigmoid, a softmax, Sobel inputs) runs on the whole image.  Call under ``torch.inference_mode``
+    or ``torch.no_grad``; not for training (the backbones are swapped out during the call)."""
+    h, w = ir.shape[-2:]
+    if isinstance(module, DualStreamRestormer):
+        backbones = [module]
+    else:
+        backbones = [m for m in module.modules() if isinstance(m, DualStreamRestormer)]
+    total = len(_chunks(h, w, chunk)) * sum(_Streamer.steps_per_chunk(b) for b in backbones)
+    done = 0
+
+    def step() -> None:
+        nonlocal done
+        done += 1
+        if on_tile is not None:
+            on_tile(done, total)
+
+    streamer = _Streamer(chunk, step)
+    if isinstance(module, DualStreamRestormer):
+        return streamer.stream(module, [ir, vi])
+    swaps = [
+        (parent, name, child)
+        for parent in list(module.modules())
+        for name, child in parent.named_children()
+        if isinstance(child, DualStreamRestormer)
+    ]
+    if not swaps:
+        raise TypeError(f"{type(module).__name__} has no DualStreamRestormer to stream; use blend tiling")
+    with _ATTENTION_LOCK:
+        try:
+            for parent, name, child in swaps:
+                parent._modules[name] = _StreamedBackbone(child, streamer)
+            return module(ir, vi)
+        finally:
+            for parent, name, child in swaps:
+                parent._modules[name] = child
+
+
+# -- running a network on a pair --------------------------------------------------------------------------
+def run_planned(
+    module: nn.Module,
+    ir: Tensor,
+    vi: Tensor,
+    plan: TilePlan,
+    *,
+    on_tile: Progress | None = None,
+) -> Tensor | dict[str, Tensor]:
+    """Run ``module`` on ``[B, 1, H, W]`` inputs by ``plan`` under ``torch.inference_mode``; float32
+    results (a tensor, or a dict of tensors for a loss generator) on the inputs' device."""
+    device = _module_device(module)
+    with torch.inference_mode():
+        if plan.mode == "whole":
+            return fuse_tiled(module, ir, vi, 0, device=device, on_tile=on_tile)
+        if plan.mode == "blend":
+            return fuse_tiled(module, ir, vi, plan.tile, plan.overlap, device=device, on_tile=on_tile)
+        if plan.mode == "exact":
+            return fuse_tiled(lambda a, b: run_exact(module, a, b, plan.tile, on_tile=on_tile), ir, vi, 0, device=device)
+        if plan.mode == "exact+blend":
+            return fuse_tiled(
+                lambda a, b: run_exact(module, a, b, plan.tile), ir, vi, plan.outer, plan.overlap, device=device, on_tile=on_tile
+            )
+    raise ValueError(f"unknown tiling plan {plan}")
+
+
 def fuse_pair(
     net: nn.Module,
     ir: Tensor,
     vi: Tensor,
     *,
     tile: int | None = None,
+    mode: TilingMode = "auto",
     overlap: int = DEFAULT_OVERLAP,
-    margin: int = DEFAULT_MARGIN,
-    on_tile: Callable[[int, int], None] | None = None,
+    on_tile: Progress | None = None,
 ) -> Tensor:
     """Fuse ``ir``, ``vi`` (``[B, 1, H, W]`` or ``[1, H, W]``, in [0, 1]) with ``net`` under
-    ``torch.inference_mode``: whole, or tiled (``tile`` pixels; None = automatic, 0 = whole image).
-    Returns float32 of the input's shape, on the input's device; ``net`` runs on its own device."""
+    ``torch.inference_mode``, whole or tiled by :func:`plan_tiling` (``tile``: None = automatic,
+    0 = whole image; ``mode``: auto, exact or blend).  Returns float32 of the input's shape on the
+    input's device; ``net`` runs on its own device."""
     squeeze = ir.ndim == 3
     if squeeze:
         ir, vi = ir[None], vi[None]
-    size = resolve_tile(tile, *ir.shape[-2:])
-    device = _module_device(net)
-    with torch.inference_mode():
-        out = fuse_tiled(net, ir, vi, size, overlap, margin=margin, device=device, on_tile=on_tile)
+    plan = plan_tiling(net, *ir.shape[-2:], tile=tile, mode=mode, overlap=overlap)
+    out = run_planned(net, ir, vi, plan, on_tile=on_tile)
     assert isinstance(out, Tensor)
     return out[0] if squeeze else out
 
@@ -343,18 +710,17 @@ def generator_maps(
     vi: Tensor,
     *,
     tile: int | None = None,
+    mode: TilingMode = "auto",
     overlap: int = DEFAULT_OVERLAP,
-    margin: int = DEFAULT_MARGIN,
-    on_tile: Callable[[int, int], None] | None = None,
+    on_tile: Progress | None = None,
 ) -> dict[str, Tensor]:
     """The loss generator's maps (``"intensity"``, and ``"gradient"`` when it gives them) for a pair,
     each ``[B, 2, H, W]`` (channel 0 infrared, 1 visible), tiled like :func:`fuse_pair`."""
     squeeze = ir.ndim == 3
     if squeeze:
         ir, vi = ir[None], vi[None]
-    size = resolve_tile(tile, *ir.shape[-2:])
-    with torch.inference_mode():
-        out = fuse_tiled(generator, ir, vi, size, overlap, margin=margin, device=_module_device(generator), on_tile=on_tile)
+    plan = plan_tiling(generator, *ir.shape[-2:], tile=tile, mode=mode, overlap=overlap)
+    out = run_planned(generator, ir, vi, plan, on_tile=on_tile)
     if not isinstance(out, dict):
         out = {"intensity": out}
     return {k: (v[0] if squeeze else v) for k, v in out.items()}
@@ -394,14 +760,15 @@ def fuse_images(
     pair: ImagePair,
     *,
     tile: int | None = None,
+    mode: TilingMode = "auto",
     overlap: int = DEFAULT_OVERLAP,
     stretch_y: bool = True,
     weights: bool = False,
-    on_tile: Callable[[int, int], None] | None = None,
+    on_tile: Progress | None = None,
 ) -> FusedImage:
     """Fuse one loaded pair: Y of both sources through the network, optional min–max stretch of the
     fused Y, chroma by the colour rule; with ``weights`` also the loss generator's maps."""
-    fused = fuse_pair(model.fusion, pair.ir.y, pair.vi.y, tile=tile, overlap=overlap, on_tile=on_tile)
+    fused = fuse_pair(model.fusion, pair.ir.y, pair.vi.y, tile=tile, mode=mode, overlap=overlap, on_tile=on_tile)
     if stretch_y:
         fused = stretch(fused)
     result = FusedImage(compose(fused, pair.chroma))
@@ -409,7 +776,9 @@ def fuse_images(
     if weights:
         if model.generator is None:
             raise InferenceError("weight maps need the loss generator: load the model with generator=True")
-        maps = generator_maps(model.generator, pair.ir.y, pair.vi.y, tile=tile, overlap=overlap, on_tile=on_tile)
+        maps = generator_maps(
+            model.generator, pair.ir.y, pair.vi.y, tile=tile, mode=mode, overlap=overlap, on_tile=on_tile
+        )
         for key, value in maps.items():
             short = MAP_NAMES.get(key, key)
             for c in range(value.shape[0]):

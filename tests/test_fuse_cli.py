@@ -136,6 +136,8 @@ def test_tiling_options(tmp_path, ckpt):
     w, t = _read(tmp_path / "w" / "vi.png"), _read(tmp_path / "t" / "vi.png")
     assert np.abs(w.astype(int) - t.astype(int)).max() <= 1  # a local CNN: tiling is exact up to rounding
     assert main([*args, "--out", str(tmp_path / "x"), "--tile", "16", "--overlap", "16"]) == 2
+    assert main([*args, "--out", str(tmp_path / "x"), "--tile", "16", "--tiling", "exact"]) == 2  # dense: no exact tiling
+    assert not (tmp_path / "x").exists()
     with pytest.raises(SystemExit):
         main([*args, "--out", str(tmp_path / "x"), "--tile", "-3"])
 
@@ -200,3 +202,18 @@ def test_duplicate_names_in_a_folder_are_refused(tmp_path, ckpt, folders, capsys
     cv2.imwrite(str(ir / "a.jpg"), _gray(0))
     assert main(["-c", str(ckpt), "--ir", str(ir), "--vi", str(vi), "--out", str(tmp_path / "o")]) == 2
     assert "a.jpg and a.png" in capsys.readouterr().err or "a.png and a.jpg" in json.dumps(str(ir))
+
+
+def test_exact_tiling_of_a_restormer_matches_whole_image(tmp_path, capsys):
+    from metaloss.models.restormer import RestormerFusion
+
+    torch.manual_seed(0)
+    options = {"dim": 8, "heads": 2, "blocks_per_modality": 1, "fused_blocks": 1}
+    ck = write_checkpoint(tmp_path / "r.pt", RestormerFusion(**options), {"name": "restormer", **options})
+    cv2.imwrite(str(tmp_path / "ir.png"), _gray(0))
+    cv2.imwrite(str(tmp_path / "vi.png"), _colour(1))
+    args = ["-c", str(ck), "--ir", str(tmp_path / "ir.png"), "--vi", str(tmp_path / "vi.png")]
+    assert main([*args, "--out", str(tmp_path / "w"), "--tile", "0", "-q"]) == 0
+    assert main([*args, "--out", str(tmp_path / "e"), "--tile", "16"]) == 0  # auto: exact for a Restormer
+    assert "step" in capsys.readouterr().err  # progress of the exact tiling's passes
+    assert np.array_equal(_read(tmp_path / "w" / "vi.png"), _read(tmp_path / "e" / "vi.png"))

@@ -17,9 +17,13 @@ from metaloss.data.images import compose, load_pair
 from metaloss.inference import (
     AUTO_TILE,
     AUTO_WHOLE_MAX_PIXELS,
+    DEFAULT_OVERLAP,
+    EXACT_CHUNK,
+    EXACT_OUTER_TILE,
     FusionModel,
     InferenceError,
     NoPretrainedModelError,
+    TilePlan,
     blend_weights,
     fuse_images,
     fuse_pair,
@@ -27,8 +31,11 @@ from metaloss.inference import (
     generator_maps,
     heatmap,
     load_model,
+    plan_tiling,
     resolve_tile,
+    run_exact,
     stretch,
+    supports_exact,
     tile_starts,
     write_checkpoint,
     write_png,
@@ -132,15 +139,103 @@ def test_tiled_equals_whole_for_a_local_network():
     assert (whole - tiled).abs().max() < 1e-5
 
 
-def test_restormer_tiled_is_close_to_whole_on_small_images():
-    """The Restormer's channel attention is global, so tiles change it slightly (LLVIP-size test below)."""
+def test_restormer_blend_tiling_is_only_approximate():
+    """The Restormer's channel attention is global: independent tiles change it (see docs/fuse.md)."""
     torch.manual_seed(0)
     net = RestormerFusion().eval()
     ir, vi = _pair(96, 160)
     whole = fuse_pair(net, ir[0], vi[0], tile=0)
-    tiled = fuse_pair(net, ir[0], vi[0], tile=80, overlap=48)
+    tiled = fuse_pair(net, ir[0], vi[0], tile=80, overlap=48, mode="blend")
     assert whole.shape == tiled.shape == (1, 96, 160)
-    assert (whole - tiled).abs().max() * 255 < 2
+    assert 0 < (whole - tiled).abs().max() * 255 < 2
+
+
+def _sharpen(net, temperature=8.0):
+    """Raise every attention temperature, as training does, so the attention maps matter more."""
+    for name, p in net.named_parameters():
+        if "temperature" in name:
+            p.data.fill_(temperature)
+    return net
+
+
+@pytest.mark.parametrize("chunk", [17, 40, 64])
+def test_exact_tiling_equals_whole_image_for_the_restormer(chunk):
+    torch.manual_seed(0)
+    net = _sharpen(RestormerFusion(dim=8, heads=2)).eval()
+    ir, vi = _pair(70, 99)
+    whole = fuse_pair(net, ir, vi, tile=0)
+    steps = []
+    exact = fuse_pair(net, ir, vi, tile=chunk, mode="exact", on_tile=lambda i, n: steps.append((i, n)))
+    assert (whole - exact).abs().max() < 1e-5
+    assert steps[-1][0] == steps[-1][1] == len(steps) > 1
+
+
+def test_exact_tiling_of_the_reference_size_restormer_and_loss_generators():
+    from metaloss_refusion.loss_generator import ReFusionLossGenerator
+    from metaloss_tdfusion.loss_generator import SigmoidLossGenerator, TDFusionLossGenerator
+
+    torch.manual_seed(0)
+    ir, vi = _pair(48, 72)
+    fusion = _sharpen(RestormerFusion()).eval()
+    assert (fuse_pair(fusion, ir, vi, tile=0) - fuse_pair(fusion, ir, vi, tile=32, mode="exact")).abs().max() < 1e-5
+    for gen in (TDFusionLossGenerator(), SigmoidLossGenerator(), ReFusionLossGenerator()):
+        gen = _sharpen(gen).eval()
+        whole = generator_maps(gen, ir, vi, tile=0)
+        exact = generator_maps(gen, ir, vi, tile=32, mode="exact")
+        assert set(whole) == set(exact)
+        for key in whole:
+            assert (whole[key] - exact[key]).abs().max() < 1e-5, (type(gen).__name__, key)
+        assert supports_exact(gen)
+        assert gen.backbone.__class__.__name__ == "DualStreamRestormer"  # swapped back after the call
+
+
+def test_exact_tiling_restores_the_attention_function_after_errors():
+    import metaloss.nn.restormer as restormer_nn
+
+    original = restormer_nn.channel_attention
+    net = RestormerFusion(dim=8, heads=2).eval()
+    ir, vi = _pair(40, 40)
+    with pytest.raises(RuntimeError):
+        with torch.inference_mode():
+            run_exact(net, ir, vi[..., :-1, :], 16)  # mismatched sizes
+    assert restormer_nn.channel_attention is original
+    assert type(net.backbone).__name__ == "DualStreamRestormer"
+
+
+def test_tiling_plans():
+    restormer, dense = RestormerFusion(dim=8, heads=2), DenseFusion(width=4, growth=4, layers=1)
+    assert supports_exact(restormer) and not supports_exact(dense)
+    assert plan_tiling(restormer, 480, 640) == TilePlan("whole")
+    assert plan_tiling(restormer, 1024, 1280) == TilePlan("exact", EXACT_CHUNK)
+    assert plan_tiling(restormer, 1024, 1280, tile=256) == TilePlan("exact", 256)
+    assert plan_tiling(restormer, 1024, 1280, tile=0) == TilePlan("whole")
+    assert plan_tiling(restormer, 4000, 3000) == TilePlan("exact+blend", EXACT_CHUNK, DEFAULT_OVERLAP, EXACT_OUTER_TILE)
+    assert plan_tiling(restormer, 4000, 3000, mode="exact") == TilePlan("exact", EXACT_CHUNK)
+    assert plan_tiling(restormer, 1024, 1280, mode="blend") == TilePlan("blend", AUTO_TILE, DEFAULT_OVERLAP)
+    assert plan_tiling(dense, 1024, 1280) == TilePlan("blend", AUTO_TILE, DEFAULT_OVERLAP)
+    assert plan_tiling(dense, 100, 100, tile=128) == TilePlan("whole")
+    with pytest.raises(ValueError, match="exact tiling needs"):
+        plan_tiling(dense, 1024, 1280, mode="exact")
+    with pytest.raises(ValueError, match="overlap"):
+        plan_tiling(dense, 1024, 1280, tile=64, overlap=64)
+    with pytest.raises(ValueError, match="unknown tiling mode"):
+        plan_tiling(dense, 10, 10, mode="fast")
+
+
+def test_exact_inside_blended_outer_tiles(monkeypatch):
+    import metaloss.inference as inference
+
+    torch.manual_seed(0)
+    net = RestormerFusion(dim=8, heads=2).eval()
+    ir, vi = _pair(90, 150)
+    monkeypatch.setattr(inference, "AUTO_WHOLE_MAX_PIXELS", 32 * 32)
+    monkeypatch.setattr(inference, "EXACT_MAX_PIXELS", 64 * 64)
+    monkeypatch.setattr(inference, "EXACT_OUTER_TILE", 96)
+    plan = plan_tiling(net, 90, 150, tile=32, overlap=48)
+    assert plan == TilePlan("exact+blend", 32, 48, 96)
+    out = fuse_pair(net, ir, vi, tile=32, overlap=48)
+    blended = fuse_pair(net, ir, vi, tile=96, overlap=48, mode="blend")
+    assert (out - blended).abs().max() < 1e-5  # each outer tile exactly as if run whole
 
 
 # -- loading models ---------------------------------------------------------------------------------------
@@ -247,8 +342,10 @@ def test_generator_maps_with_gradient_weights():
     ir, vi = _pair(48, 64)
     maps = generator_maps(gen, ir[0], vi[0])
     assert set(maps) == {"intensity", "gradient"} and maps["gradient"].shape == (2, 48, 64)
-    tiled = generator_maps(gen, ir[0], vi[0], tile=32, overlap=16)
+    tiled = generator_maps(gen, ir[0], vi[0], tile=32, overlap=16, mode="blend")
     assert (tiled["intensity"] - maps["intensity"]).abs().max() < 0.05
+    exact = generator_maps(gen, ir[0], vi[0], tile=32)
+    assert (exact["gradient"] - maps["gradient"]).abs().max() < 1e-5
 
 
 def test_heatmap_and_atomic_png(tmp_path):
