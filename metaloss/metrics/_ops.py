@@ -86,18 +86,14 @@ def correlate_sep_valid(x: Tensor, kv: Sequence[float], kh: Sequence[float] | No
 def _correlate_sep_valid_cv2(x: Tensor, kv: Sequence[float], kh: Sequence[float]) -> Tensor:
     h, w = x.shape[-2], x.shape[-1]
     pv, ph = len(kv) // 2, len(kh) // 2
-    npdt = np.float64 if x.dtype == torch.float64 else np.float32
     kv_np = np.asarray(kv, dtype=np.float64)
     kh_np = np.asarray(kh, dtype=np.float64)
-    src = x.detach().reshape(-1, h, w)
-    if not src.is_contiguous():
-        src = src.contiguous()
-    arr = src.numpy()
-    out = np.empty((arr.shape[0], h - 2 * pv, w - 2 * ph), dtype=npdt)
+    arr = _as_numpy_stack(x)
+    full = np.empty_like(arr)
     for i in range(arr.shape[0]):
-        full = cv2.sepFilter2D(arr[i], -1, kh_np, kv_np, borderType=cv2.BORDER_CONSTANT)
-        out[i] = full[pv : h - pv, ph : w - ph]
-    return torch.from_numpy(out).reshape(tuple(x.shape[:-2]) + out.shape[1:])
+        cv2.sepFilter2D(arr[i], -1, kh_np, kv_np, dst=full[i], borderType=cv2.BORDER_CONSTANT)
+    out = torch.from_numpy(full)[:, pv : h - pv, ph : w - ph]  # a view: no copy of the interior
+    return out.reshape(tuple(x.shape[:-2]) + tuple(out.shape[1:])) if x.ndim != 3 else out
 
 
 def box_sum_valid(x: Tensor, size: int) -> Tensor:
@@ -126,13 +122,63 @@ def sobel_same(x: Tensor, padding: str = "zeros") -> tuple[Tensor, Tensor]:
     Returns ``(gx, gy)`` with ``gx`` the correlation with ``[[-1,0,1],[-2,0,2],[-1,0,1]]`` and
     ``gy`` the correlation with ``[[-1,-2,-1],[0,0,0],[1,2,1]]`` (rows grow downwards). MATLAB's
     ``conv2(img, h, 'same')`` and SciPy's ``convolve2d`` flip the kernel, which only changes signs.
+    ``padding``: 'zeros' or 'replicate'. On the CPU this is OpenCV's ``Sobel`` (same kernels and
+    arithmetic in the tensor's dtype; exact on integer images).
     """
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        border = cv2.BORDER_CONSTANT if padding == "zeros" else cv2.BORDER_REPLICATE
+        if padding not in ("zeros", "replicate"):
+            raise ValueError(padding)
+        h, w = x.shape[-2], x.shape[-1]
+        arr = _as_numpy_stack(x)
+        gx = np.empty_like(arr)
+        gy = np.empty_like(arr)
+        depth = cv2.CV_64F if arr.dtype == np.float64 else cv2.CV_32F
+        for i in range(arr.shape[0]):
+            cv2.Sobel(arr[i], depth, 1, 0, dst=gx[i], ksize=3, borderType=border)
+            cv2.Sobel(arr[i], depth, 0, 1, dst=gy[i], ksize=3, borderType=border)
+        lead = tuple(x.shape[:-2])
+        return torch.from_numpy(gx).reshape(lead + (h, w)), torch.from_numpy(gy).reshape(lead + (h, w))
     p = pad2d(x, 1, padding)
     d = p[..., :, 2:] - p[..., :, :-2]  # [.., H+2, W]
     gx = d[..., :-2, :] + 2.0 * d[..., 1:-1, :] + d[..., 2:, :]
     s = p[..., :, :-2] + 2.0 * p[..., :, 1:-1] + p[..., :, 2:]  # [.., H+2, W]
     gy = s[..., 2:, :] - s[..., :-2, :]
     return gx, gy
+
+
+def _as_numpy_stack(x: Tensor) -> np.ndarray:
+    src = x.detach().reshape(-1, x.shape[-2], x.shape[-1])
+    if not src.is_contiguous():
+        src = src.contiguous()
+    return src.numpy()
+
+
+def uniform_filter_valid(x: Tensor, size: int) -> Tensor:
+    """SciPy's ``uniform_filter(x, size)`` on the windows that lie inside the image.
+
+    SciPy filters axis 0 then axis 1; each pass is a running mean accumulated in double and stored
+    in the array's dtype, so for float32 input both passes round to float32. Reproduced here: each
+    pass sums in float64 (exact for the integer images the metrics see), divides by ``size`` and
+    rounds to the input's dtype.
+    """
+    h, w = x.shape[-2], x.shape[-1]
+    if h < size or w < size:
+        raise ValueError(f"image {h}×{w} is smaller than the {size}×{size} window")
+    p = size // 2
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and size % 2 == 1:
+        arr = _as_numpy_stack(x)
+        out = np.empty((arr.shape[0], h - 2 * p, w), dtype=arr.dtype)
+        for i in range(arr.shape[0]):
+            v = cv2.boxFilter(arr[i], cv2.CV_64F, (1, size), normalize=False, borderType=cv2.BORDER_CONSTANT)
+            v = (v[p : h - p] / size).astype(arr.dtype)
+            hh = cv2.boxFilter(v, cv2.CV_64F, (size, 1), normalize=False, borderType=cv2.BORDER_CONSTANT)
+            np.divide(hh, size, out=out[i], casting="same_kind")
+        res = torch.from_numpy(out)[:, :, p : w - p]
+        return res.reshape(tuple(x.shape[:-2]) + tuple(res.shape[1:])) if x.ndim != 3 else res
+    ones = [1.0] * size
+    v = (correlate_sep_valid(x.to(torch.float64), ones, [1.0]) / size).to(x.dtype)
+    return (correlate_sep_valid(v.to(torch.float64), [1.0], ones) / size).to(x.dtype)
 
 
 def gaussian_1d(n: int, sigma: float, normalise: bool = True) -> list[float]:
@@ -151,8 +197,10 @@ def gaussian_1d(n: int, sigma: float, normalise: bool = True) -> list[float]:
 def batched_histogram(idx: Tensor, bins: int) -> Tensor:
     """Counts of integer labels ``idx`` (``[B, N]``, values in ``[0, bins)``) per row → ``[B, bins]``."""
     b = idx.shape[0]
-    offs = torch.arange(b, device=idx.device, dtype=idx.dtype).unsqueeze(1) * bins
-    return torch.bincount((idx + offs).reshape(-1), minlength=b * bins).reshape(b, bins)
+    # int32 indices: torch.bincount is an order of magnitude faster on them than on int64.
+    dt = torch.int32 if b * bins < 2**31 else torch.int64
+    offs = torch.arange(b, device=idx.device, dtype=dt).unsqueeze(1) * bins
+    return torch.bincount((idx.to(dt) + offs).reshape(-1), minlength=b * bins).reshape(b, bins)
 
 
 def entropy_from_counts(counts: Tensor, log: str = "e") -> Tensor:
@@ -164,15 +212,41 @@ def entropy_from_counts(counts: Tensor, log: str = "e") -> Tensor:
     return -(p * lp).sum(dim=-1)
 
 
+def _xlogx_sum(c: Tensor, dims: tuple[int, ...]) -> Tensor:
+    c = c.to(torch.float64)
+    return (c * torch.log(c + (c == 0).to(c.dtype))).sum(dim=dims)
+
+
 def mutual_information_labels(x: Tensor, y: Tensor, kx: int, ky: int) -> Tensor:
     """Mutual information (nats) of integer label images ``x`` and ``y`` (``[B, N]``, values in
-    ``[0, kx)`` and ``[0, ky)``) from their joint histogram; clipped at 0 like scikit-learn."""
-    joint = batched_histogram(x * ky + y, kx * ky).reshape(-1, kx, ky).to(torch.float64)
-    n = joint.sum(dim=(1, 2), keepdim=True)
-    p = joint / n
-    px = p.sum(dim=2, keepdim=True)
-    py = p.sum(dim=1, keepdim=True)
-    nz = p > 0
-    ratio = torch.where(nz, p / (px * py).clamp_min(torch.finfo(torch.float64).tiny), torch.ones_like(p))
-    mi = (p * torch.log(ratio)).sum(dim=(1, 2))
-    return mi.clamp_min(0.0)
+    ``[0, kx)`` and ``[0, ky)``) from their joint histogram; clipped at 0 like scikit-learn.
+
+    Uses counts: MI = (Σ n_ij log n_ij − Σ n_i log n_i − Σ n_j log n_j)/N + log N.
+    """
+    joint = batched_histogram(x * ky + y, kx * ky).reshape(-1, kx, ky)
+    n = float(x.shape[1])
+    mi = (_xlogx_sum(joint, (1, 2)) - _xlogx_sum(joint.sum(dim=2), (1,)) - _xlogx_sum(joint.sum(dim=1), (1,))) / n
+    return (mi + math.log(n)).clamp_min(0.0)
+
+
+# ------------------------------------------------------------------------------------------ cache
+Cache = dict
+
+
+def cached(cache: Cache | None, tag: str, src: Tensor, fn):  # type: ignore[no-untyped-def]
+    """``fn()``, memoised in ``cache`` under ``(tag, src)``.
+
+    :func:`metaloss.metrics.evaluate` evaluates a batch in chunks (small working sets run much
+    faster on the CPU) and passes one cache for all chunks when the sources are shared, so work
+    that depends on a source alone (its gradients, local statistics, filtered versions) is done
+    once. The cache keeps a reference to ``src``, so its ``id`` cannot be reused while cached.
+    """
+    if cache is None:
+        return fn()
+    key = (tag, id(src))
+    hit = cache.get(key)
+    if hit is not None and hit[0] is src:
+        return hit[1]
+    val = fn()
+    cache[key] = (src, val)
+    return val

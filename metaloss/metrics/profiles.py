@@ -26,7 +26,7 @@ from metaloss.metrics._ops import rgb_to_gray_bt601_f32, rgb_to_gray_matlab
 
 __all__ = ["MetricSpec", "Profile", "PROFILES", "get_profile", "DEFAULT_PROFILE"]
 
-MetricFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+MetricFn = Callable[[Tensor, Tensor, Tensor, "dict | None"], Tensor]
 PrepareFn = Callable[[Tensor, Tensor, Tensor, str], "tuple[Tensor, Tensor, Tensor]"]
 
 
@@ -34,8 +34,8 @@ PrepareFn = Callable[[Tensor, Tensor, Tensor, str], "tuple[Tensor, Tensor, Tenso
 class MetricSpec:
     """One metric of a profile.
 
-    ``fn(fused, ir, vi)`` takes the profile-prepared float64 tensors ``[B, C, H, W]`` (sources may
-    have batch 1) and returns ``[B]``. ``sources`` names the preparation variant the metric needs
+    ``fn(fused, ir, vi, cache)`` takes the profile-prepared float64 tensors ``[B, C, H, W]``
+    (sources may have batch 1) and a cache for source-only work (or None) and returns ``[B]``. ``sources`` names the preparation variant the metric needs
     (only the ``vifb`` profile has more than one: MATLAB's ``rgb2gray`` rounds for uint8 input).
     """
 
@@ -144,14 +144,14 @@ def _prepare_vifb(f: Tensor, ir: Tensor, vi: Tensor, variant: str) -> tuple[Tens
 # ---------------------------------------------------------------------------------------- specs
 def _grey(kernel: Callable[..., Tensor], uses_sources: bool = True) -> MetricFn:
     if uses_sources:
-        return lambda f, ir, vi: kernel(f, ir, vi)[:, 0]
-    return lambda f, ir, vi: kernel(f)[:, 0]
+        return lambda f, ir, vi, cache=None: kernel(f, ir, vi, cache=cache)[:, 0]
+    return lambda f, ir, vi, cache=None: kernel(f)[:, 0]
 
 
 def _per_channel(kernel: Callable[..., Tensor], uses_sources: bool = True) -> MetricFn:
     if uses_sources:
-        return lambda f, ir, vi: kernel(f, ir, vi).mean(dim=1)
-    return lambda f, ir, vi: kernel(f).mean(dim=1)
+        return lambda f, ir, vi, cache=None: kernel(f, ir, vi, cache=cache).mean(dim=1)
+    return lambda f, ir, vi, cache=None: kernel(f).mean(dim=1)
 
 
 _CDDFUSE_SPECS = (
@@ -185,7 +185,7 @@ _VIFB_SPECS = (
     MetricSpec("MI", _per_channel(_vifb.mutual_information), True, "MI(VI,F)+MI(IR,F), min–max normalised, nats", "uint8"),
     MetricSpec("AG", _per_channel(_vifb.average_gradient, False), True, "average gradient, Σ/((M−1)(N−1))"),
     MetricSpec("SD", _per_channel(_vifb.std, False), True, "standard deviation (VIFB's 'Variance')"),
-    MetricSpec("SF", lambda f, ir, vi: _vifb.spatial_frequency(f), True, "spatial frequency, denominators M·N"),
+    MetricSpec("SF", lambda f, ir, vi, cache=None: _vifb.spatial_frequency(f), True, "spatial frequency, denominators M·N"),
     MetricSpec("EI", _per_channel(_vifb.edge_intensity, False), True, "edge intensity (mean Sobel magnitude)"),
     MetricSpec("CE", _per_channel(_vifb.cross_entropy), False, "cross entropy, mean over the sources (bits)", "uint8"),
     MetricSpec("Qabf", _per_channel(_vifb.qabf), True, "edge-information preservation (Xydeas–Petrović)", "double"),

@@ -18,14 +18,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from metaloss.metrics.cddfuse import ssim_skimage, vifp_multi
+from metaloss.metrics._ops import Cache, cached
+from metaloss.metrics.cddfuse import ssim_skimage_multi, vifp_multi
 
 __all__ = ["vif", "ssim"]
 
 
-def vif(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
+def vif(f: Tensor, a: Tensor, b: Tensor, cache: Cache | None = None) -> Tensor:
     """VIF = (VIFp(A, F) + VIFp(B, F)) / 2; NaN for a flat source (sewar)."""
-    va, vb = vifp_multi((a, b), f, nan_to_one=False)
+    va, vb = vifp_multi((a, b), f, nan_to_one=False, cache=cache)
     return (va + vb) / 2.0
 
 
@@ -33,8 +34,10 @@ def _as_uint8(x: Tensor) -> Tensor:
     return torch.trunc(x.clamp(0, 255)).to(torch.float64)
 
 
-def ssim(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
+def ssim(f: Tensor, a: Tensor, b: Tensor, cache: Cache | None = None) -> Tensor:
     """SSIM = (SSIM(uint8 F, uint8 A) + SSIM(uint8 F, uint8 B)) / 2, scikit-image defaults
     (7×7 uniform window, sample covariance), data range 255, float64."""
-    f8 = _as_uint8(f)
-    return (ssim_skimage(f8, _as_uint8(a), 255.0) + ssim_skimage(f8, _as_uint8(b), 255.0)) / 2.0
+    a8 = cached(cache, "uint8", a, lambda: _as_uint8(a))
+    b8 = cached(cache, "uint8", b, lambda: _as_uint8(b))
+    sa, sb = ssim_skimage_multi(_as_uint8(f), (a8, b8), 255.0, cache=cache)
+    return (sa + sb) / 2.0

@@ -20,7 +20,9 @@ from torch import Tensor
 
 from metaloss.metrics import cddfuse as _cdd
 from metaloss.metrics._ops import (
+    Cache,
     batched_histogram,
+    cached,
     correlate_sep_valid,
     entropy_from_counts,
     gaussian_1d,
@@ -111,41 +113,44 @@ def _minmax_bins(x: Tensor) -> Tensor:
     return round_half_away(t * 255.0).to(torch.int64)
 
 
-def _mi_pair(a: Tensor, f: Tensor) -> Tensor:
-    a, f = torch.broadcast_tensors(a, f)
-    lead = tuple(a.shape[:-2])
-    ia = _flat(_minmax_bins(a))
-    ib = _flat(_minmax_bins(f))
-    joint = batched_histogram(ia * 256 + ib, 256 * 256).reshape(-1, 256, 256)
+def _mi_pair(s: Tensor, f: Tensor, fb: Tensor, cache: Cache | None) -> Tensor:
+    lead = tuple(torch.broadcast_shapes(s.shape, f.shape)[:-2])
+    sb = cached(cache, "vifb-mi-bins", s, lambda: _flat(_minmax_bins(s)))
+    if sb.shape[0] != fb.shape[0]:
+        sb = sb.expand(fb.shape[0], -1)
+    joint = batched_histogram(sb * 256 + fb, 256 * 256).reshape(-1, 256, 256)
     h_ab = entropy_from_counts(joint.reshape(joint.shape[0], -1))
     h_a = entropy_from_counts(joint.sum(dim=2))
     h_b = entropy_from_counts(joint.sum(dim=1))
     return (h_a + h_b - h_ab).reshape(lead)
 
 
-def mutual_information(f: Tensor, ir: Tensor, vi: Tensor) -> Tensor:
+def mutual_information(f: Tensor, ir: Tensor, vi: Tensor, cache: Cache | None = None) -> Tensor:
     """``metricsMutinf``: MI(VI, F) + MI(IR, F) in nats, each image min–max normalised to 256
     levels (``int16`` rounding) before the joint histogram."""
-    return _mi_pair(vi, f) + _mi_pair(ir, f)
+    fb = _flat(_minmax_bins(f))
+    return _mi_pair(vi, f, fb, cache) + _mi_pair(ir, f, fb, cache)
 
 
-def _cross_entropy_pair(s: Tensor, f: Tensor) -> Tensor:
-    s, f = torch.broadcast_tensors(s, f)
-    lead = tuple(s.shape[:-2])
-    p1 = batched_histogram(_flat(_gray_index(s)), 256).to(torch.float64)
-    p2 = batched_histogram(_flat(_gray_index(f)), 256).to(torch.float64)
-    n = float(s.shape[-2] * s.shape[-1])
-    p1 = p1 / n
-    p2 = p2 / n
+def _hist(x: Tensor) -> Tensor:
+    return batched_histogram(_flat(_gray_index(x)), 256).to(torch.float64) / float(x.shape[-2] * x.shape[-1])
+
+
+def _cross_entropy_pair(s: Tensor, p2: Tensor, cache: Cache | None) -> Tensor:
+    p1 = cached(cache, "vifb-hist", s, lambda: _hist(s))
+    p1, p2 = torch.broadcast_tensors(p1, p2)
     both = (p1 != 0) & (p2 != 0)
     ratio = torch.where(both, p1 / torch.where(both, p2, torch.ones_like(p2)), torch.ones_like(p1))
-    return (p1 * torch.log2(ratio)).sum(dim=-1).reshape(lead)
+    return (p1 * torch.log2(ratio)).sum(dim=-1)
 
 
-def cross_entropy(f: Tensor, ir: Tensor, vi: Tensor) -> Tensor:
+def cross_entropy(f: Tensor, ir: Tensor, vi: Tensor, cache: Cache | None = None) -> Tensor:
     """``metricsCross_entropy``: (CE(VI, F) + CE(IR, F))/2, CE(S, F) = Σ p_S log2(p_S/p_F) over the
     grey levels where both histograms are non-zero (a relative entropy, in bits)."""
-    return (_cross_entropy_pair(vi, f) + _cross_entropy_pair(ir, f)) / 2.0
+    lead = tuple(torch.broadcast_shapes(f.shape, ir.shape, vi.shape)[:-2])
+    pf = _hist(f)
+    ce = (_cross_entropy_pair(vi, pf, cache) + _cross_entropy_pair(ir, pf, cache)) / 2.0
+    return ce.reshape(lead)
 
 
 def _root_sse_per_pixel(s: Tensor, f: Tensor) -> Tensor:
@@ -153,45 +158,46 @@ def _root_sse_per_pixel(s: Tensor, f: Tensor) -> Tensor:
     return torch.sqrt(reduce_sum(d * d)) / float(f.shape[-2] * f.shape[-1])
 
 
-def rmse(f: Tensor, ir: Tensor, vi: Tensor) -> Tensor:
+def rmse(f: Tensor, ir: Tensor, vi: Tensor, cache: Cache | None = None) -> Tensor:
     """``metricsRmse``: (e(VI, F) + e(IR, F))/2 with e(S, F) = sqrt(Σ(S−F)²)/(M·N) — the VIFB
     code's "mse", which is neither an MSE nor an RMSE (the square root is taken of the sum)."""
     return (_root_sse_per_pixel(vi, f) + _root_sse_per_pixel(ir, f)) / 2.0
 
 
-def psnr(f: Tensor, ir: Tensor, vi: Tensor) -> Tensor:
+def psnr(f: Tensor, ir: Tensor, vi: Tensor, cache: Cache | None = None) -> Tensor:
     """``metricsPsnr``: 20·log10(255/sqrt(e)), e = (e(VI, F) + e(IR, F))/2 as in :func:`rmse`."""
     e = rmse(f, ir, vi)
     return 20.0 * torch.log10(255.0 / torch.sqrt(e))
 
 
-def qabf(f: Tensor, ir: Tensor, vi: Tensor) -> Tensor:
+def qabf(f: Tensor, ir: Tensor, vi: Tensor, cache: Cache | None = None) -> Tensor:
     """``metricsQabf``: Xydeas–Petrović Qabf with the same model as CDDFuse's. VIFB multiplies the
     images by 255 first (``255*im2double`` of an already double image), which only changes the
     value used where ``gA == gF`` (the quirk ``G = gF``): ×255."""
-    return _cdd.qabf(f, vi, ir, equal_scale=255.0)
+    return _cdd.qabf(f, vi, ir, equal_scale=255.0, cache=cache)
 
 
-def _ssim_wang(s: Tensor, f: Tensor) -> Tensor:
+def _gauss_stats(x: Tensor) -> tuple[Tensor, Tensor]:
+    g = gaussian_1d(11, 1.5)
+    mu = correlate_sep_valid(x, g)
+    return mu, correlate_sep_valid(x * x, g) - mu * mu
+
+
+def ssim(f: Tensor, ir: Tensor, vi: Tensor, cache: Cache | None = None) -> Tensor:
+    """``metricsSsim``: SSIM(VI, F) + SSIM(IR, F), Wang et al.'s 11×11 Gaussian window (σ = 1.5),
+    L = 255, population statistics, mean over the 'valid' windows."""
     g = gaussian_1d(11, 1.5)
     c1 = (0.01 * 255) ** 2
     c2 = (0.03 * 255) ** 2
-    ua = correlate_sep_valid(s, g)
-    ub = correlate_sep_valid(f, g)
-    ua_sq = ua * ua
-    ub_sq = ub * ub
-    ua_ub = ua * ub
-    siga = correlate_sep_valid(s * s, g) - ua_sq
-    sigb = correlate_sep_valid(f * f, g) - ub_sq
-    sigab = correlate_sep_valid(s * f, g) - ua_ub
-    m = ((2 * ua_ub + c1) * (2 * sigab + c2)) / ((ua_sq + ub_sq + c1) * (siga + sigb + c2))
-    return reduce_mean(m)
-
-
-def ssim(f: Tensor, ir: Tensor, vi: Tensor) -> Tensor:
-    """``metricsSsim``: SSIM(VI, F) + SSIM(IR, F), Wang et al.'s 11×11 Gaussian window (σ = 1.5),
-    L = 255, population statistics, mean over the 'valid' windows."""
-    return _ssim_wang(vi, f) + _ssim_wang(ir, f)
+    ub, sigb = _gauss_stats(f)
+    total: Tensor | float = 0.0
+    for s in (vi, ir):
+        ua, siga = cached(cache, "vifb-ssim", s, lambda s=s: _gauss_stats(s))
+        ua_ub = ua * ub
+        sigab = correlate_sep_valid(s * f, g) - ua_ub
+        m = ((2 * ua_ub + c1) * (2 * sigab + c2)) / ((ua * ua + ub * ub + c1) * (siga + sigb + c2))
+        total = total + reduce_mean(m)
+    return total  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------------------------- Qcb and Qcv
@@ -238,18 +244,24 @@ def _qcb_contrast_power(x: Tensor) -> Tensor:
     return (c**3) / (c**2 + 0.0001)
 
 
-def qcb(f: Tensor, ir: Tensor, vi: Tensor) -> Tensor:
+def _qcb_filter(h: int, w: int, like: Tensor) -> Tensor:
+    r = _freq_radius(h, w, w / 30.0, h / 30.0, like)
+    return torch.exp(-((r / 15.3870) ** 2)) - 0.7622 * torch.exp(-((r / 1.3456) ** 2))
+
+
+def qcb(f: Tensor, ir: Tensor, vi: Tensor, cache: Cache | None = None) -> Tensor:
     """``metricsQcb`` (Chen–Blum, Z. Liu's ``metricChenBlum``): contrast-sensitivity (DoG) filter
     in the frequency domain, local contrast C = G₂*I / G₄*I − 1, C' = |C|³/(|C|² + 10⁻⁴),
     contrast preservation min(C'_S/C'_F, C'_F/C'_S) weighted by the saliency C'_S²."""
     h, w = f.shape[-2], f.shape[-1]
-    r = _freq_radius(h, w, w / 30.0, h / 30.0, f)
-    sd = torch.exp(-((r / 15.3870) ** 2)) - 0.7622 * torch.exp(-((r / 1.3456) ** 2))
+    sd = _qcb_filter(h, w, f)
 
     def cp(x: Tensor) -> Tensor:
         return _qcb_contrast_power(_freq_filter(_normalize1(x), sd))
 
-    c1, c2, cf = cp(vi), cp(ir), cp(f)
+    c1 = cached(cache, "vifb-qcb", vi, lambda: cp(vi))
+    c2 = cached(cache, "vifb-qcb", ir, lambda: cp(ir))
+    cf = cp(f)
 
     def preservation(cs: Tensor) -> Tensor:
         mask = (cs < cf).to(cf.dtype)
@@ -272,26 +284,36 @@ def _block_sums(x: Tensor, size: int) -> Tensor:
     return xp.reshape(-1, hb, size, wb, size).sum(dim=(2, 4)).reshape(lead + (hb, wb))
 
 
-def qcv(f: Tensor, ir: Tensor, vi: Tensor) -> Tensor:
+def _qcv_filter(h: int, w: int, like: Tensor) -> Tensor:
+    r = _freq_radius(h, w, w / 8.0, h / 8.0, like)
+    # Mannos–Sakrison CSF (the toolkit also builds Daly's and Ahumada's filters but uses this one).
+    return 2.6 * (0.0192 + 0.144 * r) * torch.exp(-((0.144 * r) ** 1.1))
+
+
+def qcv(f: Tensor, ir: Tensor, vi: Tensor, cache: Cache | None = None) -> Tensor:
     """``metricsQcv`` (Chen–Varshney, Z. Liu's ``metricChen``; lower is better): 16×16 regions,
     saliency Σ|∇S|⁵ (Sobel), regional distortion = mean of the Mannos–Sakrison-filtered difference
-    (S − F) squared; Q = Σ(λ₁D₁ + λ₂D₂)/Σ(λ₁ + λ₂)."""
+    (S − F) squared; Q = Σ(λ₁D₁ + λ₂D₂)/Σ(λ₁ + λ₂).
+
+    The filter is linear, so filter(S − F) is computed as filter(S) − filter(F): the sources'
+    halves are done once per source.
+    """
     win = 16
-    im1, im2, fu = _normalize1(vi), _normalize1(ir), _normalize1(f)
-
-    def saliency(x: Tensor) -> Tensor:
-        gx, gy = sobel_same(x, "zeros")
-        return _block_sums(torch.sqrt(gx * gx + gy * gy) ** 5, win)
-
-    lam1, lam2 = saliency(im1), saliency(im2)
     h, w = f.shape[-2], f.shape[-1]
-    r = _freq_radius(h, w, w / 8.0, h / 8.0, f)
-    theta_m = 2.6 * (0.0192 + 0.144 * r) * torch.exp(-((0.144 * r) ** 1.1))
+    theta_m = _qcv_filter(h, w, f)
 
-    def distortion(d: Tensor) -> Tensor:
-        df = _freq_filter(d, theta_m)
-        return _block_sums(df * df, win) / float(win * win)
+    def source(x: Tensor) -> tuple[Tensor, Tensor]:
+        xn = _normalize1(x)
+        gx, gy = sobel_same(xn, "zeros")
+        lam = _block_sums(torch.sqrt(gx * gx + gy * gy) ** 5, win)
+        return lam, _freq_filter(xn, theta_m)
 
-    d1 = distortion(im1 - fu)
-    d2 = distortion(im2 - fu)
-    return reduce_sum(lam1 * d1 + lam2 * d2) / reduce_sum(lam1 + lam2)
+    lam1, flt1 = cached(cache, "vifb-qcv", vi, lambda: source(vi))
+    lam2, flt2 = cached(cache, "vifb-qcv", ir, lambda: source(ir))
+    fltf = _freq_filter(_normalize1(f), theta_m)
+    d1 = flt1 - fltf
+    d2 = flt2 - fltf
+    area = float(win * win)
+    dd1 = _block_sums(d1 * d1, win) / area
+    dd2 = _block_sums(d2 * d2, win) / area
+    return reduce_sum(lam1 * dd1 + lam2 * dd2) / reduce_sum(lam1 + lam2)
