@@ -1,4 +1,4 @@
-"""``metaloss run | eval | plugins | plot``."""
+"""``metaloss run | eval | fuse | export | plugins | plot``."""
 
 from __future__ import annotations
 
@@ -41,6 +41,15 @@ def _parser() -> argparse.ArgumentParser:
     except ImportError as err:  # pragma: no cover - only while the metrics package is incomplete
         ev.set_defaults(_eval_error=str(err))
 
+    fuse = sub.add_parser("fuse", help="fuse image pairs with a trained fusion network", description="Fuse image pairs.")
+    from metaloss import fuse_cli
+
+    fuse_cli.configure_parser(fuse)
+    export = sub.add_parser("export", help="export the fusion network to ONNX", description="Export to ONNX.")
+    from metaloss import export as export_cli
+
+    export_cli.configure_parser(export)
+
     plugins = sub.add_parser("plugins", help="list registered plugins", description="List registered plugins.")
     plugins.add_argument("--json", action="store_true", help="print JSON")
 
@@ -52,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"run": _run, "eval": _eval, "plugins": _plugins, "plot": _plot}[args.command]
+    handler = {"run": _run, "eval": _eval, "fuse": _fuse, "export": _export, "plugins": _plugins, "plot": _plot}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:
@@ -104,6 +113,18 @@ def _eval(args: argparse.Namespace) -> int:
     from metaloss.metrics import cli as metrics_cli
 
     return metrics_cli.run(args)
+
+
+def _fuse(args: argparse.Namespace) -> int:
+    from metaloss import fuse_cli
+
+    return fuse_cli.run(args)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from metaloss import export as export_cli
+
+    return export_cli.run(args)
 
 
 def _plugins(args: argparse.Namespace) -> int:

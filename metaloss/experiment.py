@@ -78,6 +78,15 @@ class Experiment:
 
 def build_experiment(cfg: ExperimentConfig) -> Experiment:
     device = resolve_device(cfg.device)
+    if cfg.eval.metrics:  # unknown metric or profile names fail before any work
+        from metaloss import metrics as fusion_metrics
+
+        if cfg.eval.profile not in fusion_metrics.PROFILES:
+            raise RunError(f"eval.profile {cfg.eval.profile!r} is unknown; profiles: {', '.join(fusion_metrics.PROFILES)}")
+        try:
+            fusion_metrics.PROFILES[cfg.eval.profile].resolve(list(cfg.eval.metrics))
+        except (KeyError, ValueError) as err:
+            raise RunError(f"eval.metrics: {err}") from None
     seed_everything(cfg.seed)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)

@@ -17,7 +17,7 @@ TINY = {
     "seed": 1,
     "device": "cpu",
     "data": {"name": "synthetic", "num_images": 6, "height": 32, "width": 32, "crop_size": 24},
-    "val_data": {"name": "synthetic", "num_images": 2, "height": 32, "width": 32},
+    "val_data": {"name": "synthetic", "num_images": 2, "height": 48, "width": 48},  # metrics need >= 41 px
     "fusion": {"name": "dense", "width": 4, "growth": 4, "layers": 1},
     "loss_generator": {"name": "conv", "width": 4},
     "task": {"name": "segmentation"},
@@ -114,3 +114,9 @@ def test_cli_progress_bar_and_quiet(tmp_path, capsys):
     assert "epoch 1/1 meta" in err and "epoch 1/1 learner" in err and "outer=" in err
     assert main(["run", str(cfg), "--out", str(tmp_path / "quiet"), "--quiet"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_unknown_metric_fails_before_work(tmp_path):
+    with pytest.raises(RunError, match="NOPE"):
+        run(tiny(eval={"num_images": 2, "metrics": ["NOPE"]}), tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()
