@@ -128,7 +128,15 @@ def run(args: argparse.Namespace) -> int:
     """Run ``metaloss fuse`` with parsed ``args``; returns the exit status."""
     from metaloss.data.images import ImageReadError, ImageSizeError, load_pair
     from metaloss.experiment import RunError, resolve_device
-    from metaloss.inference import InferenceError, fuse_images, heatmap, load_model, plan_tiling, write_png
+    from metaloss.inference import (
+        InferenceError,
+        fuse_images,
+        heatmap,
+        limit_heap_fragmentation,
+        load_model,
+        plan_tiling,
+        write_png,
+    )
     from metaloss.registry import PluginError
 
     if args.tiling == "blend" and args.tile and args.overlap >= args.tile:
@@ -159,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         return _fail(str(err), EXIT_USAGE)
 
+    limit_heap_fragmentation()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     bar = None
