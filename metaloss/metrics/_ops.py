@@ -38,6 +38,12 @@ def round_half_away(x: Tensor) -> Tensor:
     return torch.sign(x) * torch.floor(x.abs() + 0.5)
 
 
+def round_half_away_nonneg(x: Tensor) -> Tensor:
+    """MATLAB's ``round`` for non-negative ``x``, exactly: floor, plus 1 where the fraction ≥ ½."""
+    fl = torch.floor(x)
+    return fl.add_((torch.sub(x, fl) >= 0.5).to(x.dtype))
+
+
 def rgb_to_gray_bt601_f32(rgb: Tensor) -> Tensor:
     """OpenCV's float32 ``COLOR_BGR2GRAY`` on an RGB tensor ``[..., 3, H, W]`` → ``[..., 1, H, W]``
     (0.299 R + 0.587 G + 0.114 B in float32)."""
@@ -94,6 +100,20 @@ def _correlate_sep_valid_cv2(x: Tensor, kv: Sequence[float], kh: Sequence[float]
         cv2.sepFilter2D(arr[i], -1, kh_np, kv_np, dst=full[i], borderType=cv2.BORDER_CONSTANT)
     out = torch.from_numpy(full)[:, pv : h - pv, ph : w - ph]  # a view: no copy of the interior
     return out.reshape(tuple(x.shape[:-2]) + tuple(out.shape[1:])) if x.ndim != 3 else out
+
+
+def correlate_sep_same_zero(x: Tensor, kv: Sequence[float], kh: Sequence[float]) -> Tensor:
+    """Separable correlation, same size as ``x``, zero padding (MATLAB ``filter2(k, x, 'same')``);
+    odd kernel lengths."""
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        arr = _as_numpy_stack(x)
+        out = np.empty_like(arr)
+        kv_np = np.asarray(kv, dtype=np.float64)
+        kh_np = np.asarray(kh, dtype=np.float64)
+        for i in range(arr.shape[0]):
+            cv2.sepFilter2D(arr[i], -1, kh_np, kv_np, dst=out[i], borderType=cv2.BORDER_CONSTANT)
+        return torch.from_numpy(out).reshape(x.shape)
+    return correlate_sep_valid(pad2d(x, len(kv) // 2, "zeros"), kv, kh)
 
 
 def box_sum_valid(x: Tensor, size: int) -> Tensor:

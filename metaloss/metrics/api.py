@@ -65,7 +65,7 @@ def evaluate(
     for name, src in (("ir", ir), ("vi", vi)):
         if src.shape[-2:] != fused.shape[-2:]:
             raise ValueError(
-                f"size mismatch: fused is {h}×{w} but {name} is {src.shape[-2]}×{src.shape[-1]} (H×W)"
+                f"size mismatch: fused is {h}x{w} but {name} is {src.shape[-2]}x{src.shape[-1]} (HxW)"
             )
         if src.shape[0] not in (1, b):
             raise ValueError(f"{name} has batch size {src.shape[0]}; expected 1 or {b} (the fused batch)")
@@ -75,7 +75,7 @@ def evaluate(
         if x.shape[1] not in (1, 3, 4):
             raise ValueError(f"{name} has {x.shape[1]} channels; expected 1 (grey), 3 (RGB) or 4 (RGBA)")
     if min(h, w) < MIN_SIZE:
-        raise ValueError(f"images must be at least {MIN_SIZE}×{MIN_SIZE} (the 4-scale VIF); got {h}×{w}")
+        raise ValueError(f"images must be at least {MIN_SIZE}x{MIN_SIZE} (the 4-scale VIF); got {h}x{w}")
 
     with torch.no_grad():
         f64 = fused.detach().to(torch.float64)

@@ -122,10 +122,11 @@ def _labels(x: Tensor) -> tuple[Tensor, int]:
 
 def _mi_pair(f: Tensor, s: Tensor, cache: Cache | None) -> Tensor:
     lead = tuple(torch.broadcast_shapes(f.shape, s.shape)[:-2])
+    n = f.shape[-2] * f.shape[-1]
     fl, kf = _labels(_flat(f))
     sl, ks = cached(cache, "mi-labels", s, lambda: _labels(_flat(s)))
-    if sl.shape[0] != fl.shape[0]:
-        sl = sl.expand(fl.shape[0], -1)
+    fl = fl.reshape(tuple(f.shape[:-2]) + (n,)).expand(lead + (n,)).reshape(-1, n)
+    sl = sl.reshape(tuple(s.shape[:-2]) + (n,)).expand(lead + (n,)).reshape(-1, n)
     return mutual_information_labels(fl, sl, kf, ks).reshape(lead)
 
 

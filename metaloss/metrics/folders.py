@@ -309,14 +309,14 @@ def _evaluate_group(
     if ir.shape[-2:] != vi.shape[-2:]:
         for _, rec, _ in items:
             rec.error = (
-                f"size mismatch: infrared {ip.name} is {ir.shape[-2]}×{ir.shape[-1]}, "
-                f"visible {vp.name} is {vi.shape[-2]}×{vi.shape[-1]} (H×W)"
+                f"size mismatch: infrared {ip.name} is {ir.shape[-2]}x{ir.shape[-1]}, "
+                f"visible {vp.name} is {vi.shape[-2]}x{vi.shape[-1]} (HxW)"
             )
         return
     h, w = ir.shape[-2:]
     if min(h, w) < MIN_SIZE:
         for _, rec, _ in items:
-            rec.error = f"image too small ({h}×{w}; the metrics need at least {MIN_SIZE}×{MIN_SIZE})"
+            rec.error = f"image too small ({h}x{w}; the metrics need at least {MIN_SIZE}x{MIN_SIZE})"
         return
     ready: list[tuple[ImageRecord, Tensor]] = []
     for _, rec, fp in items:
@@ -326,7 +326,7 @@ def _evaluate_group(
             rec.error = str(exc)
             continue
         if f.shape[-2:] != ir.shape[-2:]:
-            rec.error = f"size mismatch: fused is {f.shape[-2]}×{f.shape[-1]}, sources are {h}×{w} (H×W)"
+            rec.error = f"size mismatch: fused is {f.shape[-2]}x{f.shape[-1]}, sources are {h}x{w} (HxW)"
             continue
         ready.append((rec, f))
     ir, vi = ir.to(dev), vi.to(dev)

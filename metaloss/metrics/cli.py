@@ -1,0 +1,187 @@
+"""``metaloss eval``: fusion metrics of folders of fused images, as plain-text tables.
+
+    metaloss eval --ir DIR --vi DIR --fused DIR [--fused DIR ...] [--profile P]
+                  [--metrics M [M ...]] [--json FILE] [--csv FILE] [--summary] [--device D]
+
+Prints, under a header naming the profile, a table per fused folder (one row per image, then the
+means) with the problems found (missing partner, unreadable file, size mismatch) listed per
+file; with several fused folders, a comparison table of the means with the best value of each
+metric marked ``*``. ``configure_parser`` and ``run`` are what the ``metaloss`` command wires in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from metaloss.metrics.folders import FolderEvaluation, MethodResult, evaluate_folders
+from metaloss.metrics.profiles import DEFAULT_PROFILE, PROFILES
+
+__all__ = ["configure_parser", "run", "main", "format_table", "format_evaluation"]
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Add the ``eval`` options to ``parser``."""
+    parser.description = "Fusion metrics (EN, SD, SF, AG, MI, SCD, VIF, Qabf, SSIM, ...) of folders of fused images."
+    parser.add_argument("--ir", required=True, type=Path, metavar="DIR", help="folder of infrared source images")
+    parser.add_argument("--vi", required=True, type=Path, metavar="DIR", help="folder of visible source images")
+    parser.add_argument(
+        "--fused",
+        required=True,
+        type=Path,
+        action="append",
+        metavar="DIR",
+        help="folder of fused images (repeat for several methods); files pair with the sources by name",
+    )
+    parser.add_argument(
+        "--profile",
+        default=DEFAULT_PROFILE,
+        choices=sorted(PROFILES),
+        help=f"metric conventions (default: {DEFAULT_PROFILE}); see docs/metrics.md",
+    )
+    parser.add_argument(
+        "--metrics",
+        nargs="+",
+        metavar="M",
+        help="metrics to compute, space- or comma-separated (default: all of the profile's)",
+    )
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--csv", type=Path, metavar="FILE", help="also write the results as CSV")
+    parser.add_argument("--summary", action="store_true", help="print only the means, not the per-image tables")
+    parser.add_argument("--device", default="cpu", help="torch device to compute on (default: cpu)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _split_metrics(values: Sequence[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    out: list[str] = []
+    for v in values:
+        out.extend(p.strip() for p in v.split(",") if p.strip())
+    return out or None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``metaloss eval``. Returns 0 when at least one image was evaluated, 1 when none was,
+    2 for a usage error (unknown metric, missing folder)."""
+    out: TextIO = sys.stdout
+    err: TextIO = sys.stderr
+    profile = PROFILES[args.profile]
+    metrics = _split_metrics(args.metrics)
+    if metrics is not None:
+        unknown = [m for m in metrics if m not in profile]
+        if unknown:
+            print(
+                f"error: profile {profile.name!r} has no metric {', '.join(map(repr, unknown))}; "
+                f"it has {', '.join(profile.metrics)}",
+                file=err,
+            )
+            return 2
+    for what, d in [("--ir", args.ir), ("--vi", args.vi)] + [("--fused", d) for d in args.fused]:
+        if not Path(d).is_dir():
+            print(f"error: {what} {str(d)!r} is not a directory", file=err)
+            return 2
+    try:
+        res = evaluate_folders(
+            args.ir, args.vi, args.fused, profile, metrics, device=args.device, progress=not args.no_progress
+        )
+    except (ValueError, RuntimeError) as exc:  # e.g. an unusable --device
+        print(f"error: {exc}", file=err)
+        return 2
+    out.write(format_evaluation(res, per_image=not args.summary))
+    if args.json:
+        res.write_json(args.json)
+        print(f"wrote {args.json}", file=out)
+    if args.csv:
+        res.write_csv(args.csv)
+        print(f"wrote {args.csv}", file=out)
+    return 0 if any(m.evaluated for m in res.methods) else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Stand-alone entry point: ``python -m metaloss.metrics.cli ...``."""
+    parser = argparse.ArgumentParser(prog="metaloss eval")
+    configure_parser(parser)
+    return run(parser.parse_args(argv))
+
+
+# ------------------------------------------------------------------------------------ formatting
+def _fmt(v: float) -> str:
+    if math.isnan(v):
+        return "nan"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    a = abs(v)
+    if a >= 10000:
+        return f"{v:.1f}"
+    if a >= 1000:
+        return f"{v:.2f}"
+    return f"{v:.4f}"
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Plain-text table: first column left-aligned, the others right-aligned."""
+    cols = [header, *rows]
+    widths = [max(len(str(r[i])) for r in cols) for i in range(len(header))]
+
+    def line(r: Sequence[str]) -> str:
+        cells = [str(r[0]).ljust(widths[0])] + [str(c).rjust(w) for c, w in zip(r[1:], widths[1:])]
+        return "  ".join(cells).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(header), rule, *(line(r) for r in rows)]) + "\n"
+
+
+def _header_cells(res: FolderEvaluation) -> list[str]:
+    hib = res.higher_is_better
+    return [m if hib[m] else f"{m}(-)" for m in res.metrics]
+
+
+def _method_table(res: FolderEvaluation, mr: MethodResult) -> str:
+    rows = [[r.name, *(_fmt(r.values[m]) for m in res.metrics)] for r in mr.evaluated]
+    means = mr.mean(res.metrics)
+    if rows:
+        rows.append(["mean", *(_fmt(means[m]) for m in res.metrics)])
+    return format_table(["image", *_header_cells(res)], rows)
+
+
+def format_evaluation(res: FolderEvaluation, per_image: bool = True) -> str:
+    """The text ``metaloss eval`` prints for ``res``."""
+    parts = [
+        f"fusion metrics, profile: {res.profile.name} ({res.profile.description})\n",
+        f"infrared: {res.ir_dir}   visible: {res.vi_dir}\n",
+        "(-) marks metrics for which lower is better\n",
+    ]
+    for mr in res.methods:
+        n_ok, n_err = len(mr.evaluated), len(mr.errors)
+        parts.append(f"\n== {mr.label}: {mr.fused_dir}  ({n_ok} evaluated, {n_err} with problems)\n")
+        if per_image or len(res.methods) == 1:
+            if mr.evaluated:
+                parts.append(_method_table(res, mr))
+            else:
+                parts.append("no image could be evaluated\n")
+        if mr.errors:
+            parts.append("problems:\n")
+            parts.extend(f"  {r.name}: {r.error}\n" for r in mr.errors)
+    if len(res.methods) > 1 or not per_image:
+        means = res.means()
+        best = res.best()
+        rows = []
+        for mr in res.methods:
+            cells = [mr.label]
+            for m in res.metrics:
+                v = means[mr.label][m]
+                cells.append(_fmt(v) + ("*" if mr.label in best[m] else " "))
+            rows.append(cells)
+        title = "comparison" if len(res.methods) > 1 else "means"
+        parts.append(f"\n== {title}: mean over each folder's images, * = best (profile {res.profile.name})\n")
+        parts.append(format_table(["method", *(h + " " for h in _header_cells(res))], rows))
+    return "".join(parts)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
