@@ -6,19 +6,21 @@
   checkpoint are used: ``config.fusion`` / ``config.loss_generator`` (plugin name + options) and
   ``trainer.learner`` / ``trainer.generator`` (state dicts); :func:`write_checkpoint` writes a
   checkpoint with just those.
-* :func:`fuse_pair` runs a network on a pair under ``torch.inference_mode``, on the whole image or
-  by :func:`fuse_tiled`: overlapping square tiles, each run separately, blended with raised-cosine
-  ramps across the overlaps after a margin (pixels near an inner tile edge, where zero padding
-  changes the convolutions, get weight 0).  The weights of neighbouring tiles sum to one, so the
-  blend is a partition of unity.  Memory: the network's working set for one tile (≈2.8 kB per
-  tile pixel for ``RestormerFusion``) plus ≈30 bytes per image pixel of image buffers.
+* :func:`fuse_pair` / :func:`generator_maps` run a network on a pair under
+  ``torch.inference_mode`` by a :class:`TilePlan` (:func:`plan_tiling`):
+
+  - ``whole``: one forward pass (memory ≈ 2.8 kB per pixel for ``RestormerFusion``);
+  - ``exact`` (:func:`run_exact`): every ``DualStreamRestormer`` in the network is run stage by
+    stage in chunks, with the global channel-attention maps accumulated over the chunks: the
+    whole-image result up to float rounding, with one chunk's working set plus ≈260 bytes per
+    pixel of kept feature maps;
+  - ``blend`` (:func:`fuse_tiled`): independent overlapping tiles blended with raised-cosine ramps
+    after a margin (weights of neighbours sum to one); any network, but only approximate for the
+    Restormer, whose channel attention is global (see ``docs/fuse.md`` for measurements);
+  - ``exact+blend``: blended outer tiles, each run exactly (very large images).
 * :func:`fuse_images` does one loaded pair end to end (luma fusion, optional min–max stretch,
   chroma, weight maps); :func:`write_png` writes atomically (temporary file in the same folder,
   then ``os.replace``).
-
-The Restormer's channel attention is global over its input, so a tile does not see exactly the
-statistics the whole image gives: tiled output differs slightly from whole-image output (see
-``docs/fuse.md`` for measured differences and the defaults chosen from them).
 """
 
 from __future__ import annotations
