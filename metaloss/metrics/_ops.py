@@ -23,6 +23,14 @@ _NTSC = torch.linalg.inv(
 )[0].tolist()
 
 
+#: Use OpenCV's filters for CPU tensors (the pure-torch code, used on other devices, otherwise).
+USE_OPENCV = True
+
+
+def _cv2_ok(x: Tensor) -> bool:
+    return USE_OPENCV and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+
+
 def reduce_mean(x: Tensor) -> Tensor:
     """Mean over the last two (image) dimensions."""
     return x.mean(dim=(-2, -1))
@@ -45,11 +53,19 @@ def round_half_away_nonneg(x: Tensor) -> Tensor:
 
 
 def rgb_to_gray_bt601_f32(rgb: Tensor) -> Tensor:
-    """OpenCV's float32 ``COLOR_BGR2GRAY`` on an RGB tensor ``[..., 3, H, W]`` → ``[..., 1, H, W]``
-    (0.299 R + 0.587 G + 0.114 B in float32)."""
-    x = rgb.to(torch.float32)
-    y = x[..., 0:1, :, :] * 0.299 + x[..., 1:2, :, :] * 0.587 + x[..., 2:3, :, :] * 0.114
-    return y.to(rgb.dtype)
+    """OpenCV's float32 ``COLOR_BGR2GRAY`` on an RGB tensor ``[..., 3, H, W]`` → ``[..., 1, H, W]``.
+
+    0.299 R + 0.587 G + 0.114 B with float32 weights, evaluated as OpenCV's vectorised code does
+    (``g·wg``, then fused multiply-adds of B and then R; emulated exactly in float64), so that the
+    rounding that follows in CDDFuse's grey read gives the same grey levels, ties included.
+    """
+    w_r, w_g, w_b = (float(torch.tensor(v, dtype=torch.float32)) for v in (0.299, 0.587, 0.114))
+    x = rgb.to(torch.float32).to(torch.float64)
+    r, g, b = x[..., 0:1, :, :], x[..., 1:2, :, :], x[..., 2:3, :, :]
+    t = (g * w_g).to(torch.float32).to(torch.float64)
+    t = (b * w_b + t).to(torch.float32).to(torch.float64)  # exact products and sums in float64
+    t = (r * w_r + t).to(torch.float32)
+    return t.to(rgb.dtype)
 
 
 def rgb_to_gray_matlab(rgb: Tensor, *, uint8: bool) -> Tensor:
@@ -74,7 +90,7 @@ def correlate_sep_valid(x: Tensor, kv: Sequence[float], kh: Sequence[float] | No
     nv, nh = len(kv), len(kh)
     if h < nv or w < nh:
         raise ValueError(f"image {h}×{w} is smaller than the {nv}×{nh} window")
-    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and nv % 2 == 1 and nh % 2 == 1:
+    if _cv2_ok(x) and nv % 2 == 1 and nh % 2 == 1:
         return _correlate_sep_valid_cv2(x, kv, kh)
     ho = h - nv + 1
     acc = x[..., 0:ho, :] * kv[0]
@@ -105,7 +121,7 @@ def _correlate_sep_valid_cv2(x: Tensor, kv: Sequence[float], kh: Sequence[float]
 def correlate_sep_same_zero(x: Tensor, kv: Sequence[float], kh: Sequence[float]) -> Tensor:
     """Separable correlation, same size as ``x``, zero padding (MATLAB ``filter2(k, x, 'same')``);
     odd kernel lengths."""
-    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+    if _cv2_ok(x):
         arr = _as_numpy_stack(x)
         out = np.empty_like(arr)
         kv_np = np.asarray(kv, dtype=np.float64)
@@ -145,7 +161,7 @@ def sobel_same(x: Tensor, padding: str = "zeros") -> tuple[Tensor, Tensor]:
     ``padding``: 'zeros' or 'replicate'. On the CPU this is OpenCV's ``Sobel`` (same kernels and
     arithmetic in the tensor's dtype; exact on integer images).
     """
-    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+    if _cv2_ok(x):
         border = cv2.BORDER_CONSTANT if padding == "zeros" else cv2.BORDER_REPLICATE
         if padding not in ("zeros", "replicate"):
             raise ValueError(padding)
@@ -186,7 +202,7 @@ def uniform_filter_valid(x: Tensor, size: int) -> Tensor:
     if h < size or w < size:
         raise ValueError(f"image {h}×{w} is smaller than the {size}×{size} window")
     p = size // 2
-    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and size % 2 == 1:
+    if _cv2_ok(x) and size % 2 == 1:
         arr = _as_numpy_stack(x)
         out = np.empty((arr.shape[0], h - 2 * p, w), dtype=arr.dtype)
         for i in range(arr.shape[0]):
@@ -226,7 +242,7 @@ def batched_histogram(idx: Tensor, bins: int) -> Tensor:
 def entropy_from_counts(counts: Tensor, log: str = "e") -> Tensor:
     """Shannon entropy of histogram rows (``[..., K]``), 0·log 0 = 0; ``log`` is 'e' or '2'."""
     p = counts.to(torch.float64) / counts.sum(dim=-1, keepdim=True).to(torch.float64)
-    lp = torch.log(torch.where(p > 0, p, torch.ones_like(p)))
+    lp = torch.log(p + (p == 0).to(p.dtype))  # log 1 = 0 where p = 0
     if log == "2":
         lp = lp / math.log(2.0)
     return -(p * lp).sum(dim=-1)

@@ -53,6 +53,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--csv", type=Path, metavar="FILE", help="also write the results as CSV")
     parser.add_argument("--summary", action="store_true", help="print only the means, not the per-image tables")
     parser.add_argument("--device", default="cpu", help="torch device to compute on (default: cpu)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="source pairs evaluated in parallel threads (default 1); with N > 1 torch and OpenCV "
+        "run single-threaded in each",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -85,13 +93,33 @@ def run(args: argparse.Namespace) -> int:
         if not Path(d).is_dir():
             print(f"error: {what} {str(d)!r} is not a directory", file=err)
             return 2
+    workers = max(1, int(args.workers))
+    threads = None
+    if workers > 1:
+        import cv2
+        import torch
+
+        threads = (torch.get_num_threads(), cv2.getNumThreads())
+        torch.set_num_threads(1)
+        cv2.setNumThreads(1)
     try:
         res = evaluate_folders(
-            args.ir, args.vi, args.fused, profile, metrics, device=args.device, progress=not args.no_progress
+            args.ir,
+            args.vi,
+            args.fused,
+            profile,
+            metrics,
+            device=args.device,
+            progress=not args.no_progress,
+            workers=workers,
         )
     except (ValueError, RuntimeError) as exc:  # e.g. an unusable --device
         print(f"error: {exc}", file=err)
         return 2
+    finally:
+        if threads is not None:
+            torch.set_num_threads(threads[0])
+            cv2.setNumThreads(threads[1])
     out.write(format_evaluation(res, per_image=not args.summary))
     if args.json:
         res.write_json(args.json)
@@ -159,7 +187,7 @@ def format_evaluation(res: FolderEvaluation, per_image: bool = True) -> str:
     for mr in res.methods:
         n_ok, n_err = len(mr.evaluated), len(mr.errors)
         parts.append(f"\n== {mr.label}: {mr.fused_dir}  ({n_ok} evaluated, {n_err} with problems)\n")
-        if per_image or len(res.methods) == 1:
+        if per_image:
             if mr.evaluated:
                 parts.append(_method_table(res, mr))
             else:

@@ -148,10 +148,38 @@ def _grey(kernel: Callable[..., Tensor], uses_sources: bool = True) -> MetricFn:
     return lambda f, ir, vi, cache=None: kernel(f)[:, 0]
 
 
+def _channel(x: Tensor, k: int, cache: dict | None) -> Tensor:
+    """Channel ``k`` of a source as ``[B, 1, H, W]``; the same tensor object on every call with the
+    same cache (the cache keys source-only work by tensor identity), and channel 0 for a grey
+    source expanded to colour."""
+    if x.shape[1] == 1 or x.stride(1) == 0:
+        k = 0
+    if cache is None:
+        return x[:, k : k + 1]
+    key = ("channel", id(x), k)
+    hit = cache.get(key)
+    if hit is None or hit[0] is not x:
+        hit = (x, x[:, k : k + 1])
+        cache[key] = hit
+    return hit[1]
+
+
 def _per_channel(kernel: Callable[..., Tensor], uses_sources: bool = True) -> MetricFn:
-    if uses_sources:
-        return lambda f, ir, vi, cache=None: kernel(f, ir, vi, cache=cache).mean(dim=1)
-    return lambda f, ir, vi, cache=None: kernel(f).mean(dim=1)
+    """VIFB's colour rule: the metric of each channel, averaged. Channels are evaluated one at a
+    time (a smaller working set is much faster on the CPU)."""
+
+    def fn(f: Tensor, ir: Tensor, vi: Tensor, cache: dict | None = None) -> Tensor:
+        vals = []
+        for k in range(f.shape[1]):
+            fk = f[:, k : k + 1]
+            if uses_sources:
+                v = kernel(fk, _channel(ir, k, cache), _channel(vi, k, cache), cache=cache)
+            else:
+                v = kernel(fk)
+            vals.append(v[:, 0])
+        return torch.stack(vals, dim=1).mean(dim=1)
+
+    return fn
 
 
 _CDDFUSE_SPECS = (
