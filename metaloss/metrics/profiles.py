@@ -171,7 +171,7 @@ def _per_channel(kernel: Callable[..., Tensor], uses_sources: bool = True) -> Me
     def fn(f: Tensor, ir: Tensor, vi: Tensor, cache: dict | None = None) -> Tensor:
         vals = []
         for k in range(f.shape[1]):
-            fk = f[:, k : k + 1]
+            fk = _channel(f, k, cache)  # a stable object, so metrics can share work on it
             if uses_sources:
                 v = kernel(fk, _channel(ir, k, cache), _channel(vi, k, cache), cache=cache)
             else:
