@@ -57,7 +57,7 @@ def evaluate(
         ``{name: tensor [B]}`` (float64, on the input's device), in the order requested.
     """
     prof = get_profile(profile)
-    specs = prof.resolve(list(metrics) if metrics is not None else None)
+    specs = prof.resolve([metrics] if isinstance(metrics, str) else metrics)
     fused = _as_4d(fused, "fused")
     ir = _as_4d(ir, "ir")
     vi = _as_4d(vi, "vi")

@@ -246,7 +246,7 @@ def evaluate_folders(
         A :class:`FolderEvaluation` with per-image values, per-file errors and means.
     """
     prof = get_profile(profile)
-    specs = prof.resolve(list(metrics) if metrics is not None else None)
+    specs = prof.resolve([metrics] if isinstance(metrics, str) else metrics)
     names = [s.name for s in specs]
     if isinstance(fused_dirs, (str, os.PathLike)):
         fused_dirs = [fused_dirs]

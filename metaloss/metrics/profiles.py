@@ -90,10 +90,12 @@ class Profile:
     def __iter__(self) -> Iterator[MetricSpec]:
         return iter(self.specs)
 
-    def resolve(self, metrics: list[str] | tuple[str, ...] | None) -> list[MetricSpec]:
+    def resolve(self, metrics: str | list[str] | tuple[str, ...] | None) -> list[MetricSpec]:
         """Specs for ``metrics`` (all when None), in the order given; unknown names raise KeyError."""
         if metrics is None:
             return list(self.specs)
+        if isinstance(metrics, str):
+            metrics = [metrics]
         out: list[MetricSpec] = []
         for m in metrics:
             s = self[m]

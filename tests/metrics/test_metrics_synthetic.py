@@ -149,6 +149,22 @@ def test_input_validation():
     assert v2["EN"].shape == (1,)
 
 
+def test_vifb_grey_fused_with_colour_sources():
+    """VIFB's grey-fused branch: colour sources through MATLAB's rgb2gray, rounded where the
+    MATLAB code converts the uint8 image (MI, CE, SSIM), not where it converts a double copy."""
+    f, ir, vi = _img(100), _img(101), _img(102, c=3)
+    got = evaluate(f, ir, vi, "vifb")
+    assert all(torch.isfinite(v).all() for v in got.values())
+    vi_round = _ops.rgb_to_gray_matlab(vi, uint8=True)
+    vi_exact = _ops.rgb_to_gray_matlab(vi, uint8=False)
+    assert not torch.equal(vi_round, vi_exact)
+    for name, src in [("SSIM", vi_round), ("MI", vi_round), ("CE", vi_round), ("PSNR", vi_exact), ("Qabf", vi_exact)]:
+        ref = evaluate(f, ir, src, "vifb", name)[name]
+        assert got[name].item() == pytest.approx(ref.item(), rel=1e-12), name
+    w = _ops._NTSC
+    assert [round(v, 4) for v in w] == [0.2989, 0.587, 0.114]
+
+
 def test_colour_input_to_grey_profiles_matches_opencv():
     cv2 = pytest.importorskip("cv2")
     rgb = _img(60, c=3)
