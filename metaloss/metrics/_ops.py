@@ -132,11 +132,6 @@ def correlate_sep_same_zero(x: Tensor, kv: Sequence[float], kh: Sequence[float])
     return correlate_sep_valid(pad2d(x, len(kv) // 2, "zeros"), kv, kh)
 
 
-def box_sum_valid(x: Tensor, size: int) -> Tensor:
-    """Sum over every ``size×size`` window ('valid' output)."""
-    return correlate_sep_valid(x, [1.0] * size)
-
-
 def pad2d(x: Tensor, p: int, mode: str) -> Tensor:
     """Pad the last two dimensions by ``p`` on each side; mode 'zeros' or 'replicate'."""
     if p == 0:
