@@ -28,7 +28,8 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN and infinity are refused: no learning rate, weight or factor of a run may be non-finite
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class PluginSection(BaseModel):
@@ -137,6 +138,19 @@ class EvalConfig(_Strict):
     profile: str = "cddfuse"
 
 
+class GuardConfig(_Strict):
+    """What a NaN or Inf in a loss or gradient does (docs/reliability.md); nothing is ever stepped with one."""
+
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop",
+        description="'stop': end the run with an error, checkpoints/last.pt stays the last good state; "
+        "'skip': drop the batch, log it and go on",
+    )
+    max_consecutive_skips: int = Field(
+        10, ge=1, description="with 'skip': stop after this many batches in a row were skipped"
+    )
+
+
 class CheckpointConfig(_Strict):
     every: int = Field(1, ge=0, description="write checkpoints/epoch_XXX.pt every n epochs; 0 = only last.pt")
 
@@ -158,6 +172,7 @@ class ExperimentConfig(_Strict):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    guard: GuardConfig = Field(default_factory=GuardConfig)
 
     def to_toml(self) -> str:
         return tomli_w.dumps(_drop_none(self.model_dump(mode="json")))

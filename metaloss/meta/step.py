@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from metaloss.meta.inner import Backend, buffer_copies, inner_update, trainable_params
+from metaloss.meta.guard import NonFiniteError, check_grads, check_loss
 from metaloss.protocols import ParamDict
 
 
@@ -145,6 +146,8 @@ def meta_step(
 
     ``grad_hook`` sees the gradients before the step (e.g. to all-reduce them across processes).
     Only the generator's parameters change; the learner's and objective's parameters and buffers don't.
+    A NaN or Inf in a loss or in the gradients raises ``metaloss.meta.guard.NonFiniteError`` before
+    the step, leaving the generator and its optimizer untouched.
     """
     grads, result = meta_gradient(
         problem,
@@ -158,7 +161,13 @@ def meta_step(
     )
     if grad_hook is not None:
         grad_hook(grads)
-    gen_params = [p for p in problem.generator.parameters() if p.requires_grad]
+    # finiteness before the step (after grad_hook, so all processes of a distributed run agree)
+    check_loss(result.inner_loss, "learner", "inner")
+    check_loss(result.objective_loss, "objective", "objective")
+    check_loss(result.outer_loss, "generator", "outer")
+    gen_named = [(n, p) for n, p in problem.generator.named_parameters() if p.requires_grad]
+    check_grads(grads, "generator", "outer", [n for n, _ in gen_named])
+    gen_params = [p for _, p in gen_named]
     outer_optimizer.zero_grad(set_to_none=True)
     for p, g in zip(gen_params, grads):
         p.grad = g
@@ -174,12 +183,26 @@ def learner_step(
     grad_clip: float | None = None,
 ) -> tuple[float, float | None]:
     """One step of the learner on the current learned loss (generator frozen), then one of the objective
-    network on its own loss with the learner's output detached.  Returns both losses."""
+    network on its own loss with the learner's output detached.  Returns both losses.
+
+    Each of the two optimizer steps is taken only when its loss and gradients are finite; otherwise
+    ``NonFiniteError`` is raised and that network's parameters, optimizer state and buffers (batch-norm
+    statistics) are as before the batch.  When only the objective's loss or gradient is non-finite,
+    the learner has already stepped: the error's ``stepped`` is then ``("learner",)``.
+    """
     learner_params = trainable_params(problem.learner)
     learner_optimizer.zero_grad(set_to_none=True)
+    saved = _buffer_snapshot(problem.learner)
     with frozen(problem.generator):
         loss = problem.inner_loss(learner_params, batch)
     loss.backward()
+    try:
+        check_loss(loss, "learner", "learner")
+        check_grads([p.grad for p in learner_params.values()], "learner", "learner", list(learner_params))
+    except NonFiniteError:
+        _restore(saved)
+        learner_optimizer.zero_grad(set_to_none=True)
+        raise
     if grad_clip:
         nn.utils.clip_grad_norm_(learner_params.values(), grad_clip)
     learner_optimizer.step()
@@ -187,11 +210,31 @@ def learner_step(
     if problem.objective is not None and objective_optimizer is not None:
         objective_params = trainable_params(problem.objective)
         objective_optimizer.zero_grad(set_to_none=True)
+        saved = _buffer_snapshot(problem.objective)
         learner_now = {n: p.detach() for n, p in problem.learner.named_parameters()}
         objective = problem.objective_loss(objective_params, learner_now, batch)
         objective.backward()
+        try:
+            check_loss(objective, "objective", "objective")
+            check_grads([p.grad for p in objective_params.values()], "objective", "objective", list(objective_params))
+        except NonFiniteError as err:
+            _restore(saved)
+            objective_optimizer.zero_grad(set_to_none=True)
+            err.stepped = ("learner",)
+            raise
         if grad_clip:
             nn.utils.clip_grad_norm_(objective_params.values(), grad_clip)
         objective_optimizer.step()
         objective_value = float(objective.detach())
     return float(loss.detach()), objective_value
+
+
+def _buffer_snapshot(module: nn.Module) -> list[tuple[Tensor, Tensor]]:
+    """Copies of ``module``'s buffers (batch-norm statistics), to undo a forward pass of a skipped step."""
+    return [(b, b.detach().clone()) for b in module.buffers()]
+
+
+def _restore(saved: list[tuple[Tensor, Tensor]]) -> None:
+    with torch.no_grad():
+        for buffer, copy in saved:
+            buffer.copy_(copy)

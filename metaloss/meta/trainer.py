@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from metaloss.config import MetaConfig, OptimConfig
+from metaloss.config import GuardConfig, MetaConfig, OptimConfig
+from metaloss.meta.guard import NonFiniteError, NonFiniteStop, check_params
 from metaloss.meta.inner import trainable_params
 from metaloss.meta.outer import make_outer_optimizer
 from metaloss.meta.step import MetaProblem, learner_step, meta_step
@@ -78,12 +79,15 @@ class AlternatingTrainer:
         eval_every: int = 1,
         checkpoint_every: int = 1,
         meta_test_set: Dataset | None = None,
+        guard: GuardConfig | None = None,
     ):
         self.problem, self.train_set, self.meta, self.optim = problem, train_set, meta, optim
         self.meta_test_set = meta_test_set
         self.batch_size, self.collate_fn, self.num_workers = batch_size, collate_fn, num_workers
         self.seed, self.hooks = seed, hooks or TrainerHooks()
         self.eval_every, self.checkpoint_every = eval_every, checkpoint_every
+        self.guard = guard or GuardConfig()
+        self.consecutive_skips = 0  # batches skipped in a row on a NaN/Inf (guard.on_nonfinite = "skip")
         if len(train_set) < 2:  # type: ignore[arg-type]
             raise ValueError(f"the training set needs at least 2 samples (disjoint meta-train/test), has {len(train_set)}")  # type: ignore[arg-type]
         self.learner_opt = torch.optim.Adam(trainable_params(problem.learner).values(), lr=optim.fusion_lr)
@@ -159,21 +163,28 @@ class AlternatingTrainer:
             else None
         )
         sums: dict[str, float] = {}
+        skipped = 0
         self.problem.generator.train()
         for step in range(1, steps + 1):
             train_batch = self._prepare(next(train_iter), generator)
             test_batch = self._prepare(next(test_iter), generator)
-            result = meta_step(
-                self.problem,
-                train_batch,
-                test_batch,
-                self.outer_opt,
-                inner_lr=inner_lr,
-                inner_steps=self.meta.inner_steps,
-                truncate=self.meta.truncate,
-                backend=self.meta.backend,
-                lookahead_lr=lookahead,
-            )
+            try:
+                result = meta_step(
+                    self.problem,
+                    train_batch,
+                    test_batch,
+                    self.outer_opt,
+                    inner_lr=inner_lr,
+                    inner_steps=self.meta.inner_steps,
+                    truncate=self.meta.truncate,
+                    backend=self.meta.backend,
+                    lookahead_lr=lookahead,
+                )
+            except NonFiniteError as err:
+                self._nonfinite(err, "meta", epoch, step, steps)
+                skipped += 1
+                continue
+            self.consecutive_skips = 0
             record = {
                 "phase": "meta",
                 "epoch": epoch,
@@ -185,19 +196,26 @@ class AlternatingTrainer:
                 **_terms(self.problem, "inner_"),
             }
             self._emit("meta", epoch, step, steps, record, sums)
-        return {f"meta/{k}": v / steps for k, v in sums.items()}
+        return {f"meta/{k}": v / max(1, steps - skipped) for k, v in sums.items()}
 
     def learner_phase(self, epoch: int, generator: torch.Generator) -> Record:
         loader = self._loader(self.train_set, generator)
         steps = self.meta.learner_steps or len(loader)
         batches: Iterable[Any] = itertools.islice(self._cycle(self.train_set, generator), steps)
         sums: dict[str, float] = {}
+        skipped = 0
         self.problem.generator.eval()
         for step, batch in enumerate(batches, start=1):
             batch = self._prepare(batch, generator)
-            loss, objective = learner_step(
-                self.problem, batch, self.learner_opt, self.objective_opt, grad_clip=self.optim.grad_clip
-            )
+            try:
+                loss, objective = learner_step(
+                    self.problem, batch, self.learner_opt, self.objective_opt, grad_clip=self.optim.grad_clip
+                )
+            except NonFiniteError as err:
+                self._nonfinite(err, "learner", epoch, step, steps)
+                skipped += 1
+                continue
+            self.consecutive_skips = 0
             record = {
                 "phase": "learner",
                 "epoch": epoch,
@@ -207,7 +225,34 @@ class AlternatingTrainer:
                 **_terms(self.problem, "learner_"),
             }
             self._emit("learner", epoch, step, steps, record, sums)
-        return {f"learner/{k}": v / steps for k, v in sums.items()}
+        return {f"learner/{k}": v / max(1, steps - skipped) for k, v in sums.items()}
+
+    def _nonfinite(self, err: NonFiniteError, phase: str, epoch: int, step: int, total: int) -> None:
+        """Log a step stopped by a NaN/Inf; skip it (``guard.on_nonfinite = "skip"``) or stop the run."""
+        self.consecutive_skips += 1
+        cap = self.guard.max_consecutive_skips
+        if self.guard.on_nonfinite == "stop":
+            action, reason = "stop", "guard.on_nonfinite = 'stop'"
+        elif self.consecutive_skips > cap:
+            action, reason = "stop", f"{self.consecutive_skips} batches in a row were non-finite (guard.max_consecutive_skips = {cap})"
+        else:
+            action, reason = "skip", ""
+        record = {
+            "phase": "nonfinite",
+            "epoch": epoch,
+            "step": step,
+            "step_phase": phase,
+            **err.record(),
+            "action": action,
+            "consecutive_skips": self.consecutive_skips,
+            "message": str(err),
+        }
+        if self.hooks.log is not None:
+            self.hooks.log(record)
+        if action == "stop":
+            raise NonFiniteStop(err, f"epoch {epoch}, {phase} step {step}", epoch, reason)
+        if self.hooks.progress is not None:
+            self.hooks.progress(phase, epoch, step, total, record)
 
     def _emit(self, phase: str, epoch: int, step: int, total: int, record: Record, sums: dict[str, float]) -> None:
         for k, v in record.items():
@@ -235,6 +280,11 @@ class AlternatingTrainer:
             if self.hooks.evaluate is not None and (last or (self.eval_every and epoch % self.eval_every == 0)):
                 summary.update({f"val/{k}": v for k, v in self.hooks.evaluate(epoch).items()})
             summary["seconds"] = time.perf_counter() - start
+            for role in ("learner", "generator", "objective"):  # never checkpoint a non-finite state
+                try:
+                    check_params(getattr(self.problem, role), role)
+                except NonFiniteError as err:
+                    raise NonFiniteStop(err, f"the end of epoch {epoch}", epoch, "the epoch is not saved") from None
             self.history.append(summary)
             if self.hooks.log is not None:
                 self.hooks.log(summary)
@@ -253,6 +303,7 @@ class AlternatingTrainer:
             "optimizers": [o.state_dict() for o in self.optimizers],
             "schedulers": [s.state_dict() for s in self.schedulers],
             "history": self.history,
+            "guard": {"consecutive_skips": self.consecutive_skips},
             "rng": {
                 "torch": torch.get_rng_state(),
                 "numpy": np.random.get_state(),
@@ -272,6 +323,7 @@ class AlternatingTrainer:
             sch.load_state_dict(s)
         self.epoch = int(state["epoch"])
         self.history = list(state.get("history", []))
+        self.consecutive_skips = int(state.get("guard", {}).get("consecutive_skips", 0))
         rng = state.get("rng")
         if rng:
             torch.set_rng_state(rng["torch"])
