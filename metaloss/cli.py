@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -76,7 +77,7 @@ def _fail(message: str, code: int = EXIT_ERROR) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from metaloss.config import ConfigError, load_config
-    from metaloss.experiment import RunError, run
+    from metaloss.experiment import RunError, RunInterrupted, run
     from metaloss.registry import PluginError
 
     if args.resume:
@@ -97,6 +98,12 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_OK
     try:
         summary = run(cfg, out, quiet=args.quiet, resume=bool(args.resume))
+    except RunInterrupted as err:  # Ctrl-C: last.pt holds the last completed epoch
+        command = ["metaloss", "run", "--resume", str(err.run_dir)]
+        for item in args.overrides if args.resume else []:  # a resume's overrides are not in config.toml
+            command += ["--set", item]
+        print(f"metaloss: {err}\nresume with:\n  {shlex.join(command)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (RunError, PluginError, FileNotFoundError, ValueError) as err:
         return _fail(str(err))
     metrics = summary.get("metrics", {})

@@ -2,6 +2,11 @@
 
 A run directory holds ``config.toml`` (the resolved config), ``log.jsonl`` (one JSON record per step
 and per epoch), ``checkpoints/last.pt`` and ``checkpoints/epoch_XXX.pt``, and ``summary.json``.
+
+Interruptions (docs/reliability.md): every file is written atomically; ``last.pt`` always holds a
+consistent state (the initial one, then the state after each completed epoch), so a run killed at any
+point continues with ``metaloss run --resume RUN_DIR`` from the start of the epoch it was in, and ends
+exactly as an uninterrupted run.  Ctrl-C (SIGINT) raises :class:`RunInterrupted` naming that command.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import metaloss
 from metaloss import registry
 from metaloss.config import ExperimentConfig, PluginSection, load_config, plugin_options
 from metaloss.data.collate import collate_pairs
+from metaloss.meta.guard import NonFiniteStop
 from metaloss.meta.trainer import AlternatingTrainer, TrainerHooks, seed_everything
 from metaloss.problem import FusionProblem
 from metaloss.utils.io import atomic_torch_save, atomic_write_json, atomic_write_text
@@ -33,6 +39,17 @@ CHECKPOINT_FORMAT = 1
 
 class RunError(RuntimeError):
     """A run cannot start or continue (bad run directory, unusable checkpoint)."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped a run.  ``run_dir``: its directory; ``epoch``: the epoch whose completed
+    state ``checkpoints/last.pt`` holds (0: the initial state), from which ``--resume`` continues."""
+
+    def __init__(self, run_dir: Path, epoch: int, epochs: int):
+        self.run_dir, self.epoch, self.epochs = run_dir, epoch, epochs
+        super().__init__(
+            f"interrupted; {run_dir / 'checkpoints' / 'last.pt'} holds the state after epoch {epoch} of {epochs}"
+        )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -159,18 +176,34 @@ class RunDirectory:
     def create(self, cfg: ExperimentConfig, resume: bool = False) -> None:
         if not resume and self.path.exists() and any(self.path.iterdir()):
             raise RunError(f"run directory {self.path} already exists and is not empty; use --resume or another --out")
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
-        if not resume:
+        if not resume:  # config.toml first: from then on the directory can be resumed
             atomic_write_text(self.path / "config.toml", cfg.to_toml())
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.repair()
+
+    def repair(self) -> None:
+        """After a crash: remove temporary files of interrupted atomic writes, and a last log line cut
+        off mid-write (so that appended records stay one per line)."""
+        for folder in (self.path, self.checkpoints):
+            for tmp in folder.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+        if self.log_path.is_file():
+            data = self.log_path.read_bytes()
+            if data and not data.endswith(b"\n"):
+                with self.log_path.open("r+b") as f:
+                    f.truncate(data.rfind(b"\n") + 1)
 
     def log(self, record: dict[str, Any]) -> None:
         with self.log_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps({"time": round(time.time(), 3), **record}, default=float) + "\n")
 
     def save_checkpoint(self, state: dict[str, Any], epoch: int, every: int) -> None:
-        atomic_torch_save(state, self.checkpoints / "last.pt")
-        if every and epoch % every == 0:
+        """``epoch_XXX.pt`` (every ``every`` epochs), then ``last.pt``: ``last.pt`` changes last, so a
+        crash between the two leaves it at the previous epoch, which a resume then repeats."""
+        if every and epoch and epoch % every == 0:
             atomic_torch_save(state, self.checkpoints / f"epoch_{epoch:03d}.pt")
+        atomic_torch_save(state, self.checkpoints / "last.pt")
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_json(self.path / "summary.json", summary)
@@ -180,14 +213,42 @@ def default_run_dir(cfg: ExperimentConfig) -> Path:
     return Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _load_for_resume(path: Path) -> dict[str, Any]:
+    try:
+        return load_checkpoint(path)
+    except RunError as err:
+        epochs = sorted(path.parent.glob("epoch_*.pt"))
+        if not path.is_file() or not epochs:
+            raise
+        raise RunError(f"{err}\nan earlier state is in {epochs[-1]}: copy it to {path} to resume from it") from err
+
+
+def _config_differences(saved: Any, cfg: ExperimentConfig) -> str:
+    """The network sections in which a checkpoint's config differs from ``cfg`` ("" if none or unknown)."""
+    if not isinstance(saved, dict):
+        return ""
+    now = cfg.model_dump(mode="json")
+    parts = [
+        f"it was written with {key} = {saved.get(key)}, this config has {key} = {now.get(key)}"
+        for key in ("fusion", "loss_generator", "task")
+        if saved.get(key) != now.get(key)
+    ]
+    return "; ".join(parts)
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise RunError(f"no checkpoint at {path}")
+    if path.stat().st_size == 0:
+        raise RunError(f"cannot read checkpoint {path}: empty file (0 bytes)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
-        raise RunError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
+        reason = str(err).splitlines()[0] if str(err) else ""
+        raise RunError(
+            f"cannot read checkpoint {path} (truncated, corrupt or not a torch file): {type(err).__name__}: {reason}"
+        ) from err
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise RunError(f"{path} is not a metaloss checkpoint (format {CHECKPOINT_FORMAT})")
     return state
@@ -227,7 +288,13 @@ def run(
 ) -> dict[str, Any]:
     """Train ``cfg`` into the run directory ``out``; returns the summary (also in ``summary.json``)."""
     run_dir = RunDirectory(out or default_run_dir(cfg))
-    state = load_checkpoint(run_dir.checkpoints / "last.pt") if resume else None
+    state = None
+    if resume:
+        last_pt = run_dir.checkpoints / "last.pt"
+        # a run directory with its config but no checkpoint yet was stopped before its first write of
+        # last.pt: it starts again from the beginning
+        if last_pt.is_file() or not (run_dir.path / "config.toml").is_file():
+            state = _load_for_resume(last_pt)
     exp = build_experiment(cfg)
     run_dir.create(cfg, resume=resume)
     trainer = AlternatingTrainer(
@@ -241,15 +308,22 @@ def run(
         seed=cfg.seed,
         eval_every=cfg.eval.every,
         checkpoint_every=cfg.checkpoint.every,
+        guard=cfg.guard,
     )
     if state is not None:
         try:
             trainer.load_state_dict(state["trainer"])
-        except (RuntimeError, KeyError, ValueError) as err:
-            raise RunError(f"checkpoint {run_dir.checkpoints / 'last.pt'} does not fit this config: {err}") from err
+        except (RuntimeError, KeyError, ValueError, TypeError) as err:
+            differences = _config_differences(state.get("config"), cfg)
+            raise RunError(
+                f"checkpoint {run_dir.checkpoints / 'last.pt'} does not fit this config"
+                + (f" ({differences})" if differences else "") + f": {err}"
+            ) from err
     n_train = len(exp.train_set)  # type: ignore[arg-type]
     learner_steps = cfg.meta.learner_steps or math.ceil(n_train / cfg.data.batch_size)
     progress = _Progress(cfg, cfg.meta.meta_steps + learner_steps, trainer.epoch, quiet)
+
+    saved = {"epoch": trainer.epoch}  # the epoch whose state checkpoints/last.pt holds
 
     def checkpoint(epoch: int, is_last: bool) -> None:
         run_dir.save_checkpoint(
@@ -262,6 +336,7 @@ def run(
             epoch,
             cfg.checkpoint.every,
         )
+        saved["epoch"] = epoch
 
     trainer.hooks = TrainerHooks(
         prepare_batch=exp.problem.prepare_batch,
@@ -272,9 +347,22 @@ def run(
     )
     if state is None:
         run_dir.log({"phase": "start", "config": cfg.name, **_environment()})
+    if resume:  # records of the epoch that was cut short are repeated after this one
+        run_dir.log({"phase": "resume", "epoch": trainer.epoch})
     start = time.perf_counter()
     try:
+        if state is None:
+            checkpoint(0, False)  # the initial state: a resume from here ends exactly as a full run
         history = trainer.fit()
+    except KeyboardInterrupt:
+        run_dir.log({"phase": "interrupted", "epoch": trainer.epoch, "saved_epoch": saved["epoch"]})
+        raise RunInterrupted(run_dir.path, saved["epoch"], cfg.meta.epochs) from None
+    except NonFiniteStop as err:
+        raise RunError(
+            f"{err}.\n{run_dir.checkpoints / 'last.pt'} holds the last good state (epoch {saved['epoch']}); "
+            f"the record is in {run_dir.log_path}.  To continue, e.g. with guard.on_nonfinite = 'skip' or "
+            f"a lower learning rate: metaloss run --resume {run_dir.path} --set KEY=VALUE"
+        ) from err
     finally:
         progress.close()
     final = history[-1] if history else {}
