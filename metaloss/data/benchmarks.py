@@ -13,6 +13,7 @@ from pydantic import Field
 
 from metaloss.data.folders import (
     DatasetError,
+    MismatchedSize,
     Pair,
     PairedFolderDataset,
     match_pairs,
@@ -32,6 +33,7 @@ class PairFolders(PairedFolderDataset):
     ``root/<masks>/`` (class-index PNGs) or ``root/<labels>/`` (YOLO txt).  RoadScene, TNO, medical
     pairs.  ``split`` reads ``root/<split>/`` when that folder exists; otherwise the whole root, of
     which a fixed random ``val_fraction`` is held out for "val"/"test" (0: every split sees all pairs).
+    A pair of two sizes is an error unless ``mismatched_size`` says which image to resize.
     """
 
     source = "any folder of registered image pairs"
@@ -48,6 +50,7 @@ class PairFolders(PairedFolderDataset):
         box_class_names: tuple[str, ...] = (),
         val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0,
         allow_unpaired: bool = False,
+        mismatched_size: MismatchedSize = "error",
         split: Split = "train",
     ):
         base = self.check_root(root)
@@ -69,6 +72,7 @@ class PairFolders(PairedFolderDataset):
             records.append(Pair(stem, ir_path, vi_path, mask, boxes))
         super().__init__(records)
         self.class_names, self.box_class_names = tuple(class_names), tuple(box_class_names)
+        self.mismatched_size = mismatched_size
 
 
 def _find_label(folder: Path, stem: str, extensions: tuple[str, ...]) -> Path:

@@ -1,8 +1,11 @@
 """Paired image folders and the label formats of the fusion benchmarks.
 
 A pair is two files with the same stem in an infrared and a visible folder.  Images are returned as
-the Y (luma) channel in [0, 1]: 8-bit / 255, 16-bit / 65535, colour converted with the BT.601
-weights OpenCV uses for BGR->GRAY and YCrCb (Y = 0.299 R + 0.587 G + 0.114 B), alpha dropped.
+the Y (luma) channel in [0, 1] by the normalisation rule of :mod:`metaloss.data.images`: 8-bit / 255,
+16-bit / 65535, floating-point TIFF as is when already in [0, 1], else min-max normalised; colour
+converted with the BT.601 weights OpenCV uses for BGR->GRAY and YCrCb (Y = 0.299 R + 0.587 G +
+0.114 B), alpha dropped.  Grayscale, RGB and RGBA files mix freely.  The two images of a pair must
+have one size, unless the dataset is told to resize one of them (``mismatched_size``).
 
 Labels: class-index PNG masks (MSRS, FMB), Pascal-VOC XML boxes (LLVIP, M3FD) and YOLO txt boxes
 (class cx cy w h, normalised).  Boxes come out as [N, 5] = class, cx, cy, w, h normalised to [0, 1].
@@ -13,31 +16,46 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from metaloss.data.images import normalise, read_any
 from metaloss.data.io import IMAGE_EXTENSIONS, ImageReadError, read_image
+
+#: what a dataset does with a pair whose images differ in size
+MismatchedSize = Literal["error", "resize_ir", "resize_vi"]
 
 
 class DatasetError(ValueError):
     """A dataset folder is missing, empty or inconsistent; the message names the path."""
 
 
-def to_unit_gray(image: np.ndarray) -> np.ndarray:
-    """uint8/uint16 H x W (x 3 RGB | x 4 RGBA) -> float32 H x W luma in [0, 1]."""
-    scale = 65535.0 if image.dtype == np.uint16 else 255.0
-    x = image.astype(np.float32) / scale
+def to_unit_gray(image: np.ndarray, path: str | Path = "<array>") -> np.ndarray:
+    """uint8/uint16/float H x W (x 3 RGB | x 4 RGBA) -> float32 H x W luma in [0, 1]
+    (``metaloss.data.images.normalise``; ``ImageReadError`` for NaN/Inf samples)."""
+    if image.ndim == 3:
+        image = image[..., :3]  # drop alpha
+    x = normalise(image, path)
     if x.ndim == 3:
         x = 0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2]
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def load_gray(path: Path) -> torch.Tensor:
-    """[1, H, W] float in [0, 1]."""
-    return torch.from_numpy(to_unit_gray(read_image(path)))[None]
+    """[1, H, W] float in [0, 1]; any format ``metaloss.data.images.read_any`` decodes (float TIFF too)."""
+    return torch.from_numpy(to_unit_gray(read_any(path), path))[None]
+
+
+def resize_gray(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[1, H, W] -> [1, *size]: area averaging where it shrinks, bilinear where it enlarges."""
+    h, w = size
+    shrink = h * w < image.shape[-2] * image.shape[-1]
+    out = cv2.resize(image[0].numpy(), (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return torch.from_numpy(np.clip(out, 0.0, 1.0).reshape(h, w))[None]
 
 
 def list_images(folder: Path) -> dict[str, Path]:
@@ -57,6 +75,9 @@ def match_pairs(ir_dir: Path, vi_dir: Path, allow_unpaired: bool = False) -> lis
     """(stem, ir path, vi path) for every stem in both folders; files without a partner are an error
     that lists them (or, with ``allow_unpaired``, are left out)."""
     ir, vi = list_images(ir_dir), list_images(vi_dir)
+    for folder, found in ((ir_dir, ir), (vi_dir, vi)):
+        if not found:
+            raise DatasetError(f"{folder}: no images in this folder (looked for {', '.join(IMAGE_EXTENSIONS)})")
     only_ir, only_vi = sorted(set(ir) - set(vi)), sorted(set(vi) - set(ir))
     if (only_ir or only_vi) and not allow_unpaired:
         lines = [f"  {ir[s]} has no partner in {vi_dir}" for s in only_ir[:10]]
@@ -151,6 +172,9 @@ class PairedFolderDataset(Dataset):
     class_names: tuple[str, ...] = ()
     box_class_names: tuple[str, ...] = ()
     ignore_index = 255
+    #: a pair of two sizes: "error", or resize the infrared ("resize_ir") or visible ("resize_vi")
+    #: image to the other's size (labels must then have the size of the image that is kept)
+    mismatched_size: MismatchedSize = "error"
     #: where to get the data and the layout expected, for the error on a missing root
     source = ""
     layout = ""
@@ -176,7 +200,15 @@ class PairedFolderDataset(Dataset):
         pair = self.pairs[index]
         ir, vi = load_gray(pair.ir), load_gray(pair.vi)
         if ir.shape != vi.shape:
-            raise DatasetError(f"pair {pair.name!r}: {pair.ir} is {tuple(ir.shape[1:])} but {pair.vi} is {tuple(vi.shape[1:])}")
+            if self.mismatched_size == "resize_ir":
+                ir = resize_gray(ir, tuple(vi.shape[1:]))
+            elif self.mismatched_size == "resize_vi":
+                vi = resize_gray(vi, tuple(ir.shape[1:]))
+            else:
+                raise DatasetError(
+                    f"pair {pair.name!r}: {pair.ir} is {tuple(ir.shape[1:])} but {pair.vi} is {tuple(vi.shape[1:])} "
+                    "(register them to one size, or set mismatched_size = 'resize_ir' or 'resize_vi' in [data])"
+                )
         sample: dict[str, Any] = {"name": pair.name, "ir": ir, "vi": vi}
         if pair.mask is not None:
             mask = read_mask(pair.mask)

@@ -141,7 +141,8 @@ def normalise(img: np.ndarray, path: str | os.PathLike[str] = "<array>") -> np.n
             return np.clip(x, 0.0, 1.0)
         if hi == lo:
             return np.zeros_like(x)
-        return ((x - lo) / (hi - lo)).astype(np.float32)
+        # in float64: hi - lo overflows float32 for values near its limits
+        return np.clip((x.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
     raise ImageReadError(path, f"unsupported sample type {img.dtype}")
 
 
