@@ -147,7 +147,7 @@ class GuardConfig(_Strict):
         "'skip': drop the batch, log it and go on",
     )
     max_consecutive_skips: int = Field(
-        10, ge=1, description="with 'skip': stop after this many batches in a row were skipped"
+        10, ge=1, description="with 'skip': at most this many batches in a row are skipped; one more stops the run"
     )
 
 

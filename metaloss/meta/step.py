@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from metaloss.meta.inner import Backend, buffer_copies, inner_update, trainable_params
+from metaloss.meta.inner import Backend, GradHook, buffer_copies, inner_update, trainable_params
 from metaloss.meta.guard import NonFiniteError, check_grads, check_loss
 from metaloss.protocols import ParamDict
 
@@ -81,8 +81,17 @@ def meta_gradient(
     truncate: int = 0,
     backend: Backend = "torch.func",
     lookahead_lr: float | None = None,
+    inner_grad_hook: GradHook | None = None,
+    outer_scale: float = 1.0,
 ) -> tuple[list[Tensor], MetaStepResult]:
-    """grad_phi L_outer for the generator's trainable parameters (their order), and the losses."""
+    """grad_phi L_outer for the generator's trainable parameters (their order), and the losses.
+
+    ``inner_grad_hook`` maps the gradients of every inner step and of the objective's look-ahead
+    before the step (differentiably); the outer loss is multiplied by ``outer_scale`` before it is
+    differentiated.  Data-parallel training uses both: the hook sums the ranks' weighted inner
+    gradients, ``outer_scale`` is the rank's share of the meta-test batch (``metaloss.distributed``).
+    The losses reported are the unscaled ones of this process's batches.
+    """
     gen_params = [p for p in problem.generator.parameters() if p.requires_grad]
     if not gen_params:
         raise ValueError("the loss generator has no parameter that requires grad")
@@ -94,7 +103,13 @@ def meta_gradient(
         return loss
 
     learner_new = inner_update(
-        problem.learner, inner_fn, inner_lr, steps=inner_steps, backend=backend, truncate=truncate
+        problem.learner,
+        inner_fn,
+        inner_lr,
+        steps=inner_steps,
+        backend=backend,
+        truncate=truncate,
+        grad_hook=inner_grad_hook,
     )
     learner_new.update(buffer_copies(problem.learner))
 
@@ -103,7 +118,9 @@ def meta_gradient(
     if problem.objective is not None:
         objective_params = {n: p.detach() for n, p in trainable_params(problem.objective).items()}
         if lookahead_lr:
+            # with buffer copies: the learner's batch-norm statistics must not drift in a meta-step
             learner_now = {n: p.detach() for n, p in problem.learner.named_parameters()}
+            learner_now.update(buffer_copies(problem.learner))
             with frozen(problem.generator):
                 values: list[float] = []
 
@@ -112,21 +129,27 @@ def meta_gradient(
                     values.append(float(loss.detach()))
                     return loss
 
-                updated = inner_update(problem.objective, objective_fn, lookahead_lr, create_graph=False)
+                updated = inner_update(
+                    problem.objective, objective_fn, lookahead_lr, create_graph=False, grad_hook=inner_grad_hook
+                )
             objective_params = {n: p.detach() for n, p in updated.items()}
             objective_value = values[0]
         objective_params.update(buffer_copies(problem.objective))
 
     outer = problem.outer_loss(learner_new, objective_params, test_batch)
-    grads = torch.autograd.grad(outer, gen_params, allow_unused=True)
+    grads = torch.autograd.grad(outer * outer_scale if outer_scale != 1.0 else outer, gen_params, allow_unused=True)
     grads = [torch.zeros_like(p) if g is None else g for p, g in zip(gen_params, grads)]
-    norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+    norm = _norm(grads)
     return grads, MetaStepResult(
         inner_loss=inner_values[0],
         outer_loss=float(outer.detach()),
         objective_loss=objective_value,
         generator_grad_norm=norm,
     )
+
+
+def _norm(grads: list[Tensor]) -> float:
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
 
 
 def meta_step(
@@ -141,11 +164,14 @@ def meta_step(
     backend: Backend = "torch.func",
     lookahead_lr: float | None = None,
     grad_hook: Callable[[list[Tensor]], None] | None = None,
+    inner_grad_hook: GradHook | None = None,
+    outer_scale: float = 1.0,
 ) -> MetaStepResult:
     """One meta-step: compute the meta-gradient and step the loss generator's optimizer.
 
-    ``grad_hook`` sees the gradients before the step (e.g. to all-reduce them across processes).
-    Only the generator's parameters change; the learner's and objective's parameters and buffers don't.
+    ``grad_hook`` sees the gradients before the step and may change them in place (e.g. to all-reduce
+    them across processes; ``generator_grad_norm`` is then the norm of the changed gradients).
+    ``inner_grad_hook`` and ``outer_scale``: see ``meta_gradient``.  Only the generator's parameters change; the learner's and objective's parameters and buffers don't.
     A NaN or Inf in a loss or in the gradients raises ``metaloss.meta.guard.NonFiniteError`` before
     the step, leaving the generator and its optimizer untouched.
     """
@@ -158,9 +184,12 @@ def meta_step(
         truncate=truncate,
         backend=backend,
         lookahead_lr=lookahead_lr,
+        inner_grad_hook=inner_grad_hook,
+        outer_scale=outer_scale,
     )
     if grad_hook is not None:
         grad_hook(grads)
+        result.generator_grad_norm = _norm(grads)
     # finiteness before the step (after grad_hook, so all processes of a distributed run agree)
     check_loss(result.inner_loss, "learner", "inner")
     check_loss(result.objective_loss, "objective", "objective")
@@ -181,6 +210,9 @@ def learner_step(
     learner_optimizer: torch.optim.Optimizer,
     objective_optimizer: torch.optim.Optimizer | None = None,
     grad_clip: float | None = None,
+    *,
+    loss_scale: float = 1.0,
+    grad_hook: Callable[[list[Tensor]], None] | None = None,
 ) -> tuple[float, float | None]:
     """One step of the learner on the current learned loss (generator frozen), then one of the objective
     network on its own loss with the learner's output detached.  Returns both losses.
@@ -189,13 +221,20 @@ def learner_step(
     ``NonFiniteError`` is raised and that network's parameters, optimizer state and buffers (batch-norm
     statistics) are as before the batch.  When only the objective's loss or gradient is non-finite,
     the learner has already stepped: the error's ``stepped`` is then ``("learner",)``.
+
+    Each loss is multiplied by ``loss_scale`` before its backward pass and ``grad_hook`` sees each
+    network's gradients (``p.grad``, in place) before the checks, clipping and step: data-parallel
+    training scales by the rank's share of the global batch and sums the gradients over the ranks.
+    The losses returned are unscaled.
     """
     learner_params = trainable_params(problem.learner)
     learner_optimizer.zero_grad(set_to_none=True)
     saved = _buffer_snapshot(problem.learner)
     with frozen(problem.generator):
         loss = problem.inner_loss(learner_params, batch)
-    loss.backward()
+    (loss * loss_scale if loss_scale != 1.0 else loss).backward()
+    if grad_hook is not None:
+        grad_hook([p.grad for p in learner_params.values() if p.grad is not None])
     try:
         check_loss(loss, "learner", "learner")
         check_grads([p.grad for p in learner_params.values()], "learner", "learner", list(learner_params))
@@ -213,7 +252,9 @@ def learner_step(
         saved = _buffer_snapshot(problem.objective)
         learner_now = {n: p.detach() for n, p in problem.learner.named_parameters()}
         objective = problem.objective_loss(objective_params, learner_now, batch)
-        objective.backward()
+        (objective * loss_scale if loss_scale != 1.0 else objective).backward()
+        if grad_hook is not None:
+            grad_hook([p.grad for p in objective_params.values() if p.grad is not None])
         try:
             check_loss(objective, "objective", "objective")
             check_grads([p.grad for p in objective_params.values()], "objective", "objective", list(objective_params))
