@@ -1,4 +1,4 @@
-"""``metaloss run | eval | fuse | export | plugins | plot``."""
+"""``metaloss run | eval | fuse | export | plugins | plot | new-plugin``."""
 
 from __future__ import annotations
 
@@ -54,6 +54,16 @@ def _parser() -> argparse.ArgumentParser:
     plugins = sub.add_parser("plugins", help="list registered plugins", description="List registered plugins.")
     plugins.add_argument("--json", action="store_true", help="print JSON")
 
+    new = sub.add_parser(
+        "new-plugin",
+        help="create a plugin package: pyproject with entry points, one plugin of each kind, tests",
+        description="Create OUT/metaloss-NAME/: a package with a working fusion network, loss generator, task and "
+        "dataset registered as NAME, a test file using metaloss.testing, and an example experiment (docs/plugins.md).",
+    )
+    new.add_argument("name", metavar="NAME", help="plugin name, e.g. depth: package metaloss-depth, module metaloss_depth")
+    new.add_argument("--out", "-o", default=".", help="folder to create metaloss-NAME/ in (default: the current folder)")
+    new.add_argument("--force", action="store_true", help="write into an existing non-empty metaloss-NAME/ (overwrites the scaffold's files)")
+
     plot = sub.add_parser("plot", help="draw the loss curves of a run to a PNG", description="Plot a run's log.")
     plot.add_argument("run_dir", help="a run directory (with log.jsonl)")
     plot.add_argument("--out", "-o", help="PNG path (default: RUN_DIR/curves.png)")
@@ -62,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"run": _run, "eval": _eval, "fuse": _fuse, "export": _export, "plugins": _plugins, "plot": _plot}[args.command]
+    handler = {"run": _run, "eval": _eval, "fuse": _fuse, "export": _export, "plugins": _plugins, "plot": _plot, "new-plugin": _new_plugin}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:
@@ -148,6 +158,26 @@ def _plugins(args: argparse.Namespace) -> int:
         for info in infos:
             status = f"  ERROR: {info.error}" if info.error else ""
             print(f"  {info.name:16s} {info.distribution} {info.version}  ({info.value}){status}")
+    return EXIT_OK
+
+
+def _new_plugin(args: argparse.Namespace) -> int:
+    from metaloss.scaffold import PluginNames, ScaffoldError, create_plugin
+
+    try:
+        names = PluginNames.from_name(args.name)
+        root, files = create_plugin(args.name, args.out, force=args.force)
+    except ScaffoldError as err:
+        return _fail(str(err), EXIT_USAGE)
+    except OSError as err:
+        return _fail(f"cannot write the plugin package: {err}")
+    print(f"created {root}/ (distribution {names.distribution}, module {names.module}, entry points {names.entry!r})")
+    for path in files:
+        print(f"  {path.relative_to(root)}")
+    print("next:")
+    print(f"  pip install -e '{root}[test]'     # then `metaloss plugins` lists {names.entry!r} in every group")
+    print(f"  pytest {root}")
+    print(f"  metaloss run {root / (names.entry + '.toml')}")
     return EXIT_OK
 
 
