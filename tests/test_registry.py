@@ -12,9 +12,10 @@ def test_builtin_plugins_are_registered_with_their_distribution():
     assert {"restormer", "dense"} <= names["fusion"]
     assert {"tdfusion", "refusion", "sigmoid"} <= names["loss_generators"]
     assert "segmentation" in names["tasks"] and "synthetic" in names["datasets"]
-    for infos in found.values():
-        for info in infos:
-            assert info.distribution == "metaloss" and info.error is None
+    # plugins of other installed packages (pip install -e examples/plugins/metaloss-edges) may be listed too
+    builtin = [i for infos in found.values() for i in infos if i.distribution == "metaloss"]
+    assert {i.name for i in builtin} >= {"restormer", "dense", "tdfusion", "segmentation", "synthetic"}
+    assert all(i.error is None for i in builtin)
 
 
 def test_unknown_name_lists_available():
