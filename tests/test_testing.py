@@ -434,7 +434,7 @@ class NoEvaluator(Task):
 
 class PythonFloatLoss(Task):
     def loss(self, outputs, batch):
-        return float(F.cross_entropy(outputs, batch["mask"]))
+        return float(F.cross_entropy(outputs, batch["mask"]).detach())
 
 
 class MissingLabel(Task):
