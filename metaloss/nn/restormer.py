@@ -77,6 +77,15 @@ def _check_heads(dim: int, heads: int) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+def _mean_square(d: Tensor) -> Tensor:
+    """``mean(d², over channels)``: the biased variance of ``x`` when ``d = x − mean(x)``.
+
+    Written out rather than ``Tensor.var(dim=1)``, whose strided reduction over the channel axis of
+    an NCHW map is 3–4× slower on the CPU than these two passes (same value, same autograd).
+    """
+    return (d * d).mean(dim=1, keepdim=True)
+
+
 class WithBiasLayerNorm(nn.Module):
     """LayerNorm over the channels of each pixel, with a bias (the variant the reference uses).
 
@@ -91,10 +100,9 @@ class WithBiasLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        mu = x.mean(dim=1, keepdim=True)
-        var = x.var(dim=1, keepdim=True, unbiased=False)
-        y = (x - mu) * torch.rsqrt(var + self.eps)
-        return y * self.weight[:, None, None] + self.bias[:, None, None]
+        d = x - x.mean(dim=1, keepdim=True)
+        y = d * torch.rsqrt(_mean_square(d) + self.eps)
+        return torch.addcmul(self.bias[:, None, None], y, self.weight[:, None, None])
 
 
 class BiasFreeLayerNorm(nn.Module):
@@ -109,8 +117,8 @@ class BiasFreeLayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        var = x.var(dim=1, keepdim=True, unbiased=False)
-        return x * torch.rsqrt(var + self.eps) * self.weight[:, None, None]
+        var = _mean_square(x - x.mean(dim=1, keepdim=True))
+        return x * (torch.rsqrt(var + self.eps) * self.weight[:, None, None])
 
 
 def channel_layer_norm(dim: int, kind: LayerNormKind = "with_bias") -> nn.Module:
