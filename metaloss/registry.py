@@ -144,7 +144,7 @@ def config_model(obj: Any) -> type[pydantic.BaseModel]:
     """The pydantic model of ``obj``'s keyword arguments: ``obj.Config``, or one built from its signature.
 
     Parameters without a default are required; ``*args``/``**kwargs`` and the names in
-    ``INJECTED`` (filled in by the experiment builder) are left out.
+    ``INJECTED`` (filled in by the experiment builder) are left out.  NaN and infinite floats are refused.
     """
     explicit = getattr(obj, "Config", None)
     if isinstance(explicit, type) and issubclass(explicit, pydantic.BaseModel):
@@ -163,7 +163,9 @@ def config_model(obj: Any) -> type[pydantic.BaseModel]:
         fields[pname] = (annotation, default)
     model_name = f"{getattr(obj, '__name__', 'Plugin')}Config"
     return pydantic.create_model(  # type: ignore[call-overload]
-        model_name, __config__=pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True), **fields
+        model_name,
+        __config__=pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True, allow_inf_nan=False),
+        **fields,
     )
 
 

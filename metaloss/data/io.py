@@ -61,8 +61,36 @@ def read_bytes(path: str | os.PathLike[str]) -> np.ndarray:
     return buf
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _check_png_chunks(buf: np.ndarray, path: str | os.PathLike[str]) -> None:
+    """Refuse a PNG whose chunk claims more bytes than the file holds.
+
+    OpenCV allocates a chunk's claimed length before reading it, so one damaged length field in a
+    few-hundred-byte file would otherwise allocate up to 4 GiB.  Walking the chunk headers costs
+    nothing next to decoding.
+    """
+    data = memoryview(buf)
+    size, pos = len(data), len(_PNG_SIGNATURE)
+    while pos + 8 <= size:
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind = bytes(data[pos + 4 : pos + 8])
+        if pos + 12 + length > size:
+            raise ImageReadError(
+                path,
+                f"truncated or corrupt PNG: chunk {kind.decode('latin-1')!r} at byte {pos} claims {length} bytes, "
+                f"the file has {max(0, size - pos - 12)} left",
+            )
+        if kind == b"IEND":
+            return
+        pos += 12 + length
+
+
 def _decode(path: str | os.PathLike[str], flags: int) -> np.ndarray:
     buf = read_bytes(path)
+    if buf[: len(_PNG_SIGNATURE)].tobytes() == _PNG_SIGNATURE:
+        _check_png_chunks(buf, path)
     try:
         img = cv2.imdecode(buf, flags)
     except cv2.error as exc:
