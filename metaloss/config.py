@@ -151,6 +151,30 @@ class GuardConfig(_Strict):
     )
 
 
+class DistributedConfig(_Strict):
+    """Data-parallel training with more than one process under torchrun (docs/distributed.md); a
+    single process ignores it.  ``data.batch_size`` is per process: the global batch is
+    ``batch_size`` x the number of processes."""
+
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="'auto': nccl on CUDA devices, gloo on the CPU")
+    sync_batchnorm: bool = Field(
+        True, description="BatchNorm layers normalise with the global batch's statistics; false: each process's own"
+    )
+    timeout_s: float = Field(
+        1800, gt=0, description="seconds a process waits for the others in a collective (rank 0 evaluates alone)"
+    )
+
+
+class PerformanceConfig(_Strict):
+    """Speed and memory switches; results stay within float tolerance of the defaults (docs/benchmarks.md)."""
+
+    allocator: Literal["keep", "release", "system"] = Field(
+        "keep",
+        description="CPU heap policy (metaloss.utils.memory): 'keep' reuses freed activations (faster steps), "
+        "'release' returns them to the system (least memory), 'system' leaves glibc's defaults",
+    )
+
+
 class CheckpointConfig(_Strict):
     every: int = Field(1, ge=0, description="write checkpoints/epoch_XXX.pt every n epochs; 0 = only last.pt")
 
@@ -162,6 +186,9 @@ class ExperimentConfig(_Strict):
     seed: int = Field(0, description="seeds python, numpy and torch; each epoch re-seeds from (seed, epoch)")
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     deterministic: bool = Field(True, description="torch.use_deterministic_algorithms for repeatable runs")
+    dtype: Literal["float32", "float64"] = Field(
+        "float32", description="floating-point type of the networks and batches; float64 for exact comparisons (slower)"
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     val_data: DataConfig | None = Field(None, description="validation data; omitted = [data] with split 'val'")
     fusion: FusionConfig = Field(default_factory=FusionConfig)
@@ -172,7 +199,9 @@ class ExperimentConfig(_Strict):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
+    performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
 
     def to_toml(self) -> str:
         return tomli_w.dumps(_drop_none(self.model_dump(mode="json")))

@@ -26,13 +26,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 import metaloss
-from metaloss import registry
+from metaloss import distributed, registry
 from metaloss.config import ExperimentConfig, PluginSection, load_config, plugin_options
 from metaloss.data.collate import collate_pairs
 from metaloss.meta.guard import NonFiniteStop
 from metaloss.meta.trainer import AlternatingTrainer, TrainerHooks, seed_everything
 from metaloss.problem import FusionProblem
 from metaloss.utils.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from metaloss.utils.memory import set_allocator_policy
 
 CHECKPOINT_FORMAT = 1
 
@@ -93,8 +94,9 @@ class Experiment:
     device: torch.device
 
 
-def build_experiment(cfg: ExperimentConfig) -> Experiment:
-    device = resolve_device(cfg.device)
+def build_experiment(cfg: ExperimentConfig, device: torch.device | None = None) -> Experiment:
+    """``device``: where to build (a rank's own GPU, say); default: ``cfg.device`` resolved."""
+    device = device if device is not None else resolve_device(cfg.device)
     if cfg.eval.metrics:  # unknown metric or profile names fail before any work
         from metaloss import metrics as fusion_metrics
 
@@ -104,6 +106,7 @@ def build_experiment(cfg: ExperimentConfig) -> Experiment:
             fusion_metrics.PROFILES[cfg.eval.profile].resolve(list(cfg.eval.metrics))
         except (KeyError, ValueError) as err:
             raise RunError(f"eval.metrics: {err}") from None
+    set_allocator_policy(cfg.performance.allocator)
     seed_everything(cfg.seed)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -123,7 +126,8 @@ def build_experiment(cfg: ExperimentConfig) -> Experiment:
         task_from_crop=cfg.data.task_from_crop,
         swap_modalities=cfg.data.swap_modalities,
         device=device,
-    ).to(device)
+        dtype=getattr(torch, cfg.dtype),
+    ).to(device=device, dtype=getattr(torch, cfg.dtype))
     return Experiment(cfg, problem, train_set, val_set, device)
 
 
@@ -147,7 +151,7 @@ def evaluate(exp: Experiment) -> dict[str, float]:
     scores: dict[str, list[float]] = {}
     for batch in _val_batches(exp):
         ir, vi = batch["ir"].to(exp.device), batch["vi"].to(exp.device)
-        fused = problem.fuse(ir, vi)
+        fused = problem.fuse(ir, vi).to(ir.dtype)  # metrics in the images' own type (dtype = float64 runs)
         if cfg.eval.metrics:
             values = fusion_metrics.evaluate(
                 (fused * 255).round(), (ir * 255).round(), (vi * 255).round(), profile=cfg.eval.profile, metrics=cfg.eval.metrics
@@ -286,17 +290,37 @@ def run(
     quiet: bool = False,
     resume: bool = False,
 ) -> dict[str, Any]:
-    """Train ``cfg`` into the run directory ``out``; returns the summary (also in ``summary.json``)."""
-    run_dir = RunDirectory(out or default_run_dir(cfg))
-    state = None
-    if resume:
+    """Train ``cfg`` into the run directory ``out``; returns the summary (also in ``summary.json``).
+
+    In a process that torchrun started (``WORLD_SIZE`` > 1) this is one rank of a data-parallel run
+    (``metaloss.distributed``, docs/distributed.md): rank 0 names the run directory, reads the
+    checkpoint to resume from and hands it to every rank, and alone evaluates and writes the directory.
+    """
+    parallel = distributed.context(cfg.device, cfg.distributed.backend, cfg.distributed.timeout_s)
+    main = parallel is None or parallel.is_main
+    if parallel is not None:  # the default name holds the time: rank 0's choice is everyone's
+        out = parallel.broadcast_object(str(out or default_run_dir(cfg)))
+    run_dir = RunDirectory(out or default_run_dir(cfg)) if main else _NonWritingRunDirectory(out)  # type: ignore[arg-type]
+
+    def resume_state() -> dict[str, Any] | None:
         last_pt = run_dir.checkpoints / "last.pt"
         # a run directory with its config but no checkpoint yet was stopped before its first write of
         # last.pt: it starts again from the beginning
         if last_pt.is_file() or not (run_dir.path / "config.toml").is_file():
-            state = _load_for_resume(last_pt)
-    exp = build_experiment(cfg)
-    run_dir.create(cfg, resume=resume)
+            return _load_for_resume(last_pt)
+        return None
+
+    state = None
+    if resume:  # rank 0 reads the checkpoint; every rank resumes from that one state
+        state = parallel.on_main(resume_state) if parallel is not None else resume_state()
+    exp = build_experiment(cfg, parallel.device if parallel is not None else None)
+    if parallel is not None and cfg.distributed.sync_batchnorm:
+        for role in ("learner", "generator", "objective"):
+            distributed.convert_batchnorm(getattr(exp.problem, role))
+    if parallel is not None:
+        parallel.on_main(lambda: run_dir.create(cfg, resume=resume))
+    else:
+        run_dir.create(cfg, resume=resume)
     trainer = AlternatingTrainer(
         exp.problem,
         exp.train_set,
@@ -309,6 +333,7 @@ def run(
         eval_every=cfg.eval.every,
         checkpoint_every=cfg.checkpoint.every,
         guard=cfg.guard,
+        distributed=parallel,
     )
     if state is not None:
         try:
@@ -320,8 +345,8 @@ def run(
                 + (f" ({differences})" if differences else "") + f": {err}"
             ) from err
     n_train = len(exp.train_set)  # type: ignore[arg-type]
-    learner_steps = cfg.meta.learner_steps or math.ceil(n_train / cfg.data.batch_size)
-    progress = _Progress(cfg, cfg.meta.meta_steps + learner_steps, trainer.epoch, quiet)
+    learner_steps = cfg.meta.learner_steps or math.ceil(n_train / trainer.global_batch_size)
+    progress = _Progress(cfg, cfg.meta.meta_steps + learner_steps, trainer.epoch, quiet or not main)
 
     saved = {"epoch": trainer.epoch}  # the epoch whose state checkpoints/last.pt holds
 
@@ -331,6 +356,7 @@ def run(
                 "format": CHECKPOINT_FORMAT,
                 "metaloss_version": metaloss.__version__,
                 "config": cfg.model_dump(mode="json"),
+                "world_size": trainer.dist.world_size,
                 "trainer": trainer.state_dict(),
             },
             epoch,
@@ -342,11 +368,11 @@ def run(
         prepare_batch=exp.problem.prepare_batch,
         log=run_dir.log,
         progress=progress,
-        evaluate=lambda epoch: evaluate(exp),
+        evaluate=(lambda epoch: evaluate(exp)) if main else None,  # rank 0 alone; the others wait for it
         checkpoint=checkpoint,
     )
     if state is None:
-        run_dir.log({"phase": "start", "config": cfg.name, **_environment()})
+        run_dir.log({"phase": "start", "config": cfg.name, **_environment(), **_parallel_info(trainer)})
     if resume:  # records of the epoch that was cut short are repeated after this one
         run_dir.log({"phase": "resume", "epoch": trainer.epoch})
     start = time.perf_counter()
@@ -379,9 +405,34 @@ def run(
         "metrics": {k[4:]: v for k, v in final.items() if k.startswith("val/")},
         "final": {k: v for k, v in final.items() if not k.startswith("val/")},
         "environment": _environment(),
+        "distributed": _parallel_info(trainer),
     }
     run_dir.write_summary(summary)
     return summary
+
+
+class _NonWritingRunDirectory(RunDirectory):
+    """The run directory as ranks other than 0 of a distributed run hold it: rank 0 writes for all."""
+
+    def create(self, cfg: ExperimentConfig, resume: bool = False) -> None:
+        pass
+
+    def repair(self) -> None:
+        pass
+
+    def log(self, record: dict[str, Any]) -> None:
+        pass
+
+    def save_checkpoint(self, state: dict[str, Any], epoch: int, every: int) -> None:
+        pass
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        pass
+
+
+def _parallel_info(trainer: AlternatingTrainer) -> dict[str, Any]:
+    d = trainer.dist
+    return {"world_size": d.world_size, "backend": d.backend, "global_batch_size": trainer.global_batch_size}
 
 
 def _count(module: nn.Module) -> int:

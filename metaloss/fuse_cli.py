@@ -70,6 +70,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         help="also write the loss generator's weight maps as heat maps: <name>_w_ir.png, <name>_w_vi.png "
         "(and <name>_v_ir.png, <name>_v_vi.png for gradient weights)",
     )
+    parser.add_argument(
+        "--allocator", choices=("keep", "release", "system"), default="release",
+        help="how freed CPU memory is handled (metaloss.utils.memory): release (default: returned to the system "
+        "at once, lowest peak memory), keep (reused, faster), system (glibc's defaults)",
+    )
     parser.add_argument("--colormap", default="viridis", help="OpenCV colormap of the heat maps (default viridis)")
     parser.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -132,12 +137,12 @@ def run(args: argparse.Namespace) -> int:
         InferenceError,
         fuse_images,
         heatmap,
-        limit_heap_fragmentation,
         load_model,
         plan_tiling,
         write_png,
     )
     from metaloss.registry import PluginError
+    from metaloss.utils.memory import set_allocator_policy
 
     if args.tiling == "blend" and args.tile and args.overlap >= args.tile:
         return _fail(f"--overlap ({args.overlap}) must be smaller than --tile ({args.tile})", EXIT_USAGE)
@@ -167,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         return _fail(str(err), EXIT_USAGE)
 
-    limit_heap_fragmentation()
+    set_allocator_policy(args.allocator)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     bar = None

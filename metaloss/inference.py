@@ -65,7 +65,6 @@ __all__ = [
     "fuse_tiled",
     "generator_maps",
     "heatmap",
-    "limit_heap_fragmentation",
     "load_model",
     "plan_tiling",
     "resolve_tile",
@@ -656,24 +655,6 @@ def run_exact(
         finally:
             for parent, name, child in swaps:
                 parent._modules[name] = child
-
-
-def limit_heap_fragmentation(threshold: int = 1 << 20) -> bool:
-    """Serve allocations of at least ``threshold`` bytes by ``mmap`` (glibc ``M_MMAP_THRESHOLD``), so
-    freed activations go back to the system at once.  glibc otherwise raises that threshold as large
-    blocks are freed and keeps them on its heap, where chunk-by-chunk inference fragments it: on a
-    1280×1024 pair in 384-pixel chunks the peak RSS drops from 2.1 GiB to 1.3 GiB.  For processes that
-    only do inference (``metaloss fuse`` calls it); a no-op returning False where there is no glibc."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_mmap_threshold = -3
-    return bool(mallopt(m_mmap_threshold, int(threshold)))
 
 
 # -- running a network on a pair --------------------------------------------------------------------------
