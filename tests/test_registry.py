@@ -68,3 +68,27 @@ def test_config_model_from_signature():
 def test_unknown_group():
     with pytest.raises(KeyError, match="groups"):
         registry.available("nope")
+
+
+def test_a_plugin_that_raises_on_import_is_a_clear_error_everywhere(monkeypatch, tmp_path, capsys):
+    from metaloss.cli import main
+    from metaloss.config import ConfigError, load_config
+
+    (tmp_path / "exploding_plugin.py").write_text("raise RuntimeError('boom at import')\nclass Task: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fake_entry_points(monkeypatch, [md.EntryPoint("exploding", "exploding_plugin:Task", "metaloss.tasks")])
+    with pytest.raises(registry.PluginImportError, match=r"tasks plugin 'exploding' \(exploding_plugin:Task\) failed to import: RuntimeError: boom at import"):
+        registry.load("tasks", "exploding")
+    with pytest.raises(ConfigError) as info:
+        load_config({"task": {"name": "exploding"}})
+    assert "task.name" in str(info.value) and "boom at import" in str(info.value)
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text("[task]\nname = 'exploding'\n")
+    assert main(["run", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert str(cfg) in err and "task.name" in err and "RuntimeError: boom at import" in err
+    assert not (tmp_path / "run").exists()  # nothing written
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "exploding" in out and "ERROR: RuntimeError: boom at import" in out  # the others still listed
+    assert "segmentation" in out
