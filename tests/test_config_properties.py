@@ -107,6 +107,9 @@ def test_examples_of_each_documented_refusal():
         parse_override("meta.inner_steps")
     with pytest.raises(ConfigError, match="'meta' is not a table"):
         apply_overrides({"meta": 3}, ["meta.epochs=2"])
+    for key in ("optim.fusion_lr", "optim.task_lr", "meta.outer_lr", "meta.inner_lr"):
+        with pytest.raises(ConfigError, match=rf"{key}: .*(greater than 0|must be > 0)"):
+            load_config({}, [f"{key}=-0.001"])
     for bad in ("nan", "inf", "-inf"):
         with pytest.raises(ConfigError, match=r"optim\.task_lr: Input should be a finite number"):
             load_config({}, [f"optim.task_lr={bad}"])

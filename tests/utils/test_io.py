@@ -1,0 +1,55 @@
+"""Atomic writes: an interruption at any point leaves the old file or the new one, never a mix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import metaloss.utils.io as io_mod
+from metaloss.utils.io import atomic_torch_save, atomic_write_bytes, atomic_write_json
+
+_REAL_FDOPEN = io_mod.os.fdopen
+
+
+@pytest.mark.parametrize("where", ["write", "fsync", "replace"])
+def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch, where):
+    target = tmp_path / "state.pt"
+    atomic_write_bytes(target, b"old contents")
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if where == "write":
+        monkeypatch.setattr(io_mod.os, "fdopen", lambda fd, mode: _Breaking(fd))
+    else:
+        monkeypatch.setattr(io_mod.os, where, interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_bytes(target, b"new contents that never land")
+    monkeypatch.undo()
+    assert target.read_bytes() == b"old contents"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.pt"]
+
+
+class _Breaking:
+    """A file object that writes half the data, then is interrupted."""
+
+    def __init__(self, fd):
+        self.f = _REAL_FDOPEN(fd, "wb")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def write(self, data):
+        self.f.write(data[: len(data) // 2])
+        raise KeyboardInterrupt
+
+
+def test_atomic_writes_round_trip(tmp_path):
+    atomic_write_json(tmp_path / "a" / "x.json", {"b": 1})
+    assert (tmp_path / "a" / "x.json").read_text() == '{\n  "b": 1\n}\n'
+    atomic_torch_save({"w": torch.arange(3)}, tmp_path / "w.pt")
+    assert torch.equal(torch.load(tmp_path / "w.pt")["w"], torch.arange(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "w.pt"]
