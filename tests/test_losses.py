@@ -105,3 +105,15 @@ def test_fixed_generator_is_the_equal_weight_baseline():
     assert list(FixedLossGenerator().parameters()) == []
     with pytest.raises(ValueError, match="ir_weight"):
         FixedLossGenerator(1.5)
+
+
+def test_fixed_generator_gradient_weights() -> None:
+    from metaloss.models.conv_generator import FixedLossGenerator
+
+    ir, vi = torch.rand(2, 1, 5, 6), torch.rand(2, 1, 5, 6)
+    maps = FixedLossGenerator(0.5, ir_gradient_weight=0.25)(ir, vi)
+    assert maps["gradient"].shape == (2, 2, 5, 6)
+    assert torch.all(maps["gradient"][:, 0] == 0.25) and torch.all(maps["gradient"][:, 1] == 0.75)
+    assert "gradient" not in FixedLossGenerator(0.5)(ir, vi)
+    with pytest.raises(ValueError, match="ir_gradient_weight"):
+        FixedLossGenerator(0.5, ir_gradient_weight=-0.1)

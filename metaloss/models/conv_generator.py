@@ -24,16 +24,24 @@ class ConvLossGenerator(nn.Module):
 
 
 class FixedLossGenerator(nn.Module):
-    """Constant weights, the hand-made baseline: w_a = ``ir_weight``, w_b = 1 - ``ir_weight`` everywhere.
+    """Constant weights, the hand-made baseline: w_a = ``ir_weight``, w_b = 1 - ``ir_weight`` everywhere;
+    with ``ir_gradient_weight`` set, also constant gradient weights v_a = ``ir_gradient_weight``,
+    v_b = 1 - v_a (ReFusion's per-source gradient term) instead of the max rule.
 
     It has no parameters, so a run with it has no meta phase (set ``meta.meta_steps = 0``)."""
 
-    def __init__(self, ir_weight: float = 0.5):
+    def __init__(self, ir_weight: float = 0.5, ir_gradient_weight: float | None = None):
         super().__init__()
-        if not 0.0 <= ir_weight <= 1.0:
-            raise ValueError(f"ir_weight must be in [0, 1], got {ir_weight}")
+        for key, value in (("ir_weight", ir_weight), ("ir_gradient_weight", ir_gradient_weight)):
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{key} must be in [0, 1], got {value}")
         self.ir_weight = ir_weight
+        self.ir_gradient_weight = ir_gradient_weight
 
     def forward(self, ir: Tensor, vi: Tensor) -> dict[str, Tensor]:
         w = torch.full_like(ir, self.ir_weight)
-        return {"intensity": torch.cat([w, 1 - w], dim=1)}
+        maps = {"intensity": torch.cat([w, 1 - w], dim=1)}
+        if self.ir_gradient_weight is not None:
+            v = torch.full_like(ir, self.ir_gradient_weight)
+            maps["gradient"] = torch.cat([v, 1 - v], dim=1)
+        return maps
