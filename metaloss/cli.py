@@ -33,6 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     run.add_argument("--check", action="store_true", help="validate the config, print it resolved, and exit")
+    run.add_argument(
+        "--nproc", type=int, default=1, metavar="N",
+        help="train on N local processes (torch.distributed, data parallel; torchrun's launcher); "
+        "data.batch_size is per process. For several nodes use torchrun (docs/distributed.md)",
+    )
 
     ev = sub.add_parser("eval", help="score fused images with fusion metrics", description="Score fused images.")
     try:
@@ -81,7 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fail(message: str, code: int = EXIT_ERROR) -> int:
-    print(f"metaloss: error: {message}", file=sys.stderr)
+    rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else None
+    print(f"metaloss: error: {f'[rank {rank}] ' if rank else ''}{message}", file=sys.stderr)
     return code
 
 
@@ -106,6 +112,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.check:
         print(cfg.to_toml(), end="")
         return EXIT_OK
+    if args.nproc != 1:
+        return _launch(args, cfg, out)
+    from metaloss import distributed
+
     try:
         summary = run(cfg, out, quiet=args.quiet, resume=bool(args.resume))
     except RunInterrupted as err:  # Ctrl-C: last.pt holds the last completed epoch
@@ -114,14 +124,39 @@ def _run(args: argparse.Namespace) -> int:
             command += ["--set", item]
         print(f"metaloss: {err}\nresume with:\n  {shlex.join(command)}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (RunError, PluginError, FileNotFoundError, ValueError) as err:
+    except (RunError, PluginError, FileNotFoundError, ValueError, distributed.DistributedError) as err:
         return _fail(str(err))
+    finally:
+        distributed.shutdown()
+    if not distributed.is_main_process():
+        return EXIT_OK  # rank 0 reports for a distributed run
     metrics = summary.get("metrics", {})
     if not args.quiet:
         print(f"finished {summary['epochs']} epochs in {summary['seconds']:.1f} s")
         for key, value in metrics.items():
             print(f"  {key:24s} {value:.4f}")
     return EXIT_OK
+
+
+def _launch(args: argparse.Namespace, cfg: object, out: str | None) -> int:
+    """``metaloss run --nproc N``: the same command on N local processes through torchrun's launcher."""
+    from metaloss import distributed
+    from metaloss.experiment import default_run_dir
+
+    if args.nproc < 1:
+        return _fail(f"--nproc must be >= 1, got {args.nproc}", EXIT_USAGE)
+    if distributed.launched():
+        return _fail("--nproc starts processes itself; under torchrun leave it out", EXIT_USAGE)
+    if args.resume:
+        command = ["run", "--resume", args.resume]
+    else:  # named here, so that every rank and the user know it
+        out = str(out or default_run_dir(cfg))  # type: ignore[arg-type]
+        command = ["run", args.config, "--out", out]
+    for item in args.overrides:
+        command += ["--set", item]
+    if args.quiet:
+        command.append("--quiet")
+    return distributed.launch(args.nproc, command)
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -152,9 +152,10 @@ class GuardConfig(_Strict):
 
 
 class DistributedConfig(_Strict):
-    """Data-parallel training with more than one process under torchrun (docs/distributed.md); a
-    single process ignores it.  ``data.batch_size`` is per process: the global batch is
-    ``batch_size`` x the number of processes."""
+    """Data-parallel runs on several processes (torchrun; docs/distributed.md); one process ignores it.
+
+    ``data.batch_size`` is per process: the global batch is ``batch_size`` x the number of processes.
+    """
 
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="'auto': nccl on CUDA devices, gloo on the CPU")
     sync_batchnorm: bool = Field(

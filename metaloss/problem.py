@@ -46,13 +46,14 @@ class FusionProblem(nn.Module):
         task_from_crop: bool = False,
         swap_modalities: bool = True,
         device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
     ):
         super().__init__()
         self.learner, self.generator, self.objective = fusion, generator, task
         self.alpha, self.weight_form = alpha, weight_form
         self.crop_size, self.task_size, self.swap_modalities = crop_size, task_size, swap_modalities
         self.task_from_crop = task_from_crop
-        self.device = torch.device(device)
+        self.device, self.dtype = torch.device(device), dtype
         self.terms: dict[str, float] = {}
 
     # -- batches ------------------------------------------------------------------------------
@@ -67,7 +68,7 @@ class FusionProblem(nn.Module):
         """
         targets = getattr(self.objective, "targets", TARGETS)
         batch = {k: v for k, v in batch.items() if k not in TARGETS or k in targets}
-        ir, vi = batch["ir"].to(self.device), batch["vi"].to(self.device)
+        ir, vi = batch["ir"].to(self.device, self.dtype), batch["vi"].to(self.device, self.dtype)
         h, w = ir.shape[-2:]
         out: Batch = {k: v for k, v in batch.items() if k not in ("ir", "vi")}
         crop = (0, 0, h, w)
@@ -128,7 +129,7 @@ class FusionProblem(nn.Module):
     def fuse(self, ir: Tensor, vi: Tensor) -> Tensor:
         self.learner.eval()
         try:
-            return self.learner(ir.to(self.device), vi.to(self.device))
+            return self.learner(ir.to(self.device, self.dtype), vi.to(self.device, self.dtype))
         finally:
             self.learner.train()
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+import functools
+from typing import Callable, Literal, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -11,6 +12,8 @@ from metaloss.protocols import ParamDict
 
 Backend = Literal["torch.func", "higher"]
 LossFn = Callable[[ParamDict], Tensor]
+#: maps the gradients of an inner step before the step is taken (None for unused parameters)
+GradHook = Callable[[Sequence[Optional[Tensor]]], list[Optional[Tensor]]]
 
 
 def trainable_params(module: nn.Module) -> ParamDict:
@@ -32,6 +35,7 @@ def inner_update(
     backend: Backend = "torch.func",
     truncate: int = 0,
     create_graph: bool = True,
+    grad_hook: GradHook | None = None,
 ) -> ParamDict:
     """``steps`` SGD steps on ``loss_fn``; returns the updated parameters by name.
 
@@ -41,7 +45,9 @@ def inner_update(
     everything ``loss_fn`` depends on (a loss generator, the initial parameters): the meta-gradient is
     second order.  ``truncate = k > 0`` backpropagates through the last k steps only (the earlier
     steps are taken without graph).  ``backend="higher"`` takes the same steps with the ``higher``
-    library's differentiable SGD.
+    library's differentiable SGD.  ``grad_hook(grads)`` maps each step's gradients before the step;
+    it must be differentiable where the step keeps its graph (``metaloss.distributed`` all-reduces them
+    across processes, so that every process steps on the gradient of the global batch).
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -55,6 +61,8 @@ def inner_update(
     buffers = buffer_copies(module)
     names = list(current)
     step_fn = _torch_func_step if backend == "torch.func" else _higher_stepper(current, lr)
+    if grad_hook is not None:
+        step_fn = functools.partial(step_fn, grad_hook=grad_hook)
     first_tracked = steps - truncate if truncate else 0
     for step in range(steps):
         tracked = create_graph and step >= first_tracked
@@ -66,8 +74,12 @@ def inner_update(
     return current
 
 
-def _torch_func_step(loss: Tensor, params: list[Tensor], lr: float, create_graph: bool) -> list[Tensor]:
-    grads = torch.autograd.grad(loss, params, create_graph=create_graph, allow_unused=True)
+def _torch_func_step(
+    loss: Tensor, params: list[Tensor], lr: float, create_graph: bool, grad_hook: GradHook | None = None
+) -> list[Tensor]:
+    grads: Sequence[Tensor | None] = torch.autograd.grad(loss, params, create_graph=create_graph, allow_unused=True)
+    if grad_hook is not None:
+        grads = grad_hook(grads)
     return [p if g is None else p - lr * g for p, g in zip(params, grads)]
 
 
@@ -82,8 +94,10 @@ def _higher_stepper(initial: ParamDict, lr: float) -> Callable[..., list[Tensor]
     sgd = torch.optim.SGD(placeholders, lr=lr)
     diffopt = higher.optim.get_diff_optim(sgd, placeholders, track_higher_grads=True)
 
-    def step(loss: Tensor, params: list[Tensor], lr_: float, create_graph: bool) -> list[Tensor]:
+    def step(
+        loss: Tensor, params: list[Tensor], lr_: float, create_graph: bool, grad_hook: GradHook | None = None
+    ) -> list[Tensor]:
         diffopt._track_higher_grads = create_graph
-        return list(diffopt.step(loss, params=params))
+        return list(diffopt.step(loss, params=params, grad_callback=grad_hook))
 
     return step

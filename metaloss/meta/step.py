@@ -82,15 +82,18 @@ def meta_gradient(
     backend: Backend = "torch.func",
     lookahead_lr: float | None = None,
     inner_grad_hook: GradHook | None = None,
-    outer_scale: float = 1.0,
+    train_scale: float = 1.0,
+    test_scale: float = 1.0,
 ) -> tuple[list[Tensor], MetaStepResult]:
     """grad_phi L_outer for the generator's trainable parameters (their order), and the losses.
 
-    ``inner_grad_hook`` maps the gradients of every inner step and of the objective's look-ahead
-    before the step (differentiably); the outer loss is multiplied by ``outer_scale`` before it is
-    differentiated.  Data-parallel training uses both: the hook sums the ranks' weighted inner
-    gradients, ``outer_scale`` is the rank's share of the meta-test batch (``metaloss.distributed``).
-    The losses reported are the unscaled ones of this process's batches.
+    Data parallelism (``metaloss.distributed``): the losses on the meta-train batch (inner loss and
+    the objective's look-ahead loss) are multiplied by ``train_scale``, the outer loss by
+    ``test_scale`` (this process's shares of the global batches) before they are differentiated, and
+    ``inner_grad_hook`` maps the gradients of every inner step and of the look-ahead before the step,
+    differentiably (an all-reduce sum across processes).  Scaling the losses, not the gradients, keeps
+    the result exact when the networks' forward passes themselves communicate (synchronised
+    batch norm).  The losses reported are the unscaled ones of this process's batches.
     """
     gen_params = [p for p in problem.generator.parameters() if p.requires_grad]
     if not gen_params:
@@ -100,7 +103,7 @@ def meta_gradient(
     def inner_fn(p: ParamDict) -> Tensor:
         loss = problem.inner_loss(p, train_batch)
         inner_values.append(float(loss.detach()))
-        return loss
+        return loss * train_scale if train_scale != 1.0 else loss
 
     learner_new = inner_update(
         problem.learner,
@@ -127,7 +130,7 @@ def meta_gradient(
                 def objective_fn(q: ParamDict) -> Tensor:
                     loss = problem.objective_loss(q, learner_now, train_batch)
                     values.append(float(loss.detach()))
-                    return loss
+                    return loss * train_scale if train_scale != 1.0 else loss
 
                 updated = inner_update(
                     problem.objective, objective_fn, lookahead_lr, create_graph=False, grad_hook=inner_grad_hook
@@ -137,7 +140,7 @@ def meta_gradient(
         objective_params.update(buffer_copies(problem.objective))
 
     outer = problem.outer_loss(learner_new, objective_params, test_batch)
-    grads = torch.autograd.grad(outer * outer_scale if outer_scale != 1.0 else outer, gen_params, allow_unused=True)
+    grads = torch.autograd.grad(outer * test_scale if test_scale != 1.0 else outer, gen_params, allow_unused=True)
     grads = [torch.zeros_like(p) if g is None else g for p, g in zip(gen_params, grads)]
     norm = _norm(grads)
     return grads, MetaStepResult(
@@ -165,13 +168,15 @@ def meta_step(
     lookahead_lr: float | None = None,
     grad_hook: Callable[[list[Tensor]], None] | None = None,
     inner_grad_hook: GradHook | None = None,
-    outer_scale: float = 1.0,
+    train_scale: float = 1.0,
+    test_scale: float = 1.0,
 ) -> MetaStepResult:
     """One meta-step: compute the meta-gradient and step the loss generator's optimizer.
 
     ``grad_hook`` sees the gradients before the step and may change them in place (e.g. to all-reduce
     them across processes; ``generator_grad_norm`` is then the norm of the changed gradients).
-    ``inner_grad_hook`` and ``outer_scale``: see ``meta_gradient``.  Only the generator's parameters change; the learner's and objective's parameters and buffers don't.
+    ``inner_grad_hook``, ``train_scale`` and ``test_scale``: see ``meta_gradient``.
+    Only the generator's parameters change; the learner's and objective's parameters and buffers don't.
     A NaN or Inf in a loss or in the gradients raises ``metaloss.meta.guard.NonFiniteError`` before
     the step, leaving the generator and its optimizer untouched.
     """
@@ -185,7 +190,8 @@ def meta_step(
         backend=backend,
         lookahead_lr=lookahead_lr,
         inner_grad_hook=inner_grad_hook,
-        outer_scale=outer_scale,
+        train_scale=train_scale,
+        test_scale=test_scale,
     )
     if grad_hook is not None:
         grad_hook(grads)

@@ -21,9 +21,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, Subset
 
 from metaloss.config import GuardConfig, MetaConfig, OptimConfig
+from metaloss.distributed import DistributedContext, Shard, ShardedBatches, StandInProblem, Tagged, TaggedCollate
 from metaloss.meta.guard import NonFiniteError, NonFiniteStop, check_params
 from metaloss.meta.inner import trainable_params
 from metaloss.meta.outer import make_outer_optimizer
@@ -80,12 +81,17 @@ class AlternatingTrainer:
         checkpoint_every: int = 1,
         meta_test_set: Dataset | None = None,
         guard: GuardConfig | None = None,
+        distributed: DistributedContext | None = None,
     ):
         self.problem, self.train_set, self.meta, self.optim = problem, train_set, meta, optim
         self.meta_test_set = meta_test_set
         self.batch_size, self.collate_fn, self.num_workers = batch_size, collate_fn, num_workers
         self.seed, self.hooks = seed, hooks or TrainerHooks()
         self.eval_every, self.checkpoint_every = eval_every, checkpoint_every
+        # data-parallel: batch_size is per process; every rank draws the same global batches and
+        # trains on its shard of each (metaloss.distributed)
+        self.dist = distributed or DistributedContext.single()
+        self.global_batch_size = batch_size * self.dist.world_size
         self.guard = guard or GuardConfig()
         self.consecutive_skips = 0  # batches skipped in a row on a NaN/Inf (guard.on_nonfinite = "skip")
         if len(train_set) < 2:  # type: ignore[arg-type]
@@ -114,14 +120,15 @@ class AlternatingTrainer:
 
     # -- data ---------------------------------------------------------------------------------
     def _loader(self, dataset: Dataset, generator: torch.Generator, shuffle: bool = True) -> DataLoader:
+        """Global batches drawn from ``generator`` exactly as a one-process DataLoader with that batch size
+        draws them (same random stream on every rank); yields this rank's ``Shard`` of each."""
+        sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
         return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            collate_fn=self.collate_fn,
+            Tagged(dataset),
+            batch_sampler=ShardedBatches(BatchSampler(sampler, self.global_batch_size, drop_last=False), self.dist),
+            collate_fn=TaggedCollate(self.collate_fn),
             num_workers=self.num_workers,
             generator=generator,
-            drop_last=False,
         )
 
     def meta_split(self, generator: torch.Generator) -> tuple[Dataset, Dataset]:
@@ -133,8 +140,8 @@ class AlternatingTrainer:
         n = len(self.train_set)  # type: ignore[arg-type]
         perm = torch.randperm(n, generator=generator).tolist()
         if self.meta_test_set is not None:
-            return Subset(self.train_set, perm[: self.meta.meta_steps * self.batch_size or 1]), self.meta_test_set
-        half = min(self.meta.meta_steps * self.batch_size, n // 2) or 1
+            return Subset(self.train_set, perm[: self.meta.meta_steps * self.global_batch_size or 1]), self.meta_test_set
+        half = min(self.meta.meta_steps * self.global_batch_size, n // 2) or 1
         return Subset(self.train_set, perm[:half]), Subset(self.train_set, perm[half : 2 * half])
 
     def _cycle(self, dataset: Dataset, generator: torch.Generator) -> Iterator[Any]:
@@ -144,6 +151,22 @@ class AlternatingTrainer:
     def _prepare(self, batch: Any, generator: torch.Generator) -> Any:
         prepare = self.hooks.prepare_batch
         return prepare(batch, generator) if prepare is not None else batch
+
+    # -- data parallelism (no-ops in a single process) --------------------------------------------
+    def _problem_for(self, *pairs: tuple[Shard, Any]) -> Any:
+        """The problem, wrapped so that a stand-in batch (weight 0) stays out of global batch-norm
+        statistics when this rank's share of a global batch is empty."""
+        stand_ins = [batch for shard, batch in pairs if shard.weight == 0]
+        return StandInProblem(self.problem, stand_ins) if stand_ins else self.problem
+
+    def _average(self, record: Record, weight: float, weights: dict[str, float] | None = None) -> Record:
+        """The losses of a record averaged over the global batch (each rank's value times its share)."""
+        if not self.dist.enabled:
+            return record
+        keys = [k for k, v in record.items() if k not in ("phase", "epoch", "step", "generator_grad_norm")
+                and isinstance(v, (int, float)) and not isinstance(v, bool)]
+        averaged = self.dist.weighted_sum({k: record[k] for k in keys}, {k: (weights or {}).get(k, weight) for k in keys})
+        return {**record, **averaged}
 
     # -- phases -------------------------------------------------------------------------------
     @property
@@ -166,11 +189,21 @@ class AlternatingTrainer:
         skipped = 0
         self.problem.generator.train()
         for step in range(1, steps + 1):
-            train_batch = self._prepare(next(train_iter), generator)
-            test_batch = self._prepare(next(test_iter), generator)
+            train = next(train_iter)
+            train_batch = self._prepare(train.batch, generator)
+            test = next(test_iter)
+            test_batch = self._prepare(test.batch, generator)
+            parallel: dict[str, Any] = {}
+            if self.dist.enabled:
+                parallel = {
+                    "grad_hook": self.dist.sum_grads_,
+                    "inner_grad_hook": self.dist.sum_grads,
+                    "train_scale": train.weight,
+                    "test_scale": test.weight,
+                }
             try:
                 result = meta_step(
-                    self.problem,
+                    self._problem_for((train, train_batch), (test, test_batch)),
                     train_batch,
                     test_batch,
                     self.outer_opt,
@@ -179,6 +212,7 @@ class AlternatingTrainer:
                     truncate=self.meta.truncate,
                     backend=self.meta.backend,
                     lookahead_lr=lookahead,
+                    **parallel,
                 )
             except NonFiniteError as err:
                 self._nonfinite(err, "meta", epoch, step, steps)
@@ -195,6 +229,7 @@ class AlternatingTrainer:
                 **({"objective_loss": result.objective_loss} if result.objective_loss is not None else {}),
                 **_terms(self.problem, "inner_"),
             }
+            record = self._average(record, train.weight, {"outer_loss": test.weight})
             self._emit("meta", epoch, step, steps, record, sums)
         return {f"meta/{k}": v / max(1, steps - skipped) for k, v in sums.items()}
 
@@ -205,11 +240,17 @@ class AlternatingTrainer:
         sums: dict[str, float] = {}
         skipped = 0
         self.problem.generator.eval()
-        for step, batch in enumerate(batches, start=1):
-            batch = self._prepare(batch, generator)
+        for step, shard in enumerate(batches, start=1):
+            batch = self._prepare(shard.batch, generator)
+            parallel = {"loss_scale": shard.weight, "grad_hook": self.dist.sum_grads_} if self.dist.enabled else {}
             try:
                 loss, objective = learner_step(
-                    self.problem, batch, self.learner_opt, self.objective_opt, grad_clip=self.optim.grad_clip
+                    self._problem_for((shard, batch)),
+                    batch,
+                    self.learner_opt,
+                    self.objective_opt,
+                    grad_clip=self.optim.grad_clip,
+                    **parallel,
                 )
             except NonFiniteError as err:
                 self._nonfinite(err, "learner", epoch, step, steps)
@@ -224,6 +265,7 @@ class AlternatingTrainer:
                 **({"objective_loss": objective} if objective is not None else {}),
                 **_terms(self.problem, "learner_"),
             }
+            record = self._average(record, shard.weight)
             self._emit("learner", epoch, step, steps, record, sums)
         return {f"learner/{k}": v / max(1, steps - skipped) for k, v in sums.items()}
 
@@ -269,6 +311,8 @@ class AlternatingTrainer:
         for epoch in range(self.epoch + 1, self.meta.epochs + 1):
             start = time.perf_counter()
             generator = seed_everything(epoch_seed(self.seed, epoch))
+            if self.dist.rank:  # stochastic layers (dropout) draw per rank; the data stream is shared
+                torch.manual_seed((epoch_seed(self.seed, epoch) + 104_729 * self.dist.rank) % 2**63)
             lrs = {"lr/fusion": self.learner_lr}
             summary: Record = {"phase": "epoch", "epoch": epoch, **lrs}
             summary.update(self.meta_phase(epoch, generator))

@@ -17,6 +17,10 @@ class SegmentationTask(nn.Module):
     Defaults to SegFormer with the ``mit_b0`` encoder (3.7 M parameters), as TDFusion.  Inputs whose
     sides are not multiples of the encoder's stride (32) are padded by reflection and the logits cropped
     back, so any task size works (MSRS's 240 x 320, say).
+
+    ``drop_path``: the encoder's stochastic-depth rate (``mit_*`` encoders: 0.1 unless set).  Its random
+    masks are drawn per sample from each process's own random stream, so runs on different numbers of
+    processes agree exactly only with ``drop_path = 0`` (docs/distributed.md).
     """
 
     #: the label keys of a batch it trains on (the others are dropped)
@@ -29,6 +33,7 @@ class SegmentationTask(nn.Module):
         encoder: str = "mit_b0",
         ignore_index: int = 255,
         pad_multiple: int = 32,
+        drop_path: float | None = None,
     ):
         super().__init__()
         if num_classes is None:
@@ -43,6 +48,13 @@ class SegmentationTask(nn.Module):
             self.net = smp.create_model(arch, encoder_name=encoder, encoder_weights=None, in_channels=1, classes=num_classes)
         except (KeyError, ValueError) as err:
             raise ValueError(f"task: cannot build smp model arch={arch!r} encoder={encoder!r}: {err}") from err
+        if drop_path is not None:
+            reset = getattr(self.net.encoder, "reset_drop_path", None)
+            if reset is None:
+                raise ValueError(f"task.drop_path: the {encoder!r} encoder has no stochastic depth to set")
+            if not 0 <= drop_path < 1:
+                raise ValueError(f"task.drop_path must be in [0, 1), got {drop_path}")
+            reset(drop_path)
         self.num_classes, self.ignore_index, self.pad_multiple = num_classes, ignore_index, pad_multiple
 
     def forward(self, fused: Tensor) -> Tensor:
