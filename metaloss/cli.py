@@ -119,6 +119,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         summary = run(cfg, out, quiet=args.quiet, resume=bool(args.resume))
     except RunInterrupted as err:  # Ctrl-C: last.pt holds the last completed epoch
+        if not distributed.is_main_process():
+            return EXIT_INTERRUPTED  # rank 0 prints the resume command
         command = ["metaloss", "run", "--resume", str(err.run_dir)]
         for item in args.overrides if args.resume else []:  # a resume's overrides are not in config.toml
             command += ["--set", item]
