@@ -34,7 +34,10 @@ DOC = ROOT / "docs" / "tdfusion.md"
 TASK_METRIC = {"segmentation": "task/mIoU", "detection": "task/mAP50"}
 
 
-def config(task: str, seed: int, learned: bool, size: int, epochs: int, meta_steps: int, images: int) -> dict:
+def config(
+    task: str, seed: int, learned: bool, size: int, epochs: int, meta_steps: int, images: int,
+    warmup: int = 1, outer_lr: float = 1e-3,
+) -> dict:
     return {
         "name": f"evidence-{task}-{'learned' if learned else 'fixed'}-{seed}",
         "seed": seed,
@@ -45,7 +48,8 @@ def config(task: str, seed: int, learned: bool, size: int, epochs: int, meta_ste
         "fusion": {"name": "restormer"},
         "loss_generator": {"name": "tdfusion"} if learned else {"name": "fixed", "ir_weight": 0.5},
         "task": {"name": task},
-        "meta": {"epochs": epochs, "meta_steps": meta_steps if learned else 0, "outer_lr": 1e-3},
+        "meta": {"epochs": epochs, "meta_steps": meta_steps if learned else 0, "outer_lr": outer_lr,
+                 "warmup_epochs": warmup if learned else 0},
         "optim": {"fusion_lr": 1e-3, "task_lr": 1e-3, "lr_step": 1000},
         "eval": {"num_images": 16, "metrics": []},
         "checkpoint": {"every": 0},
@@ -113,19 +117,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--meta-steps", type=int, default=24)
     parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--warmup", type=int, default=1, help="epochs of learner steps before the first meta-step")
+    parser.add_argument("--outer-lr", type=float, default=1e-3)
     parser.add_argument("--scenes", type=int, default=32, help="held-out scenes to score")
     parser.add_argument("--out", default="runs/evidence")
     parser.add_argument("--quick", action="store_true", help="tiny budget, to check the script")
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/tdfusion.md")
     args = parser.parse_args(argv)
     if args.quick:
-        args.seeds, args.epochs, args.meta_steps, args.images, args.scenes = [0], 1, 2, 4, 4
+        args.seeds, args.epochs, args.meta_steps, args.images, args.scenes, args.warmup = [0], 2, 2, 4, 4, 1
     out = Path(args.out)
     results: list[dict] = []
     for task in args.tasks:
         for seed in args.seeds:
             for learned in (True, False):
-                cfg = config(task, seed, learned, args.size, args.epochs, args.meta_steps, args.images)
+                cfg = config(task, seed, learned, args.size, args.epochs, args.meta_steps, args.images, args.warmup, args.outer_lr)
                 run_dir = out / cfg["name"]
                 start = time.perf_counter()
                 run(load_config(cfg), run_dir, quiet=True)

@@ -101,6 +101,12 @@ class MetaConfig(_Strict):
     )
     outer_lr: float = Field(1e-4, gt=0, description="loss generator learning rate")
     objective_lookahead: bool = Field(True, description="update the task net by one step before the outer loss")
+    warmup_epochs: int = Field(
+        0,
+        ge=0,
+        description="first epochs without a meta phase (learner and objective only): the meta-gradient of "
+        "untrained networks can point the wrong way and saturate the generator",
+    )
 
     @field_validator("inner_lr")
     @classmethod
@@ -115,6 +121,10 @@ class MetaConfig(_Strict):
             raise ValueError(
                 "first_order = true is refused: the loss generator enters the outer loss only through the "
                 "gradient of the inner update, so a first-order meta-step gives it exactly zero gradient"
+            )
+        if self.warmup_epochs >= self.epochs and self.meta_steps:
+            raise ValueError(
+                f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs}), or no meta-step would run"
             )
         if self.truncate > self.inner_steps:
             raise ValueError(f"truncate ({self.truncate}) must be <= inner_steps ({self.inner_steps})")

@@ -175,7 +175,7 @@ class AlternatingTrainer:
 
     def meta_phase(self, epoch: int, generator: torch.Generator) -> Record:
         steps = self.meta.meta_steps
-        if steps == 0 or self.outer_opt is None:
+        if steps == 0 or self.outer_opt is None or epoch <= self.meta.warmup_epochs:
             return {}
         mtr, mts = self.meta_split(generator)
         train_iter, test_iter = self._cycle(mtr, generator), self._cycle(mts, generator)

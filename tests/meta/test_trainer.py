@@ -143,3 +143,30 @@ def test_generator_without_parameters_needs_no_meta_phase(toy):
     trainer = AlternatingTrainer(problem, Pairs(10), MetaConfig(epochs=1, meta_steps=0), OptimConfig(), batch_size=2)
     history = trainer.fit()
     assert "meta/outer_loss" not in history[0] and "learner/learner_loss" in history[0]
+
+
+def test_warmup_epochs_skip_the_meta_phase_only(toy, monkeypatch):
+    problem, trainer = make(toy, epochs=3, warmup_epochs=1)
+    import metaloss.meta.trainer as mod
+
+    epochs_with_meta = []
+    real = mod.meta_step
+    monkeypatch.setattr(mod, "meta_step", lambda *a, **k: epochs_with_meta.append(trainer_epoch[0]) or real(*a, **k))
+    trainer_epoch = [0]
+    real_phase = trainer.meta_phase
+
+    def phase(epoch, generator):
+        trainer_epoch[0] = epoch
+        return real_phase(epoch, generator)
+
+    trainer.meta_phase = phase
+    history = trainer.fit()
+    assert epochs_with_meta == [2, 2, 2, 3, 3, 3]
+    assert "meta/outer_loss" not in history[0] and "meta/outer_loss" in history[1]
+    assert all("learner/learner_loss" in h for h in history)
+
+
+def test_warmup_must_leave_a_meta_epoch():
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        MetaConfig(epochs=2, warmup_epochs=2)
+    MetaConfig(epochs=2, warmup_epochs=2, meta_steps=0)  # nothing to warm up for: allowed
