@@ -9,6 +9,10 @@
 
 Every epoch re-seeds the random streams from (seed, epoch), so a run resumed from an epoch checkpoint
 continues exactly as the uninterrupted run would have.
+
+With a ``DistributedContext`` of N ranks (``metaloss.distributed``) every rank draws the batches of
+``batch_size * N`` samples that one process would draw and trains on its share of each; losses are
+scaled by that share and gradients summed across ranks, so the steps are those of one process.
 """
 
 from __future__ import annotations
