@@ -184,6 +184,22 @@ class PerformanceConfig(_Strict):
         description="CPU heap policy (metaloss.utils.memory): 'keep' reuses freed activations (faster steps), "
         "'release' returns them to the system (least memory), 'system' leaves glibc's defaults",
     )
+    meta_gradient: Literal["auto", "double_backward", "jvp"] = Field(
+        "auto",
+        description="how the meta-gradient is computed: 'double_backward' through the inner step's backward graph; "
+        "'jvp' by one forward-mode pass (exact for one tracked inner step: meta.inner_steps = 1 or meta.truncate = 1; "
+        "less time and memory); 'auto': jvp where it applies (torch.func backend), else double_backward",
+    )
+    recompute_generator: bool = Field(
+        False,
+        description="meta-step: recompute the loss generator's forward in the backward pass instead of keeping "
+        "its activations (less memory, one more generator forward)",
+    )
+    recompute_outer: bool = Field(
+        False,
+        description="meta-step: recompute the fusion network's outer forward in the backward pass instead of "
+        "keeping its activations (less memory, one more fusion forward)",
+    )
 
 
 class CheckpointConfig(_Strict):

@@ -127,6 +127,9 @@ def build_experiment(cfg: ExperimentConfig, device: torch.device | None = None) 
         swap_modalities=cfg.data.swap_modalities,
         device=device,
         dtype=getattr(torch, cfg.dtype),
+        recompute_generator=cfg.performance.recompute_generator,
+        recompute_outer=cfg.performance.recompute_outer,
+        meta_gradient_method=cfg.performance.meta_gradient,
     ).to(device=device, dtype=getattr(torch, cfg.dtype))
     return Experiment(cfg, problem, train_set, val_set, device)
 

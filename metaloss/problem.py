@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.utils.checkpoint import checkpoint
 
 from metaloss.losses import WeightForm, fusion_loss
 from metaloss.protocols import Batch, ParamDict
@@ -47,8 +48,17 @@ class FusionProblem(nn.Module):
         swap_modalities: bool = True,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        recompute_generator: bool = False,
+        recompute_outer: bool = False,
+        meta_gradient_method: str | None = None,
     ):
         super().__init__()
+        # memory switches ([performance] in a config): activations of the generator's forward / of
+        # the learner's outer forward are not kept for the backward pass but recomputed in it
+        # (torch.utils.checkpoint); the gradients are the same up to float rounding
+        self.recompute_generator, self.recompute_outer = recompute_generator, recompute_outer
+        #: read by metaloss.meta.meta_gradient when it is given no method ("auto", "double_backward", "jvp")
+        self.meta_gradient_method = meta_gradient_method
         self.learner, self.generator, self.objective = fusion, generator, task
         self.alpha, self.weight_form = alpha, weight_form
         self.crop_size, self.task_size, self.swap_modalities = crop_size, task_size, swap_modalities
@@ -107,9 +117,20 @@ class FusionProblem(nn.Module):
 
     # -- the three losses -----------------------------------------------------------------------
     def inner_loss(self, learner_params: ParamDict, batch: Batch) -> Tensor:
+        return self.inner_loss_from_output(self.learner_output(learner_params, batch), batch)
+
+    # the split of the inner loss (metaloss.meta.forward_mode.SplitInnerLoss)
+    def learner_output(self, learner_params: ParamDict, batch: Batch) -> Tensor:
+        """The fused crops ``F_theta(ir, vi)``: the only way the learner enters the inner loss."""
+        return functional_call(self.learner, learner_params, (batch["ir"], batch["vi"]))
+
+    def inner_loss_from_output(self, fused: Tensor, batch: Batch) -> Tensor:
+        """L_f of the fused crops with the generator's weights."""
         ir, vi = batch["ir"], batch["vi"]
-        fused = functional_call(self.learner, learner_params, (ir, vi))
-        maps = self.generator(ir, vi)
+        if self.recompute_generator and torch.is_grad_enabled():
+            maps = checkpoint(self.generator, ir, vi, use_reentrant=False)
+        else:
+            maps = self.generator(ir, vi)
         loss = fusion_loss(fused, ir, vi, maps, alpha=self.alpha, weight_form=self.weight_form)
         self.terms = loss.terms()
         return loss.total
@@ -120,7 +141,13 @@ class FusionProblem(nn.Module):
         return self.objective.loss(functional_call(self.objective, objective_params, (fused,)), batch)
 
     def outer_loss(self, learner_params: ParamDict, objective_params: ParamDict | None, batch: Batch) -> Tensor:
-        fused = functional_call(self.learner, learner_params, (batch["task_ir"], batch["task_vi"]))
+        inputs = (batch["task_ir"], batch["task_vi"])
+        if self.recompute_outer and torch.is_grad_enabled():
+            fused = checkpoint(
+                lambda a, b: functional_call(self.learner, learner_params, (a, b)), *inputs, use_reentrant=False
+            )
+        else:
+            fused = functional_call(self.learner, learner_params, inputs)
         assert objective_params is not None
         return self.objective.loss(functional_call(self.objective, objective_params, (fused,)), batch)
 

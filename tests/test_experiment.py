@@ -120,3 +120,13 @@ def test_unknown_metric_fails_before_work(tmp_path):
     with pytest.raises(RunError, match="NOPE"):
         run(tiny(eval={"num_images": 2, "metrics": ["NOPE"]}), tmp_path / "run", quiet=True)
     assert not (tmp_path / "run").exists()
+
+
+def test_performance_switches_reach_the_problem():
+    from metaloss.experiment import build_experiment
+
+    problem = build_experiment(tiny()).problem
+    assert problem.meta_gradient_method == "auto" and not problem.recompute_generator and not problem.recompute_outer
+    cfg = tiny(performance={"meta_gradient": "double_backward", "recompute_generator": True, "recompute_outer": True})
+    problem = build_experiment(cfg).problem
+    assert problem.meta_gradient_method == "double_backward" and problem.recompute_generator and problem.recompute_outer

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from metaloss.data.collate import collate_pairs
@@ -50,3 +51,65 @@ def test_task_from_crop_crops_masks_with_the_images():
     b = batch(1)
     out = problem(crop_size=16, task_from_crop=True, swap_modalities=False).prepare_batch(b, torch.Generator().manual_seed(2))
     assert torch.equal(out["task_ir"], out["ir"]) and out["mask"].shape == (1, 16, 16)
+
+
+# -- performance switches of the meta-step: same meta-gradient -------------------------------------------------
+class PixelTask(torch.nn.Module):
+    """A 1x1-conv 'segmentation' head with cross-entropy: the smallest objective network."""
+
+    targets = ("mask",)
+
+    def __init__(self, classes=3):
+        super().__init__()
+        self.head = torch.nn.Conv2d(1, classes, 3, padding=1)
+
+    def forward(self, fused):
+        return self.head(fused)
+
+    def loss(self, outputs, batch):
+        return torch.nn.functional.cross_entropy(outputs, batch["mask"])
+
+
+def restormer_problem(**kw):
+    from metaloss.models.restormer import RestormerFusion
+    from metaloss_tdfusion.loss_generator import TDFusionLossGenerator
+
+    torch.manual_seed(0)
+    small = dict(dim=4, heads=2, blocks_per_modality=1, fused_blocks=1)
+    p = FusionProblem(RestormerFusion(**small), TDFusionLossGenerator(**small), PixelTask(), crop_size=16,
+                      task_size=(16, 24), dtype=torch.float64, **kw).double()
+    ds = SyntheticScenes(2, 24, 32, objects=(1, 2))
+    g = torch.Generator().manual_seed(0)
+    train = p.prepare_batch(collate_pairs([ds[0]]), g)
+    test = p.prepare_batch(collate_pairs([ds[1]]), g)
+    train["mask"] = train["mask"].clamp(max=2)
+    test["mask"] = test["mask"].clamp(max=2)
+    return p, train, test
+
+
+def meta_grad(method, steps=1, truncate=0, **kw):
+    from metaloss.meta import meta_gradient
+
+    p, train, test = restormer_problem(**kw)
+    grads, result = meta_gradient(p, train, test, inner_lr=0.3, inner_steps=steps, truncate=truncate, lookahead_lr=0.2,
+                                  method=method)
+    return torch.cat([g.flatten() for g in grads]), result
+
+
+def test_inner_loss_is_the_loss_of_the_learner_output():
+    p, train, _ = restormer_problem()
+    params = dict(p.learner.named_parameters())
+    assert torch.equal(p.inner_loss(params, train), p.inner_loss_from_output(p.learner_output(params, train), train))
+
+
+@pytest.mark.parametrize("steps,truncate", [(1, 0), (2, 1)])
+@pytest.mark.parametrize(
+    "switches", [{}, {"recompute_generator": True}, {"recompute_outer": True}, {"recompute_generator": True, "recompute_outer": True}]
+)
+def test_meta_gradient_switches_agree_with_plain_double_backward(switches, steps, truncate):
+    expected, r0 = meta_grad("double_backward", steps, truncate)
+    assert expected.norm() > 0
+    for method in ("double_backward", "jvp"):
+        got, r = meta_grad(method, steps, truncate, **switches)
+        assert float((got - expected).norm() / expected.norm()) < 1e-10, (method, switches)
+        assert r.outer_loss == pytest.approx(r0.outer_loss, rel=1e-12)

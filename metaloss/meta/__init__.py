@@ -2,12 +2,23 @@
 
 from metaloss.meta.inner import buffer_copies, inner_update, trainable_params
 from metaloss.meta.outer import MaxAbsSGD, make_outer_optimizer
-from metaloss.meta.step import MetaProblem, MetaStepResult, frozen, learner_step, meta_gradient, meta_step
+from metaloss.meta.forward_mode import SplitInnerLoss
+from metaloss.meta.step import (
+    MetaGradientMethod,
+    MetaProblem,
+    MetaStepResult,
+    frozen,
+    learner_step,
+    meta_gradient,
+    meta_step,
+)
 
 __all__ = [
     "MaxAbsSGD",
+    "MetaGradientMethod",
     "MetaProblem",
     "MetaStepResult",
+    "SplitInnerLoss",
     "buffer_copies",
     "frozen",
     "inner_update",

@@ -12,14 +12,42 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol, runtime_checkable
+from typing import Any, Callable, Iterator, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
 from metaloss.meta.inner import Backend, GradHook, buffer_copies, inner_update, trainable_params
+from metaloss.meta import forward_mode
 from metaloss.meta.guard import NonFiniteError, check_grads, check_loss
 from metaloss.protocols import ParamDict
+
+
+#: How the meta-gradient is computed: "double_backward" (through the inner step's backward graph),
+#: "jvp" (one forward-mode pass, exact for one tracked step; ``metaloss.meta.forward_mode``) or "auto"
+#: (jvp where it applies, else double backward).  None: the problem's ``meta_gradient_method``
+#: attribute if it has one, else "double_backward".
+MetaGradientMethod = Literal["auto", "double_backward", "jvp"]
+
+
+def resolve_method(
+    problem: Any, method: MetaGradientMethod | None, *, inner_steps: int, truncate: int, backend: str,
+    inner_grad_hook: Any,
+) -> Literal["double_backward", "jvp"]:
+    """The method ``meta_gradient`` uses (see ``MetaGradientMethod``)."""
+    if method is None:
+        method = getattr(problem, "meta_gradient_method", None) or "double_backward"
+    if method not in ("auto", "double_backward", "jvp"):
+        raise ValueError(f"unknown meta-gradient method {method!r}; choose 'auto', 'double_backward' or 'jvp'")
+    applies = forward_mode.jvp_applies(
+        problem, inner_steps=inner_steps, truncate=truncate, backend=backend, inner_grad_hook=inner_grad_hook
+    )
+    if method == "jvp" and not applies:
+        raise ValueError(
+            "method='jvp' needs the torch.func backend, a problem with learner_output/inner_loss_from_output, "
+            "one tracked inner step (inner_steps = 1 or truncate = 1) and no inner gradient hook"
+        )
+    return "jvp" if method == "jvp" or (method == "auto" and applies) else "double_backward"
 
 
 @runtime_checkable
@@ -84,6 +112,7 @@ def meta_gradient(
     inner_grad_hook: GradHook | None = None,
     train_scale: float = 1.0,
     test_scale: float = 1.0,
+    method: MetaGradientMethod | None = None,
 ) -> tuple[list[Tensor], MetaStepResult]:
     """grad_phi L_outer for the generator's trainable parameters (their order), and the losses.
 
@@ -94,6 +123,8 @@ def meta_gradient(
     differentiably (an all-reduce sum across processes).  Scaling the losses, not the gradients, keeps
     the result exact when the networks' forward passes themselves communicate (synchronised
     batch norm).  The losses reported are the unscaled ones of this process's batches.
+
+    ``method``: see ``MetaGradientMethod``; both methods give the same gradient up to float rounding.
     """
     gen_params = [p for p in problem.generator.parameters() if p.requires_grad]
     if not gen_params:
@@ -105,15 +136,29 @@ def meta_gradient(
         inner_values.append(float(loss.detach()))
         return loss * train_scale if train_scale != 1.0 else loss
 
-    learner_new = inner_update(
-        problem.learner,
-        inner_fn,
-        inner_lr,
-        steps=inner_steps,
-        backend=backend,
-        truncate=truncate,
-        grad_hook=inner_grad_hook,
+    how = resolve_method(
+        problem, method, inner_steps=inner_steps, truncate=truncate, backend=backend, inner_grad_hook=inner_grad_hook
     )
+    if how == "jvp":
+        theta0, learner_new, u, _ = forward_mode.tracked_step(
+            problem,  # type: ignore[arg-type]
+            train_batch,
+            inner_lr=inner_lr,
+            inner_steps=inner_steps,
+            train_scale=train_scale,
+            inner_values=inner_values,
+        )
+        tracked = dict(learner_new)
+    else:
+        learner_new = inner_update(
+            problem.learner,
+            inner_fn,
+            inner_lr,
+            steps=inner_steps,
+            backend=backend,
+            truncate=truncate,
+            grad_hook=inner_grad_hook,
+        )
     learner_new.update(buffer_copies(problem.learner))
 
     objective_params: ParamDict | None = None
@@ -140,7 +185,16 @@ def meta_gradient(
         objective_params.update(buffer_copies(problem.objective))
 
     outer = problem.outer_loss(learner_new, objective_params, test_batch)
-    grads = torch.autograd.grad(outer * test_scale if test_scale != 1.0 else outer, gen_params, allow_unused=True)
+    scaled_outer = outer * test_scale if test_scale != 1.0 else outer
+    if how == "jvp":  # dL/dphi = -eta (du/dphi)^T J v, v = dL/dtheta' (metaloss.meta.forward_mode)
+        names = list(tracked)
+        v = torch.autograd.grad(scaled_outer, [tracked[n] for n in names], allow_unused=True)
+        del scaled_outer, learner_new, tracked
+        jv = forward_mode.output_jvp(problem, theta0, dict(zip(names, v)), train_batch)  # type: ignore[arg-type]
+        del v
+        grads = torch.autograd.grad(u, gen_params, jv.mul_(-inner_lr), allow_unused=True)
+    else:
+        grads = torch.autograd.grad(scaled_outer, gen_params, allow_unused=True)
     grads = [torch.zeros_like(p) if g is None else g for p, g in zip(gen_params, grads)]
     norm = _norm(grads)
     return grads, MetaStepResult(
@@ -170,12 +224,13 @@ def meta_step(
     inner_grad_hook: GradHook | None = None,
     train_scale: float = 1.0,
     test_scale: float = 1.0,
+    method: MetaGradientMethod | None = None,
 ) -> MetaStepResult:
     """One meta-step: compute the meta-gradient and step the loss generator's optimizer.
 
     ``grad_hook`` sees the gradients before the step and may change them in place (e.g. to all-reduce
     them across processes; ``generator_grad_norm`` is then the norm of the changed gradients).
-    ``inner_grad_hook``, ``train_scale`` and ``test_scale``: see ``meta_gradient``.
+    ``inner_grad_hook``, ``train_scale``, ``test_scale`` and ``method``: see ``meta_gradient``.
     Only the generator's parameters change; the learner's and objective's parameters and buffers don't.
     A NaN or Inf in a loss or in the gradients raises ``metaloss.meta.guard.NonFiniteError`` before
     the step, leaving the generator and its optimizer untouched.
@@ -192,6 +247,7 @@ def meta_step(
         inner_grad_hook=inner_grad_hook,
         train_scale=train_scale,
         test_scale=test_scale,
+        method=method,
     )
     if grad_hook is not None:
         grad_hook(grads)
