@@ -32,6 +32,7 @@ import contextvars
 import datetime
 import os
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
@@ -201,9 +202,6 @@ class DistributedContext:
         if self.enabled:
             dist.barrier(group=self.group)
 
-    def describe(self) -> dict[str, Any]:
-        return {"world_size": self.world_size, "rank": self.rank, "backend": self.backend}
-
 
 class _AllReduceSum(torch.autograd.Function):
     """Differentiable sum over ranks: the backward pass of an all-reduce (sum) is an all-reduce (sum)
@@ -229,11 +227,6 @@ def all_reduce_sum(tensor: Tensor, group: Any = None) -> Tensor:
 
 
 _CURRENT: DistributedContext | None = None
-
-
-def current() -> DistributedContext | None:
-    """The context :func:`context` set up in this process, if any."""
-    return _CURRENT
 
 
 def context(device: str = "auto", backend: str = "auto", timeout_s: float = 1800) -> DistributedContext | None:
@@ -399,8 +392,8 @@ class DistributedBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm (any number of spatial dims) whose training-mode statistics are those of the global
     batch over all ranks, computed with two differentiable all-reduces (sums, then centred squares).
 
-    Works on gloo (CPU) and NCCL, through ``torch.func.functional_call`` and to second order, unlike
-    ``torch.nn.SyncBatchNorm`` (CUDA only, first order).  Parameter and buffer names are BatchNorm's,
+    Works on gloo (CPU) and NCCL, through ``torch.func.functional_call`` and to any order of
+    differentiation; ``torch.nn.SyncBatchNorm`` refuses CPU tensors.  Parameter and buffer names are BatchNorm's,
     so checkpoints load in either.  In eval mode, or in a single process, it is plain BatchNorm.
     """
 
@@ -457,10 +450,6 @@ def convert_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-def count_batchnorm(module: nn.Module) -> int:
-    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
-
-
 # -- launching ----------------------------------------------------------------------------------------
 def launch(nproc: int, module_args: Sequence[str]) -> int:
     """Run ``python -m metaloss <module_args>`` on ``nproc`` local processes through torchrun's own
@@ -474,19 +463,19 @@ def launch(nproc: int, module_args: Sequence[str]) -> int:
 
     if "OMP_NUM_THREADS" not in os.environ:
         os.environ["OMP_NUM_THREADS"] = str(threads_per_process(nproc))
-    args = parse_args(
-        ["--standalone", f"--nproc-per-node={nproc}", "--tee=3", "--log-line-prefix-template=[rank${rank}]: ",
-         "--module", "metaloss", *module_args]
-    )
-    try:
-        run(args)
-    except ChildFailedError as err:
-        lines = []
-        for rank, failure in sorted(err.failures.items()):
-            how = f"exit code {failure.exitcode}"
-            if failure.exitcode < 0:
-                how = f"signal {-failure.exitcode}"
-            lines.append(f"rank {rank} (local rank {failure.local_rank}) failed with {how}")
-        print(f"metaloss: error: the distributed run failed: {'; '.join(lines)} (its messages are above)", file=sys.stderr)
-        return 1
+    with tempfile.TemporaryDirectory(prefix="metaloss_torchrun_") as log_dir:  # torchrun's copies of the output
+        args = parse_args(
+            ["--standalone", f"--nproc-per-node={nproc}", f"--log-dir={log_dir}", "--tee=3",
+             "--log-line-prefix-template=[rank${rank}]: ", "--module", "metaloss", *module_args]
+        )
+        try:
+            run(args)
+        except ChildFailedError as err:
+            failed = [
+                f"rank {rank} (local rank {f.local_rank}) failed with "
+                + (f"signal {-f.exitcode}" if f.exitcode < 0 else f"exit code {f.exitcode}")
+                for rank, f in sorted(err.failures.items())
+            ]
+            print(f"metaloss: error: the distributed run failed: {'; '.join(failed)} (its messages are above)", file=sys.stderr)
+            return 1
     return 0

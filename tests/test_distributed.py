@@ -28,15 +28,18 @@ HERE = Path(__file__).resolve().parent
 TOLERANCE = 1e-5  # the issue's tolerance on every parameter and buffer
 
 
-def env() -> dict[str, str]:
+def env(**extra: str) -> dict[str, str]:
     out = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_") and k not in distributed.ENV}
     out.update(OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1", YOLO_OFFLINE="1", TORCH_CPP_LOG_LEVEL="ERROR")
+    out.update(extra)
     return out
 
 
-def sh(*args: str | Path, cwd: Path | None = None, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+def sh(
+    *args: str | Path, cwd: Path | None = None, check: bool = True, timeout: int = 600, extra_env: dict | None = None
+) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [str(a) for a in args], cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout
+        [str(a) for a in args], cwd=cwd, env=env(**(extra_env or {})), capture_output=True, text=True, timeout=timeout
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-8000:]}")
@@ -197,6 +200,7 @@ def with_batch(cfg: dict, batch_size: int, **top) -> dict:
     return out
 
 
+@pytest.mark.slow  # about 45-65 s on 2 busy cores
 def test_tdfusion_segmentation_two_processes_equal_one_with_double_batch_and_only_rank0_writes(tmp_path):
     """Per-rank batch 1 on 2 ranks vs batch 2 on 1: 7 scenes, so the last batches hold one sample and one
     rank runs a stand-in; 2 meta-steps and 4 learner steps.  Launched by torchrun without --out: rank 0
@@ -265,8 +269,11 @@ def test_errors_of_a_rank_surface_with_a_clear_message(tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("x")
     cfg = write_config(tmp_path / "c.toml", with_batch(REFUSION, 1))
-    proc = metaloss("run", cfg, "--out", out, "--quiet", "--nproc", "2", check=False)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = metaloss("run", cfg, "--out", out, "--quiet", "--nproc", "2", check=False, extra_env={"TMPDIR": str(tmp)})
     assert proc.returncode == 1
     assert "metaloss: error: [rank 0]" in proc.stderr and "not empty" in proc.stderr
     assert "metaloss: error: the distributed run failed: rank 0" in proc.stderr
     assert (out / "keep.txt").read_text() == "x" and sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert not [p.name for p in tmp.iterdir() if p.name.startswith("metaloss_torchrun_")]  # torchrun's logs removed
