@@ -43,8 +43,9 @@ def config(
         "seed": seed,
         "device": "cpu",
         "data": {"name": "synthetic", "num_images": images, "height": size, "width": size, "crop_size": size,
-                 "task_size": [size, size], "seed": seed},
-        "val_data": {"name": "synthetic", "num_images": 16, "height": size, "width": size, "seed": seed},
+                 "task_size": [size, size], "seed": seed, "complementary": True},
+        "val_data": {"name": "synthetic", "num_images": 16, "height": size, "width": size, "seed": seed,
+                     "complementary": True},
         "fusion": {"name": "restormer"},
         "loss_generator": {"name": "tdfusion"} if learned else {"name": "fixed", "ir_weight": 0.5},
         "task": {"name": task},
@@ -68,15 +69,24 @@ def held_out(run_dir: Path, cfg_dict: dict, scenes: int) -> tuple[dict, dict]:
     exp.val_set = build_dataset(cfg.val_data, "test")
     exp.config.eval.num_images = scenes
     metrics = evaluate(exp)
-    obj, bg = [], []
+    obj, bg, marks, swapped_obj, swapped_bg = [], [], [], [], []
+    generator = exp.problem.generator.eval()
     for i in range(min(scenes, len(exp.val_set))):
         batch = collate_pairs([exp.val_set[i]])
-        w = exp.problem.generator.eval()(batch["ir"], batch["vi"])["intensity"][0, 0]
-        mask = batch["mask"][0] > 0
-        if mask.any():
-            obj.append(float(w[mask].mean()))
-            bg.append(float(w[~mask].mean()))
-    return metrics, {"w_ir_objects": statistics.mean(obj), "w_ir_background": statistics.mean(bg)}
+        w = generator(batch["ir"], batch["vi"])["intensity"][0, 0]  # w_ir, sources in their own slots
+        w_swapped = generator(batch["vi"], batch["ir"])["intensity"][0, 1]  # w_ir, slots swapped
+        objects = (batch["mask"][0] == 1) | (batch["mask"][0] == 2)  # the warm objects (person, vehicle)
+        if objects.any():
+            obj.append(float(w[objects].mean()))
+            bg.append(float(w[~objects].mean()))
+            swapped_obj.append(float(w_swapped[objects].mean()))
+            swapped_bg.append(float(w_swapped[~objects].mean()))
+        markings = batch["mask"][0] == 3
+        if markings.any():
+            marks.append(float(w[markings].mean()))
+    mean = lambda xs: statistics.mean(xs) if xs else float("nan")
+    return metrics, {"w_ir_objects": mean(obj), "w_ir_background": mean(bg), "w_ir_markings": mean(marks),
+                     "w_ir_objects_swapped": mean(swapped_obj), "w_ir_background_swapped": mean(swapped_bg)}
 
 
 def figure(run_dir: Path, cfg_dict: dict, out: Path, n: int = 3) -> None:
@@ -97,7 +107,7 @@ def figure(run_dir: Path, cfg_dict: dict, out: Path, n: int = 3) -> None:
         with torch.no_grad():
             w = exp.problem.generator.eval()(s["ir"], s["vi"])["intensity"][0, 0]
             fused = exp.problem.fuse(s["ir"], s["vi"])[0, 0]
-        panels = [(s["ir"][0, 0], "infrared", "gray"), (s["vi"][0, 0], "visible", "gray"), (s["mask"][0] > 0, "objects", "gray"),
+        panels = [(s["ir"][0, 0], "infrared", "gray"), (s["vi"][0, 0], "visible", "gray"), (s["mask"][0].float() / 3, "labels: objects, markings", "viridis"),
                   (w, "learned w_ir", "inferno"), (fused, "fused", "gray")]
         for ax, (img, title, cmap) in zip(axes[row], panels):
             im = ax.imshow(img.float().numpy(), cmap=cmap, vmin=0, vmax=1)

@@ -58,3 +58,28 @@ def test_collate_builds_ultralytics_box_layout():
     counts = [len(ds[i]["boxes"]) for i in range(3)]
     assert [int((boxes[:, 0] == i).sum()) for i in range(3)] == counts
     assert batch["name"] == [ds[i]["name"] for i in range(3)]
+
+
+def test_complementary_scenes_label_visible_only_markings_and_occlude_the_texture():
+    ds = SyntheticScenes(16, 64, 64, objects=(1, 3), complementary=True)
+    assert ds.num_classes == 4 and ds.class_names[-1] == "marking"
+    assert ds.num_box_classes == 3 and ds.box_class_names[-1] == "marking"
+    assert SyntheticScenes.num_classes == 3  # the default scenes are unchanged
+    marks_vi, marks_ir, texture_inside, texture_outside = [], [], [], []
+    for i in range(len(ds)):
+        s = ds[i]
+        ir, vi, mask = s["ir"][0], s["vi"][0], s["mask"]
+        marks, objects, plain = mask == 3, (mask == 1) | (mask == 2), mask == 0
+        assert set(s["boxes"][:, 0].long().tolist()) <= {0, 1, 2}
+        if marks.any():
+            marks_vi.append(float((vi[marks].mean() - vi[plain].mean()).abs()))
+            marks_ir.append(float((ir[marks].mean() - ir[plain].mean()).abs()))
+        if objects.sum() > 20:
+            texture_inside.append(float(vi[objects].std()))
+            texture_outside.append(float(vi[plain].std()))
+    assert len(marks_vi) >= 12 and len(texture_inside) >= 10
+    # markings: seen in the visible image; in the infrared one only the background's own variation
+    mean_vi, mean_ir = sum(marks_vi) / len(marks_vi), sum(marks_ir) / len(marks_ir)
+    assert mean_vi > 0.1 and mean_ir < 0.05 and mean_ir < 0.4 * mean_vi
+    # objects hide the visible texture behind them (flat patch)
+    assert sum(texture_inside) / len(texture_inside) < 0.3 * sum(texture_outside) / len(texture_outside)

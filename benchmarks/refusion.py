@@ -1,0 +1,240 @@
+"""ReFusion: train the shipped pretrained models, score them, and the learned-vs-fixed ablation.
+
+Every number comes from the user-facing commands: ``metaloss run CONFIG`` trains, ``metaloss fuse``
+fuses the evaluation pairs with the run's checkpoint (per-image min-max stretch on, as the reference
+test scripts), and ``metaloss eval --profile cddfuse`` scores them.
+
+    python -m benchmarks.refusion pretrained      # examples/refusion_roadscene.toml -> metaloss/pretrained/default.pt
+    python -m benchmarks.refusion medical         # examples/refusion_medical.toml   -> metaloss/pretrained/medical.pt
+    python -m benchmarks.refusion ablation        # learned loss vs fixed W = V = 0.5, same budget, on tno25
+    python -m benchmarks.refusion score CKPT --data ../shared/data/tno25     # any checkpoint
+
+Results go to docs/pretrained.md and docs/refusion.md (between RESULTS markers), with the run
+directories under runs/refusion-*/ (not committed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+METRICS = ["EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM"]
+
+#: Published values on tno25 (cddfuse profile) that the pretrained model is compared with.
+TNO_REFERENCE = {
+    "official ReFusion IVIF checkpoint, its test script, CDDFuse Evaluator": {
+        "EN": 7.10, "SD": 43.8, "SF": 12.9, "AG": 4.86, "MI": 2.04, "SCD": 1.73, "VIF": 0.754, "Qabf": 0.552, "SSIM": 1.016,
+    },
+    "plain average of the two sources": {"VIF": 0.573, "Qabf": 0.356, "SSIM": 1.014},
+    "CDDFuse (published)": {"VIF": 0.77, "Qabf": 0.54, "SSIM": 1.03},
+}
+#: The targets of the pretrained model on tno25 (at least the official ReFusion model).
+TNO_TARGET = {"VIF": 0.75, "Qabf": 0.55, "SSIM": 1.00}
+MEDICAL_REFERENCE = {
+    "official ReFusion medical checkpoint": {"VIF": 0.485, "Qabf": 0.653, "SSIM": 0.530},
+    "plain average of the two sources": {"VIF": 0.454, "Qabf": 0.372, "SSIM": 1.309},
+}
+
+
+def metaloss_cli(*args: str, quiet: bool = True) -> None:
+    """Run ``python -m metaloss ARGS`` in a child process (as a user would), failing loudly."""
+    cmd = [sys.executable, "-m", "metaloss", *args]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=quiet, text=True)
+    if proc.returncode:
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr if quiet else ''}")
+
+
+def train(config: str, out: Path, overrides: list[str] = ()) -> float:
+    """``metaloss run CONFIG --out OUT``; returns the wall-clock seconds of the whole command."""
+    if out.exists():
+        shutil.rmtree(out)
+    start = time.perf_counter()
+    metaloss_cli("run", config, "--out", str(out), "--quiet", *[a for o in overrides for a in ("--set", o)])
+    return time.perf_counter() - start
+
+
+def score(checkpoint: Path, data: Path, ir: str, vi: str, out: Path) -> dict[str, float]:
+    """Fuse ``data/ir`` + ``data/vi`` with ``checkpoint`` (``metaloss fuse``) and score them
+    (``metaloss eval --profile cddfuse``); the mean of each metric."""
+    fused = out / "fused"
+    if fused.exists():
+        shutil.rmtree(fused)
+    metaloss_cli("fuse", "--checkpoint", str(checkpoint), "--ir", str(data / ir), "--vi", str(data / vi),
+                 "--out", str(fused), "--quiet")
+    report = out / "metrics.json"
+    metaloss_cli("eval", "--ir", str(data / ir), "--vi", str(data / vi), "--fused", str(fused),
+                 "--profile", "cddfuse", "--metrics", *METRICS, "--json", str(report), "--summary", "--no-progress")
+    result = json.loads(report.read_text())
+    return {m: float(v) for m, v in result["methods"][0]["mean"].items()}
+
+
+def ship(checkpoint: Path, name: str) -> Path:
+    """Copy the fusion network and loss generator of a run checkpoint (no optimizer states) into
+    ``metaloss/pretrained/NAME`` in the format ``metaloss fuse`` loads."""
+    import torch
+
+    from metaloss.experiment import load_checkpoint
+    from metaloss.inference import build_network, write_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    cfg, trainer = state["config"], state["trainer"]
+    fusion = build_network("fusion", cfg["fusion"])
+    fusion.load_state_dict(trainer["learner"])
+    generator = build_network("loss_generators", cfg["loss_generator"])
+    generator.load_state_dict(trainer["generator"])
+    target = ROOT / "metaloss" / "pretrained" / name
+    write_checkpoint(target, fusion, cfg["fusion"], generator, cfg["loss_generator"])
+    torch.load(target, weights_only=False)  # readable
+    return target
+
+
+def table(rows: dict[str, dict[str, float]], metrics: list[str] = METRICS) -> str:
+    lines = ["| model | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
+    for label, values in rows.items():
+        cells = [f"{values[m]:.3f}" if m in values else "" for m in metrics]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_section(doc: Path, key: str, body: str) -> None:
+    """Replace the text between ``<!-- KEY:BEGIN -->`` and ``<!-- KEY:END -->`` in ``doc``."""
+    begin, end = f"<!-- {key}:BEGIN -->", f"<!-- {key}:END -->"
+    text = doc.read_text(encoding="utf-8") if doc.exists() else f"{begin}\n{end}\n"
+    if begin not in text:
+        text += f"\n{begin}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    doc.write_text(f"{head}{begin}\n{body.rstrip()}\n{end}{tail}", encoding="utf-8")
+
+
+def machine() -> str:
+    import torch
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+            f"{time.strftime('%Y-%m-%d')}, load average {load:.1f} at the end")
+
+
+def figure(checkpoint: Path, data: Path, ir: str, vi: str, names: list[str], out: Path) -> None:
+    """A figure of a few pairs: infrared, visible, fused (and the learned intensity weight of infrared)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from metaloss.data.images import load_pair
+    from metaloss.inference import fuse_images, load_model
+
+    model = load_model(checkpoint, generator=True)
+    fig, axes = plt.subplots(len(names), 4, figsize=(12, 3.1 * len(names)), squeeze=False)
+    for row, name in enumerate(names):
+        pair = load_pair(next((data / ir).glob(name + ".*")), next((data / vi).glob(name + ".*")))
+        result = fuse_images(model, pair, weights=True)
+        panels = [(pair.ir.y[0, 0].numpy(), "infrared", "gray"), (pair.vi.y[0, 0].numpy(), "visible (Y)", "gray"),
+                  (result.image, "fused", "gray"), (result.maps["w_ir"].numpy(), "learned W (infrared)", "inferno")]
+        for ax, (img, title, cmap) in zip(axes[row], panels):
+            ax.imshow(img, cmap=cmap, vmin=0 if img.dtype != "uint8" else None, vmax=1 if img.dtype != "uint8" else None)
+            ax.set_title(f"{name}: {title}" if title == "infrared" else title, fontsize=9)
+            ax.axis("off")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("pretrained", "medical"):
+        p = sub.add_parser(name)
+        p.add_argument("--set", dest="overrides", action="append", default=[])
+        p.add_argument("--no-ship", action="store_true", help="do not copy the model into metaloss/pretrained/")
+        p.add_argument("--no-doc", action="store_true")
+    p = sub.add_parser("ablation")
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--no-doc", action="store_true")
+    p = sub.add_parser("score")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--data", type=Path, default=DATA / "tno25")
+    p.add_argument("--ir", default="ir")
+    p.add_argument("--vi", default="vi")
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "refusion-score")
+    args = parser.parse_args(argv)
+    runs = ROOT / "runs"
+
+    if args.command == "score":
+        print(json.dumps(score(args.checkpoint, args.data, args.ir, args.vi, args.out), indent=2))
+        return 0
+
+    if args.command == "pretrained":
+        out = runs / "refusion-pretrained"
+        seconds = train("examples/refusion_roadscene.toml", out, args.overrides)
+        ckpt = out / "checkpoints" / "last.pt"
+        values = score(ckpt, DATA / "tno25", "ir", "vi", out / "tno25")
+        met = {m: values[m] >= t for m, t in TNO_TARGET.items()}
+        print(json.dumps({"seconds": seconds, "tno25": values, "targets_met": met}, indent=2))
+        if not args.no_ship:
+            print("shipped", ship(ckpt, "default.pt"))
+        figure(ckpt, DATA / "tno25", "ir", "vi", ["01", "10", "17"], ROOT / "docs" / "figures" / "pretrained_tno25.png")
+        if not args.no_doc:
+            rows = {"metaloss default model (this run)": values, **TNO_REFERENCE}
+            body = (f"_Measured by `python -m benchmarks.refusion pretrained` on {machine()}._\n\n"
+                    f"Training: `metaloss run examples/refusion_roadscene.toml` took **{seconds / 60:.1f} min** "
+                    f"(wall clock, whole command).\n\n"
+                    f"tno25, `cddfuse` profile (`metaloss fuse` with the stretch on, then `metaloss eval`):\n\n"
+                    f"{table(rows)}\n\n"
+                    "Targets (at least the official ReFusion model): "
+                    + ", ".join(f"{m} >= {t} ({'met' if met[m] else 'NOT met'}: {values[m]:.3f})" for m, t in TNO_TARGET.items()))
+            write_section(ROOT / "docs" / "pretrained.md", "TNO", body)
+        return 0
+
+    if args.command == "medical":
+        out = runs / "refusion-medical"
+        seconds = train("examples/refusion_medical.toml", out, args.overrides)
+        ckpt = out / "checkpoints" / "last.pt"
+        data = DATA / "medical" / "mri_ct"
+        values = score(ckpt, data, "CT", "MRI", out / "mri_ct")
+        print(json.dumps({"seconds": seconds, "mri_ct": values}, indent=2))
+        if not args.no_ship:
+            print("shipped", ship(ckpt, "medical.pt"))
+        if not args.no_doc:
+            rows = {"metaloss medical model (this run)": values, **MEDICAL_REFERENCE}
+            body = (f"_Measured by `python -m benchmarks.refusion medical` on {machine()}._\n\n"
+                    f"Training: `metaloss run examples/refusion_medical.toml` took **{seconds / 60:.1f} min**.\n\n"
+                    f"All 21 MRI–CT pairs (CT in the infrared role), `cddfuse` profile:\n\n{table(rows)}")
+            write_section(ROOT / "docs" / "pretrained.md", "MEDICAL", body)
+        return 0
+
+    # ablation: the learned loss against fixed W = V = 0.5, same config and budget otherwise
+    rows, times = {}, {}
+    variants = {
+        "learned (ReFusion loss proposal, meta-trained)": [],
+        "fixed W = V = 0.5 (no meta phase)": ['loss_generator={name="fixed", ir_weight=0.5, ir_gradient_weight=0.5}',
+                                               "meta.meta_steps=0"],
+    }
+    for label, extra in variants.items():
+        out = runs / ("refusion-ablation-" + ("learned" if not extra else "fixed"))
+        times[label] = train("examples/refusion_ablation.toml", out, [*args.overrides, *extra])
+        rows[label] = score(out / "checkpoints" / "last.pt", DATA / "tno25", "ir", "vi", out / "tno25")
+        print(label, json.dumps(rows[label]), f"{times[label]:.0f} s", file=sys.stderr)
+    if not args.no_doc:
+        body = (f"_Measured by `python -m benchmarks.refusion ablation` on {machine()}._\n\n"
+                "Both runs: `examples/refusion_ablation.toml` (same data, networks, learner steps, crops, seed); the "
+                "fixed one replaces the loss proposal module by constant weights and skips the meta phase.\n\n"
+                f"tno25, `cddfuse` profile:\n\n{table(rows)}\n\n"
+                + "\n".join(f"- {label}: {times[label] / 60:.1f} min of training" for label in rows))
+        write_section(ROOT / "docs" / "refusion.md", "ABLATION", body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
