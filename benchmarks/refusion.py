@@ -53,13 +53,35 @@ def metaloss_cli(*args: str, quiet: bool = True) -> None:
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr if quiet else ''}")
 
 
-def train(config: str, out: Path, overrides: list[str] = ()) -> float:
-    """``metaloss run CONFIG --out OUT``; returns the wall-clock seconds of the whole command."""
+def train(config: str, out: Path, overrides: list[str] = (), nproc: int = 1) -> float:
+    """``metaloss run CONFIG --out OUT [--nproc N]``; returns the wall-clock seconds of the whole command."""
     if out.exists():
         shutil.rmtree(out)
     start = time.perf_counter()
-    metaloss_cli("run", config, "--out", str(out), "--quiet", *[a for o in overrides for a in ("--set", o)])
+    extra = ["--nproc", str(nproc)] if nproc > 1 else []
+    metaloss_cli("run", config, "--out", str(out), "--quiet", *extra, *[a for o in overrides for a in ("--set", o)])
     return time.perf_counter() - start
+
+
+def train_concurrently(jobs: dict[str, tuple[str, Path, list[str]]]) -> dict[str, float]:
+    """Run several ``metaloss run`` commands at once, one CPU thread each (an ablation's variants on
+    the cores of one machine, under the same conditions); wall-clock seconds of each."""
+    procs, starts = {}, {}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for label, (config, out, overrides) in jobs.items():
+        if out.exists():
+            shutil.rmtree(out)
+        cmd = [sys.executable, "-m", "metaloss", "run", config, "--out", str(out), "--quiet",
+               *[a for o in overrides for a in ("--set", o)]]
+        starts[label] = time.perf_counter()
+        procs[label] = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    seconds = {}
+    for label, proc in procs.items():
+        _, err = proc.communicate()
+        seconds[label] = time.perf_counter() - starts[label]
+        if proc.returncode:
+            raise SystemExit(f"{label}: metaloss run failed ({proc.returncode})\n{err}")
+    return seconds
 
 
 def score(checkpoint: Path, data: Path, ir: str, vi: str, out: Path) -> dict[str, float]:
@@ -215,21 +237,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     # ablation: the learned loss against fixed W = V = 0.5, same config and budget otherwise
-    rows, times = {}, {}
+    rows: dict[str, dict[str, float]] = {}
     variants = {
         "learned (ReFusion loss proposal, meta-trained)": [],
         "fixed W = V = 0.5 (no meta phase)": ['loss_generator={name="fixed", ir_weight=0.5, ir_gradient_weight=0.5}',
                                                "meta.meta_steps=0"],
     }
-    for label, extra in variants.items():
-        out = runs / ("refusion-ablation-" + ("learned" if not extra else "fixed"))
-        times[label] = train("examples/refusion_ablation.toml", out, [*args.overrides, *extra])
+    outs = {label: runs / ("refusion-ablation-" + ("learned" if not extra else "fixed")) for label, extra in variants.items()}
+    times = train_concurrently(
+        {label: ("examples/refusion_ablation.toml", outs[label], [*args.overrides, *extra]) for label, extra in variants.items()}
+    )
+    for label, out in outs.items():
         rows[label] = score(out / "checkpoints" / "last.pt", DATA / "tno25", "ir", "vi", out / "tno25")
         print(label, json.dumps(rows[label]), f"{times[label]:.0f} s", file=sys.stderr)
     if not args.no_doc:
         body = (f"_Measured by `python -m benchmarks.refusion ablation` on {machine()}._\n\n"
-                "Both runs: `examples/refusion_ablation.toml` (same data, networks, learner steps, crops, seed); the "
-                "fixed one replaces the loss proposal module by constant weights and skips the meta phase.\n\n"
+                "Both runs: `examples/refusion_ablation.toml` (same data, networks, learner steps, crops, seed), run "
+                "at the same time with one CPU thread each; the fixed one replaces the loss proposal module by constant "
+                "weights and skips the meta phase.\n\n"
                 f"tno25, `cddfuse` profile:\n\n{table(rows)}\n\n"
                 + "\n".join(f"- {label}: {times[label] / 60:.1f} min of training" for label in rows))
         write_section(ROOT / "docs" / "refusion.md", "ABLATION", body)

@@ -1,6 +1,6 @@
 """``metaloss fuse``: fuse one pair of images, or two folders of pairs, with a trained model.
 
-    metaloss fuse [--checkpoint CKPT] --ir PATH --vi PATH --out DIR [--tile SIZE]
+    metaloss fuse [--checkpoint CKPT | --model NAME] --ir PATH --vi PATH --out DIR [--tile SIZE]
                   [--tiling auto|exact|blend] [--overlap PX] [--stretch | --no-stretch] [--save-weights] [--colormap NAME] [--device DEV] [--quiet]
 
 ``--ir``/``--vi`` are two files (one pair) or two folders; in folders, images (by extension) are
@@ -17,6 +17,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
+
+from metaloss.pretrained import MODELS
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -38,6 +40,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument(
         "--checkpoint", "-c", metavar="CKPT",
         help="checkpoint written by `metaloss run` (or its run directory); default: the package's pretrained model",
+    )
+    parser.add_argument(
+        "--model", "-m", default="default", choices=sorted(MODELS),
+        help="which shipped pretrained model to use when no --checkpoint is given: "
+        + "; ".join(f"{k}: {v}" for k, v in MODELS.items()),
     )
     parser.add_argument("--ir", required=True, metavar="PATH", help="infrared image, or a folder of them")
     parser.add_argument("--vi", required=True, metavar="PATH", help="visible image, or a folder of them")
@@ -162,7 +169,9 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"no image pairs in {args.ir} and {args.vi}")
     try:
         device = resolve_device(args.device)
-        model = load_model(args.checkpoint, generator=args.save_weights, device=device)
+        if args.checkpoint and args.model != "default":
+            return _fail("give --checkpoint or --model, not both", EXIT_USAGE)
+        model = load_model(args.checkpoint, generator=args.save_weights, device=device, model=args.model)
     except (InferenceError, RunError, PluginError) as err:
         return _fail(str(err))
     try:  # refuse an impossible tiling (exact for a network that cannot stream) before any work

@@ -125,11 +125,10 @@ def build_network(group: str, section: Mapping[str, Any]) -> nn.Module:
     return factory(**kwargs)
 
 
-def _no_pretrained_message() -> str:
+def _no_pretrained_message(name: str = pretrained.DEFAULT_NAME) -> str:
     return (
-        f"no --checkpoint given and no default pretrained model is installed: metaloss "
-        f"{metaloss.__version__} does not ship one yet (it will be the package file "
-        f"metaloss/pretrained/{pretrained.DEFAULT_NAME}, coming with a later release). "
+        f"no --checkpoint given and the pretrained model metaloss/pretrained/{name} is not installed "
+        f"(metaloss {metaloss.__version__} does not ship it). "
         "Pass --checkpoint with a checkpoint written by `metaloss run`, e.g. RUN_DIR/checkpoints/last.pt"
     )
 
@@ -148,20 +147,26 @@ def load_model(
     *,
     generator: bool = False,
     device: str | torch.device = "cpu",
+    model: str = "default",
 ) -> FusionModel:
     """The fusion network (and with ``generator=True`` the loss generator) of a checkpoint.
 
     ``checkpoint``: a checkpoint file written by ``metaloss run`` (or :func:`write_checkpoint`), a
     run directory (its ``checkpoints/last.pt`` is used), or None for the package's default
-    pretrained model (:class:`NoPretrainedModelError` when there is none).
+    pretrained model named ``model`` (``metaloss.pretrained.MODELS``; :class:`NoPretrainedModelError`
+    when it is not installed).
     """
     if checkpoint is None:
-        resource = pretrained.default_checkpoint()
+        try:
+            name = pretrained.model_file(model)
+        except ValueError as err:
+            raise InferenceError(str(err)) from None
+        resource = pretrained.default_checkpoint(name=name)
         if resource is None:
-            raise NoPretrainedModelError(_no_pretrained_message())
+            raise NoPretrainedModelError(_no_pretrained_message(name))
         with resources.as_file(resource) as path:
             state = _read_checkpoint(Path(path))
-        source = f"default pretrained model ({resource})"
+        source = f"pretrained model {model!r} ({resource})"
     else:
         path = Path(checkpoint)
         if path.is_dir():

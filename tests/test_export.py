@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import metaloss.pretrained as pretrained
 from metaloss.export import export_onnx, main, verify_onnx
 from metaloss.inference import write_checkpoint
 from metaloss.models.dense import DenseFusion
@@ -55,7 +56,7 @@ def test_batch_is_dynamic_too(tmp_path):
     assert os.listdir(tmp_path) == ["d.onnx"]  # written atomically, no temporary file left
 
 
-def test_cli_exports_a_checkpoint_and_verifies(tmp_path, capsys):
+def test_cli_exports_a_checkpoint_and_verifies(tmp_path, capsys, monkeypatch):
     torch.manual_seed(0)
     options = {"dim": 8, "heads": 2}
     ck = write_checkpoint(tmp_path / "ck.pt", RestormerFusion(**options), {"name": "restormer", **options})
@@ -65,5 +66,6 @@ def test_cli_exports_a_checkpoint_and_verifies(tmp_path, capsys):
     assert out.is_file() and "onnxruntime vs PyTorch at 72×96" in text and "at 101×67" in text
     assert main(["--checkpoint", str(tmp_path / "missing.pt"), "--onnx", str(out)]) == 1
     assert "no checkpoint at" in capsys.readouterr().err
-    assert main(["--onnx", str(tmp_path / "x.onnx")]) == 1  # no default pretrained model yet
-    assert "does not ship one yet" in capsys.readouterr().err
+    monkeypatch.setattr(pretrained, "PACKAGE", "no_such_package_xyz")  # a metaloss without its pretrained model
+    assert main(["--onnx", str(tmp_path / "x.onnx")]) == 1
+    assert "metaloss/pretrained/default.pt is not installed" in capsys.readouterr().err

@@ -154,23 +154,30 @@ def test_checkpoint_from_a_metaloss_run(tmp_path):
         assert sorted(p.name for p in out.iterdir()) == ["vi.png", "vi_w_ir.png", "vi_w_vi.png"]
 
 
-def test_without_checkpoint_the_default_model_is_used_or_its_absence_explained(tmp_path, ckpt, monkeypatch, capsys):
+def test_without_checkpoint_the_pretrained_model_is_used_or_its_absence_explained(tmp_path, ckpt, monkeypatch, capsys):
     cv2.imwrite(str(tmp_path / "ir.png"), _gray(0))
     cv2.imwrite(str(tmp_path / "vi.png"), _gray(1))
     args = ["--ir", str(tmp_path / "ir.png"), "--vi", str(tmp_path / "vi.png"), "--out", str(tmp_path / "out"), "-q"]
-    assert main(args) == 1
-    err = capsys.readouterr().err
-    assert "no default pretrained model" in err and "does not ship one yet" in err and "--checkpoint" in err
-    assert not (tmp_path / "out").exists()
-    # a package shipping default.pt (as metaloss/pretrained/default.pt will be) is picked up
+    # a package that ships no model: the message says so
     pkg = tmp_path / "site" / "fake_pretrained"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
-    (pkg / "default.pt").write_bytes(ckpt.read_bytes())
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     monkeypatch.setattr(pretrained, "PACKAGE", "fake_pretrained")
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "metaloss/pretrained/default.pt is not installed" in err and "--checkpoint" in err
+    assert not (tmp_path / "out").exists()
+    # the package's default.pt, or another shipped model by --model, is picked up
+    (pkg / "default.pt").write_bytes(ckpt.read_bytes())
     assert main(args) == 0
     assert (tmp_path / "out" / "vi.png").is_file()
+    assert main([*args, "--model", "medical"]) == 1
+    assert "metaloss/pretrained/medical.pt is not installed" in capsys.readouterr().err
+    (pkg / "medical.pt").write_bytes(ckpt.read_bytes())
+    assert main([*args, "--model", "medical"]) == 0
+    assert main([*args, "--model", "medical", "--checkpoint", str(ckpt)]) == 2
+    assert "not both" in capsys.readouterr().err
 
 
 def test_bad_inputs(tmp_path, ckpt, folders, capsys):

@@ -283,10 +283,13 @@ def test_load_model_errors(tmp_path, dense_ckpt):
         load_model(tmp_path / "nogen.pt", generator=True)
 
 
-def test_no_default_pretrained_model_is_a_clear_error():
-    assert pretrained.default_checkpoint() is None  # none ships yet
-    with pytest.raises(NoPretrainedModelError, match="does not ship one yet.*metaloss/pretrained/default.pt.*--checkpoint"):
+def test_a_missing_pretrained_model_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(pretrained, "PACKAGE", "no_such_package_xyz")
+    assert pretrained.default_checkpoint() is None
+    with pytest.raises(NoPretrainedModelError, match="metaloss/pretrained/default.pt is not installed.*--checkpoint"):
         load_model(None)
+    with pytest.raises(InferenceError, match="unknown pretrained model 'nope'; choose from default, medical"):
+        load_model(None, model="nope")
 
 
 def test_default_pretrained_model_is_found_as_package_data(tmp_path, monkeypatch, dense_ckpt):
@@ -302,7 +305,7 @@ def test_default_pretrained_model_is_found_as_package_data(tmp_path, monkeypatch
     assert pretrained.default_checkpoint("no_such_package_xyz") is None
     monkeypatch.setattr(pretrained, "PACKAGE", "fake_metaloss_pretrained")
     model = load_model(None)
-    assert "default pretrained model" in model.source and isinstance(model.fusion, DenseFusion)
+    assert "pretrained model 'default'" in model.source and isinstance(model.fusion, DenseFusion)
 
 
 # -- whole pairs and writing ------------------------------------------------------------------------------

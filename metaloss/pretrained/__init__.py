@@ -12,11 +12,23 @@ from __future__ import annotations
 import importlib.resources as resources
 from importlib.resources.abc import Traversable
 
-__all__ = ["DEFAULT_NAME", "PACKAGE", "default_checkpoint"]
+__all__ = ["DEFAULT_NAME", "MODELS", "PACKAGE", "default_checkpoint", "model_file"]
 
 #: The package holding the pretrained files, and the default model's file name in it.
 PACKAGE = __name__
 DEFAULT_NAME = "default.pt"
+#: The shipped models by name (``metaloss fuse --model NAME``) and what each is for.
+MODELS = {
+    "default": "infrared-visible fusion, trained on RoadScene (docs/pretrained.md)",
+    "medical": "MRI-CT fusion, trained on the Harvard atlas pairs (docs/pretrained.md)",
+}
+
+
+def model_file(model: str) -> str:
+    """The file name of a shipped model (``"default"`` -> ``default.pt``); ValueError for an unknown name."""
+    if model not in MODELS:
+        raise ValueError(f"unknown pretrained model {model!r}; choose from {', '.join(MODELS)}")
+    return f"{model}.pt"
 
 
 def default_checkpoint(package: str | None = None, name: str = DEFAULT_NAME) -> Traversable | None:
