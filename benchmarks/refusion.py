@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "pretrained":
         out = runs / "refusion-pretrained"
-        seconds = train("examples/refusion_roadscene.toml", out, args.overrides)
+        seconds = train("examples/refusion_roadscene.toml", out, args.overrides, nproc=2)
         ckpt = out / "checkpoints" / "last.pt"
         values = score(ckpt, DATA / "tno25", "ir", "vi", out / "tno25")
         met = {m: values[m] >= t for m, t in TNO_TARGET.items()}

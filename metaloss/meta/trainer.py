@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
@@ -321,8 +322,12 @@ class AlternatingTrainer:
             summary: Record = {"phase": "epoch", "epoch": epoch, **lrs}
             summary.update(self.meta_phase(epoch, generator))
             summary.update(self.learner_phase(epoch, generator))
-            for scheduler in self.schedulers:
-                scheduler.step()
+            with warnings.catch_warnings():
+                # The schedules count epochs: an optimizer that took no step this epoch (the generator's
+                # during warm-up, or with every batch skipped) still moves on, without PyTorch's warning.
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+                for scheduler in self.schedulers:
+                    scheduler.step()
             self.epoch = epoch
             last = epoch == self.meta.epochs
             if self.hooks.evaluate is not None and (last or (self.eval_every and epoch % self.eval_every == 0)):
