@@ -1,7 +1,8 @@
 """``metaloss fuse``: fuse one pair of images, or two folders of pairs, with a trained model.
 
     metaloss fuse [--checkpoint CKPT | --model NAME] --ir PATH --vi PATH --out DIR [--tile SIZE]
-                  [--tiling auto|exact|blend] [--overlap PX] [--stretch | --no-stretch] [--save-weights] [--colormap NAME] [--device DEV] [--quiet]
+                  [--tiling auto|exact|blend] [--overlap PX] [--stretch | --no-stretch] [--save-weights] [--colormap NAME]
+                  [--engine auto|torch|fast] [--allocator auto|keep|release|system] [--device DEV] [--quiet]
 
 ``--ir``/``--vi`` are two files (one pair) or two folders; in folders, images (by extension) are
 paired by file name without extension, and files without a partner are listed on stderr.  Each
@@ -78,9 +79,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         "(and <name>_v_ir.png, <name>_v_vi.png for gradient weights)",
     )
     parser.add_argument(
-        "--allocator", choices=("keep", "release", "system"), default="release",
-        help="how freed CPU memory is handled (metaloss.utils.memory): release (default: returned to the system "
-        "at once, lowest peak memory), keep (reused, faster), system (glibc's defaults)",
+        "--engine", choices=("auto", "torch", "fast"), default="auto",
+        help="fast: Restormer networks run pixel-major in row bands with folded weights (metaloss.nn.restormer_fast; "
+        "the whole-image result up to float rounding, streamed, so --tiling exact is implied); torch: the network's "
+        "own forward with the tiling options; auto (default): fast for Restormer networks on the CPU, else torch",
+    )
+    parser.add_argument(
+        "--allocator", choices=("auto", "keep", "release", "system"), default="auto",
+        help="how freed CPU memory is handled (metaloss.utils.memory): release (returned to the system at once, "
+        "lowest peak memory), keep (reused, faster), system (glibc's defaults); auto (default): keep with the fast "
+        "engine (its few full-size maps are reused), release with the torch engine",
     )
     parser.add_argument("--colormap", default="viridis", help="OpenCV colormap of the heat maps (default viridis)")
     parser.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
@@ -146,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
         heatmap,
         load_model,
         plan_tiling,
+        resolve_engine,
         write_png,
     )
     from metaloss.registry import PluginError
@@ -181,7 +190,14 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         return _fail(str(err), EXIT_USAGE)
 
-    set_allocator_policy(args.allocator)
+    try:
+        engines = {resolve_engine(net, args.engine) for net in (model.fusion, model.generator) if net is not None}
+    except ValueError as err:
+        return _fail(str(err), EXIT_USAGE)
+    allocator = args.allocator
+    if allocator == "auto":
+        allocator = "keep" if engines == {"fast"} else "release"
+    set_allocator_policy(allocator)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     bar = None
@@ -203,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
                 pair = load_pair(job.ir, job.vi)
                 result = fuse_images(
                     model, pair, tile=args.tile, mode=args.tiling, overlap=args.overlap, stretch_y=args.stretch,
-                    weights=args.save_weights, on_tile=on_tile,
+                    weights=args.save_weights, on_tile=on_tile, engine=args.engine,
                 )
                 del pair
                 write_png(out / f"{job.name}.png", result.image)

@@ -45,6 +45,7 @@ import metaloss.nn.restormer as restormer_nn
 from metaloss import pretrained, registry
 from metaloss.data.images import ImagePair, compose
 from metaloss.nn.restormer import MDTA, CrossAttentionFusion, DualStreamRestormer, RestormerBlock, RestormerEncoder
+from metaloss.nn.restormer_fast import fast_forward, supports_fast
 from metaloss.utils.io import atomic_torch_save, atomic_write_bytes
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "AUTO_WHOLE_MAX_PIXELS",
     "DEFAULT_OVERLAP",
     "EXACT_CHUNK",
+    "Engine",
     "EXACT_MAX_PIXELS",
     "EXACT_OUTER_TILE",
     "FusedImage",
@@ -67,6 +69,7 @@ __all__ = [
     "heatmap",
     "load_model",
     "plan_tiling",
+    "resolve_engine",
     "resolve_tile",
     "run_exact",
     "run_planned",
@@ -663,6 +666,29 @@ def run_exact(
 
 
 # -- running a network on a pair --------------------------------------------------------------------------
+#: ``"torch"``: the network's own forward (with the tiling plan); ``"fast"``: ``DualStreamRestormer``
+#: backbones run by ``metaloss.nn.restormer_fast`` (pixel-major, folded weights, row bands; the
+#: whole-image result up to float rounding, and it streams the image itself, so "whole" and "exact"
+#: plans run the same way); ``"auto"``: fast for such networks with float32 weights on the CPU.
+Engine = Literal["auto", "torch", "fast"]
+
+
+def resolve_engine(module: nn.Module, engine: Engine = "auto") -> Literal["torch", "fast"]:
+    """The engine :func:`run_planned` uses for ``module`` (see ``Engine``)."""
+    if engine not in ("auto", "torch", "fast"):
+        raise ValueError(f"unknown inference engine {engine!r}; choose 'auto', 'torch' or 'fast'")
+    if engine == "torch":
+        return "torch"
+    ok = supports_fast(module)
+    if engine == "fast":
+        if not ok:
+            raise ValueError(f"the fast engine needs a DualStreamRestormer network; {type(module).__name__} is not one")
+        return "fast"
+    p = next(module.parameters(), None)
+    cpu_float = p is None or (p.device.type == "cpu" and p.dtype == torch.float32)
+    return "fast" if ok and cpu_float else "torch"
+
+
 def run_planned(
     module: nn.Module,
     ir: Tensor,
@@ -670,10 +696,20 @@ def run_planned(
     plan: TilePlan,
     *,
     on_tile: Progress | None = None,
+    engine: Engine = "torch",
 ) -> Tensor | dict[str, Tensor]:
     """Run ``module`` on ``[B, 1, H, W]`` inputs by ``plan`` under ``torch.inference_mode``; float32
-    results (a tensor, or a dict of tensors for a loss generator) on the inputs' device."""
+    results (a tensor, or a dict of tensors for a loss generator) on the inputs' device.
+    ``engine``: see ``Engine``."""
     device = _module_device(module)
+    if resolve_engine(module, engine) == "fast":
+        with torch.inference_mode():
+            if plan.mode in ("whole", "exact"):  # the fast engine streams the image in bands itself
+                fast = lambda a, b: fast_forward(module, a, b, on_stage=on_tile)
+                return fuse_tiled(fast, ir, vi, 0, device=device)
+            fast = lambda a, b: fast_forward(module, a, b)
+            tile = plan.outer if plan.mode == "exact+blend" else plan.tile
+            return fuse_tiled(fast, ir, vi, tile, plan.overlap, device=device, on_tile=on_tile)
     with torch.inference_mode():
         if plan.mode == "whole":
             return fuse_tiled(module, ir, vi, 0, device=device, on_tile=on_tile)
@@ -697,6 +733,7 @@ def fuse_pair(
     mode: TilingMode = "auto",
     overlap: int = DEFAULT_OVERLAP,
     on_tile: Progress | None = None,
+    engine: Engine = "torch",
 ) -> Tensor:
     """Fuse ``ir``, ``vi`` (``[B, 1, H, W]`` or ``[1, H, W]``, in [0, 1]) with ``net`` under
     ``torch.inference_mode``, whole or tiled by :func:`plan_tiling` (``tile``: None = automatic,
@@ -706,7 +743,7 @@ def fuse_pair(
     if squeeze:
         ir, vi = ir[None], vi[None]
     plan = plan_tiling(net, *ir.shape[-2:], tile=tile, mode=mode, overlap=overlap)
-    out = run_planned(net, ir, vi, plan, on_tile=on_tile)
+    out = run_planned(net, ir, vi, plan, on_tile=on_tile, engine=engine)
     assert isinstance(out, Tensor)
     return out[0] if squeeze else out
 
@@ -720,6 +757,7 @@ def generator_maps(
     mode: TilingMode = "auto",
     overlap: int = DEFAULT_OVERLAP,
     on_tile: Progress | None = None,
+    engine: Engine = "torch",
 ) -> dict[str, Tensor]:
     """The loss generator's maps (``"intensity"``, and ``"gradient"`` when it gives them) for a pair,
     each ``[B, 2, H, W]`` (channel 0 infrared, 1 visible), tiled like :func:`fuse_pair`."""
@@ -727,7 +765,7 @@ def generator_maps(
     if squeeze:
         ir, vi = ir[None], vi[None]
     plan = plan_tiling(generator, *ir.shape[-2:], tile=tile, mode=mode, overlap=overlap)
-    out = run_planned(generator, ir, vi, plan, on_tile=on_tile)
+    out = run_planned(generator, ir, vi, plan, on_tile=on_tile, engine=engine)
     if not isinstance(out, dict):
         out = {"intensity": out}
     return {k: (v[0] if squeeze else v) for k, v in out.items()}
@@ -772,10 +810,13 @@ def fuse_images(
     stretch_y: bool = True,
     weights: bool = False,
     on_tile: Progress | None = None,
+    engine: Engine = "torch",
 ) -> FusedImage:
     """Fuse one loaded pair: Y of both sources through the network, optional min–max stretch of the
     fused Y, chroma by the colour rule; with ``weights`` also the loss generator's maps."""
-    fused = fuse_pair(model.fusion, pair.ir.y, pair.vi.y, tile=tile, mode=mode, overlap=overlap, on_tile=on_tile)
+    fused = fuse_pair(
+        model.fusion, pair.ir.y, pair.vi.y, tile=tile, mode=mode, overlap=overlap, on_tile=on_tile, engine=engine
+    )
     if stretch_y:
         fused = stretch(fused)
     result = FusedImage(compose(fused, pair.chroma))
@@ -784,7 +825,8 @@ def fuse_images(
         if model.generator is None:
             raise InferenceError("weight maps need the loss generator: load the model with generator=True")
         maps = generator_maps(
-            model.generator, pair.ir.y, pair.vi.y, tile=tile, mode=mode, overlap=overlap, on_tile=on_tile
+            model.generator, pair.ir.y, pair.vi.y, tile=tile, mode=mode, overlap=overlap, on_tile=on_tile,
+            engine=engine,
         )
         for key, value in maps.items():
             short = MAP_NAMES.get(key, key)

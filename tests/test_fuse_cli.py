@@ -224,3 +224,21 @@ def test_exact_tiling_of_a_restormer_matches_whole_image(tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "e"), "--tile", "16"]) == 0  # auto: exact for a Restormer
     assert "step" in capsys.readouterr().err  # progress of the exact tiling's passes
     assert np.array_equal(_read(tmp_path / "w" / "vi.png"), _read(tmp_path / "e" / "vi.png"))
+
+
+def test_engines_agree_and_fast_needs_a_restormer(tmp_path, ckpt, capsys):
+    from metaloss.models.restormer import RestormerFusion
+
+    torch.manual_seed(0)
+    options = {"dim": 8, "heads": 2, "blocks_per_modality": 1, "fused_blocks": 1}
+    ck = write_checkpoint(tmp_path / "r.pt", RestormerFusion(**options), {"name": "restormer", **options})
+    cv2.imwrite(str(tmp_path / "ir.png"), _gray(0))
+    cv2.imwrite(str(tmp_path / "vi.png"), _colour(1))
+    args = ["--ir", str(tmp_path / "ir.png"), "--vi", str(tmp_path / "vi.png"), "-q", "--no-stretch"]
+    assert main(["-c", str(ck), *args, "--out", str(tmp_path / "t"), "--engine", "torch", "--tile", "0"]) == 0
+    assert main(["-c", str(ck), *args, "--out", str(tmp_path / "f"), "--engine", "fast", "--allocator", "release"]) == 0
+    assert main(["-c", str(ck), *args, "--out", str(tmp_path / "a")]) == 0  # auto: fast, allocator keep
+    t, f, a = (_read(tmp_path / d / "vi.png").astype(int) for d in "tfa")
+    assert np.abs(t - f).max() <= 1 and np.array_equal(f, a)
+    assert main(["-c", str(ckpt), *args, "--out", str(tmp_path / "x"), "--engine", "fast"]) == 2  # dense network
+    assert "fast engine needs" in capsys.readouterr().err

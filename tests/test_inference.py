@@ -237,6 +237,45 @@ def test_exact_inside_blended_outer_tiles(monkeypatch):
     assert (out - blended).abs().max() < 1e-5  # each outer tile exactly as if run whole
 
 
+# -- the fast engine ----------------------------------------------------------------------------------------
+def test_engine_resolution():
+    from metaloss.inference import resolve_engine
+
+    restormer, dense = RestormerFusion(dim=8, heads=2), DenseFusion(width=4, growth=4, layers=1)
+    assert resolve_engine(restormer, "auto") == "fast" and resolve_engine(restormer, "torch") == "torch"
+    assert resolve_engine(dense, "auto") == "torch"
+    assert resolve_engine(RestormerFusion(dim=8, heads=2).double(), "auto") == "torch"  # oneDNN path is float32
+    with pytest.raises(ValueError, match="fast engine needs"):
+        resolve_engine(dense, "fast")
+    with pytest.raises(ValueError, match="unknown inference engine"):
+        resolve_engine(dense, "onnx")
+
+
+def test_fast_engine_equals_the_torch_engine_for_every_plan(monkeypatch):
+    import metaloss.inference as inference
+    from metaloss_tdfusion.loss_generator import TDFusionLossGenerator
+
+    torch.manual_seed(0)
+    net = _sharpen(RestormerFusion(dim=8, heads=2)).eval()
+    gen = _sharpen(TDFusionLossGenerator(dim=8, heads=2)).eval()
+    ir, vi = _pair(90, 150)
+    whole = fuse_pair(net, ir, vi, tile=0)
+    steps = []
+    fast = fuse_pair(net, ir, vi, tile=0, engine="fast", on_tile=lambda i, n: steps.append((i, n)))
+    assert (fast - whole).abs().max() < 1e-5
+    assert steps[-1][0] == steps[-1][1] == len(steps) > 1  # progress by stage
+    assert (fuse_pair(net, ir, vi, tile=32, mode="exact", engine="fast") - whole).abs().max() < 1e-5
+    blend = fuse_pair(net, ir, vi, tile=64, overlap=32, mode="blend")
+    assert (fuse_pair(net, ir, vi, tile=64, overlap=32, mode="blend", engine="fast") - blend).abs().max() < 1e-5
+    monkeypatch.setattr(inference, "AUTO_WHOLE_MAX_PIXELS", 32 * 32)
+    monkeypatch.setattr(inference, "EXACT_MAX_PIXELS", 64 * 64)
+    monkeypatch.setattr(inference, "EXACT_OUTER_TILE", 96)
+    outer = fuse_pair(net, ir, vi, tile=32, overlap=48)
+    assert (fuse_pair(net, ir, vi, tile=32, overlap=48, engine="fast") - outer).abs().max() < 1e-5
+    maps, fast_maps = generator_maps(gen, ir, vi, tile=0), generator_maps(gen, ir, vi, tile=0, engine="auto")
+    assert (maps["intensity"] - fast_maps["intensity"]).abs().max() < 1e-5
+
+
 # -- loading models ---------------------------------------------------------------------------------------
 def test_load_model_from_written_checkpoint(dense_ckpt):
     path, fusion, gen = dense_ckpt

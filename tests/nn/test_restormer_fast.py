@@ -1,0 +1,107 @@
+"""Fast inference of DualStreamRestormer networks equals their eager forward (metaloss.nn.restormer_fast)."""
+
+import pytest
+import torch
+
+from metaloss.models.restormer import RestormerFusion
+from metaloss.nn.restormer import DualStreamRestormer
+from metaloss.nn.restormer_fast import FastRestormer, fast_forward, supports_fast
+
+#: float32 tolerance of the fast engine against the eager forward (outputs in [0, 1] / weights)
+ATOL32 = 1e-5
+
+
+def randomise(m: torch.nn.Module, seed: int = 0, scale: float = 0.2) -> torch.nn.Module:
+    """Move every parameter off its initial value (LayerNorm affines, temperatures, PReLU)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return m.eval()
+
+
+def pair(b, h, w, seed=1, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, 1, h, w, generator=g, dtype=dtype), torch.rand(b, 1, h, w, generator=g, dtype=dtype)
+
+
+@pytest.mark.parametrize("band_pixels", [1, 200, 1 << 20])  # 4-row bands, several bands, one band
+def test_fusion_network_at_reference_sizes_is_as_accurate_as_eager(band_pixels):
+    """Against the float64 forward as the truth, the float32 fast engine errs no more than the float32
+    eager forward does (up to a small factor): the differences are float rounding only."""
+    net = randomise(RestormerFusion())
+    ir, vi = pair(1, 37, 53)
+    with torch.inference_mode():
+        truth = net.double()(ir.double(), vi.double())
+        net.float()
+        eager = net(ir, vi)
+        got = fast_forward(net, ir, vi, band_pixels=band_pixels)
+    assert got.shape == eager.shape
+    err_fast, err_eager = (got.double() - truth).abs().max(), (eager.double() - truth).abs().max()
+    assert err_fast <= 4 * err_eager + 1e-6, (float(err_fast), float(err_eager))
+    assert (got - eager).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"merge": "concat", "activation": "prelu"},
+        {"merge": "cross_attention", "activation": "leaky_relu", "bias": True},
+        {"merge": "concat", "activation": "prelu", "layernorm": "bias_free", "bias": True},
+        {"merge": "cross_attention", "activation": "leaky_relu", "layernorm": "bias_free", "ffn_expansion": 1.5},
+    ],
+)
+def test_backbone_variants_in_float64_agree_to_rounding(options):
+    """float64 takes the addmm path (no oneDNN linear): the algebra itself is exact."""
+    net = randomise(DualStreamRestormer(in_channels=1, out_channels=2, dim=8, heads=2, **options).double())
+    a, b = pair(2, 19, 23, dtype=torch.float64)
+    with torch.inference_mode():
+        expected = net(a, b)
+        got = FastRestormer(net, band_pixels=100)(a, b)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_loss_generators_keep_their_output_dicts():
+    tdfusion = pytest.importorskip("metaloss_tdfusion.loss_generator")
+    refusion = pytest.importorskip("metaloss_refusion.loss_generator")
+    ir, vi = pair(2, 24, 40)
+    for gen in (randomise(tdfusion.TDFusionLossGenerator()), randomise(refusion.ReFusionLossGenerator())):
+        with torch.inference_mode():
+            expected = gen(ir, vi)
+            got = fast_forward(gen, ir, vi, band_pixels=320)
+        assert got.keys() == expected.keys()
+        for k in expected:
+            assert (got[k] - expected[k]).abs().max() < ATOL32, k
+        assert all(isinstance(m, DualStreamRestormer) for m in gen.modules() if type(m).__name__ == "DualStreamRestormer")
+
+
+def test_progress_counts_every_stage_of_every_image():
+    net = randomise(RestormerFusion(dim=4, heads=2, blocks_per_modality=1, fused_blocks=1))
+    seen = []
+    fast = FastRestormer(net.backbone, on_stage=lambda i, n: seen.append((i, n)))
+    fast(*pair(2, 8, 8))
+    stages = fast.stages()
+    assert stages == 1 + 1 + 1 + 1 + 1  # two encoder blocks, merge, decoder block, head
+    assert seen == [(i, 2 * stages) for i in range(1, 2 * stages + 1)]
+
+
+def test_unsupported_modules_and_weights_taken_at_build_time():
+    assert supports_fast(RestormerFusion()) and not supports_fast(torch.nn.Conv2d(1, 1, 3))
+    with pytest.raises(TypeError, match="no DualStreamRestormer"):
+        fast_forward(torch.nn.Conv2d(2, 1, 3), *pair(1, 4, 4))
+    net = randomise(RestormerFusion(dim=4, heads=2, blocks_per_modality=1, fused_blocks=1))
+    ir, vi = pair(1, 16, 16)
+    fast = FastRestormer(net.backbone)
+    before = fast(ir, vi)
+    with torch.no_grad():
+        net.backbone.head_in.weight.mul_(2)
+    torch.testing.assert_close(FastRestormer(net.backbone)(ir, vi), net.backbone(ir, vi), atol=ATOL32, rtol=0)
+    assert not torch.allclose(before, FastRestormer(net.backbone)(ir, vi))
+
+
+def test_module_is_restored_after_an_error():
+    net = randomise(RestormerFusion(dim=4, heads=2, blocks_per_modality=1, fused_blocks=1))
+    backbone = net.backbone
+    with pytest.raises(RuntimeError):
+        fast_forward(net, torch.rand(1, 2, 8, 8), torch.rand(1, 2, 8, 8))  # wrong channel count
+    assert net.backbone is backbone
