@@ -1,0 +1,218 @@
+"""Run the speed and memory benchmarks and write their sections of docs/benchmarks.md.
+
+    python -m benchmarks                              # everything at the reference sizes (CPU: tens of minutes)
+    python -m benchmarks --parts meta inference       # some parts only (the others' sections are kept)
+    python -m benchmarks --quick                      # a smoke run at small sizes, printed, docs untouched
+    python -m benchmarks --device cuda --threads 4    # on a GPU (meta-step and inference parts)
+
+Parts:
+
+- ``meta``: one TDFusion-segmentation meta-step (256×256 crops, batch 1 doubled by the modality
+  swap, task input 240×320) with ``torch.func`` (forward-mode meta-gradient, and the double backward),
+  ``higher`` and the reference code's approach (``benchmarks.reference_meta``): time, peak memory,
+  the meta-gradients' relative differences (``benchmarks.meta_step``);
+- ``inference``: fusion time per pair at 480×640 and 1024×1280 for the eager forward, ``metaloss
+  fuse``'s engines and onnxruntime, against the FLOP floor measured in the same run
+  (``benchmarks.inference_speed``);
+- ``metrics``: the fusion-metric timings on the VIFB set (``benchmarks.metrics_speed``), written
+  below that section's hand-written analysis.
+
+Each part's section lies between ``<!-- BEGIN <part> -->`` and ``<!-- END <part> -->`` markers in the
+document, with the machine, the versions, the date and the load average at the start and end of
+the part.  The CPU runs take one intra-op thread per process by default and report CPU time,
+which the other jobs of a shared machine disturb least; ``--threads`` changes that (wall times).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import io
+import json
+import os
+import platform
+import re
+import sys
+from pathlib import Path
+
+from benchmarks import inference_speed, meta_step
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks.md"
+PARTS = ("meta", "inference", "metrics")
+
+#: targets of the benchmarks issue
+META_TIME_TARGET = META_MEMORY_TARGET = 0.8
+INFERENCE_FLOOR_TARGET = 3.0
+
+
+def _versions() -> str:
+    import numpy
+    import torch
+
+    parts = [f"Python {platform.python_version()}", f"torch {torch.__version__}", f"numpy {numpy.__version__}"]
+    for name in ("onnxruntime", "cv2", "higher", "segmentation_models_pytorch"):
+        try:
+            module = __import__(name)
+            parts.append(f"{'opencv' if name == 'cv2' else name} {getattr(module, '__version__', '?')}")
+        except ImportError:
+            parts.append(f"{name} not installed")
+    return ", ".join(parts)
+
+
+def machine() -> str:
+    """CPU model, cores, memory and GPU of this machine, in words."""
+    import torch
+
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    flags = ""
+    with contextlib.suppress(OSError):
+        info = Path("/proc/cpuinfo").read_text()
+        flags = "AVX-512" if "avx512f" in info else "AVX2" if "avx2" in info else ""
+    memory = ""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        kib = int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0])
+        memory = f", {kib / 2**20:.0f} GiB memory"
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return f"{model} ({os.cpu_count()} cores{', ' + flags if flags else ''}){memory}, {gpu}"
+
+
+def _load() -> str:
+    try:
+        return "/".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:  # pragma: no cover
+        return "n/a"
+
+
+def header(args: argparse.Namespace, load_start: str, title: str) -> str:
+    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    threads = f"{args.threads} intra-op thread{'s' if args.threads > 1 else ''} per process"
+    return (
+        f"*{title}: measured {when} on {machine()}; {_versions()}; device {args.device}, {threads}; "
+        f"load average (1/5/15 min) {load_start} at the start, {_load()} at the end.*"
+    )
+
+
+def write_section(doc: Path, part: str, body: str) -> None:
+    """Replace the text between this part's markers in ``doc`` (appended when absent)."""
+    begin, end = f"<!-- BEGIN {part} -->", f"<!-- END {part} -->"
+    text = doc.read_text() if doc.exists() else ""
+    block = f"{begin}\n{body.strip()}\n{end}"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    doc.write_text(text)
+
+
+# -- parts ------------------------------------------------------------------------------------------------
+def meta_part(args: argparse.Namespace) -> tuple[str, dict]:
+    load = _load()
+    crop, task = (64, (64, 64)) if args.quick else (256, (240, 320))
+    impls = ["torch.func", "torch.func:recompute", "torch.func:double_backward", "higher", "reference"]
+    data = meta_step.run_all(impls, crop, task, [1], 1 if args.quick else args.repeats, args.device, args.threads,
+                             log=lambda s: print(s, file=sys.stderr))
+    rows = {r["impl"]: r for r in data["results"]}
+    cuda = args.device.startswith("cuda")
+    key = "wall_s" if cuda or args.threads > 1 else "cpu_s"
+    t = lambda impl: min(rows[impl][key])
+    m = lambda impl: rows[impl]["peak_bytes"]
+    verdicts = []
+    for impl in ("torch.func", "torch.func:recompute"):
+        tr, mr = t(impl) / t("reference"), m(impl) / m("reference")
+        verdicts.append(
+            f"- `{impl}`: time {tr:.2f}× the reference-style step (target ≤ {META_TIME_TARGET}: "
+            f"{'met' if tr <= META_TIME_TARGET else 'not met'}), peak memory {mr:.2f}× "
+            f"(target ≤ {META_MEMORY_TARGET}: {'met' if mr <= META_MEMORY_TARGET else 'not met'}); "
+            f"{'no slower' if t(impl) <= t('higher') else 'slower'} than `higher` ({t(impl):.2f} vs {t('higher'):.2f} s)."
+        )
+    body = "\n".join([
+        header(args, load, "Meta-step"),
+        "",
+        f"Crops {crop}×{crop}, task input {task[0]}×{task[1]}, batch 1 doubled by the modality swap (2 images), "
+        f"one inner step, the first step (from the common initial state) not timed; best of {1 if args.quick else args.repeats}.",
+        "",
+        meta_step.table(data),
+        "",
+        *verdicts,
+    ])
+    return body, data
+
+
+def inference_part(args: argparse.Namespace) -> tuple[str, dict]:
+    load = _load()
+    sizes = [(120, 160)] if args.quick else [(480, 640), (1024, 1280)]
+    engines = list(inference_speed.ENGINES)
+    data = inference_speed.run_all(sizes, engines, 1 if args.quick else args.repeats, args.threads, args.device,
+                                   log=lambda s: print(s, file=sys.stderr))
+    rate = max(data["matmul_rates"])
+    one = args.threads == 1 and not args.device.startswith("cuda")
+    verdicts = []
+    for r in data["results"]:
+        if r["size"] == [480, 640] and r["engine"] in ("fast", "torch", "onnxruntime"):
+            t = min(r["cpu_s"] if one else r["wall_s"])
+            ratio = t / (data["flops_per_pixel"] * 480 * 640 / rate)
+            verdicts.append(f"- `{r['engine']}` at 480×640: {ratio:.1f}× the floor (target ≤ {INFERENCE_FLOOR_TARGET:.0f}: "
+                            f"{'met' if ratio <= INFERENCE_FLOOR_TARGET else 'not met'}).")
+    body = "\n".join([
+        header(args, load, "Inference"),
+        "",
+        f"The network: {data['flops_per_pixel'] / 2:,.0f} multiply-adds per pixel "
+        f"({data['flops_per_pixel'] * 480 * 640 / 2e9:.1f} GMAC at 480×640). Matrix-product rate "
+        f"{', then '.join(f'{x / 1e9:.0f}' for x in data['matmul_rates'])} GFLOP/s (before, after the engines; "
+        f"{'CPU time, 1 thread' if one else 'wall time'}); floor = FLOPs / the larger rate.",
+        "",
+        inference_speed.table(data),
+        "",
+        *verdicts,
+    ])
+    return body, data
+
+
+def metrics_part(args: argparse.Namespace) -> tuple[str, dict]:
+    from benchmarks import metrics_speed
+
+    load = _load()
+    argv = ["--profiles", "cddfuse", "--repeats", "1", "--skip-end-to-end"] if args.quick else ["--profiles", "cddfuse", "tdfusion", "vifb"]
+    argv += ["--threads", str(args.threads), "--device", args.device]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = metrics_speed.main(argv)
+    if code:
+        raise RuntimeError(f"benchmarks.metrics_speed {' '.join(argv)} failed with status {code}")
+    body = "\n".join([header(args, load, "Latest run of `python -m benchmarks --parts metrics`"), "", out.getvalue().strip()])
+    return body, {"argv": argv, "output": out.getvalue()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--quick", action="store_true", help="small sizes, one repeat; prints, leaves the docs alone "
+                        "unless --doc is given")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (meta-step, inference, metrics)")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads per process (default 1: CPU times)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed repeats per configuration (best kept)")
+    parser.add_argument("--doc", type=Path, help=f"document to update (default {DOC.relative_to(ROOT)}; none with --quick)")
+    parser.add_argument("--json", type=Path, help="also write all results to this JSON file")
+    args = parser.parse_args(argv)
+    doc = args.doc or (None if args.quick else DOC)
+    results = {}
+    for part in args.parts:
+        print(f"benchmarks: {part}", file=sys.stderr)
+        body, data = {"meta": meta_part, "inference": inference_part, "metrics": metrics_part}[part](args)
+        results[part] = data
+        print(body + "\n")
+        if doc is not None:
+            write_section(doc, part, body)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

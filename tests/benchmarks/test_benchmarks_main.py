@@ -1,0 +1,31 @@
+"""The benchmark entry point's document handling and tables (the runs themselves are benchmarks)."""
+
+from benchmarks import inference_speed, meta_step
+from benchmarks.__main__ import machine, write_section
+
+
+def test_write_section_replaces_only_its_block(tmp_path):
+    doc = tmp_path / "b.md"
+    doc.write_text("# Benchmarks\n\nintro\n\n<!-- BEGIN meta -->\nold\n<!-- END meta -->\n\nkept text\n")
+    write_section(doc, "meta", "new table")
+    write_section(doc, "inference", "first run")
+    text = doc.read_text()
+    assert "old" not in text and "<!-- BEGIN meta -->\nnew table\n<!-- END meta -->" in text
+    assert "intro" in text and "kept text" in text
+    assert text.rstrip().endswith("<!-- BEGIN inference -->\nfirst run\n<!-- END inference -->")
+    write_section(doc, "inference", "second run")
+    assert doc.read_text().count("BEGIN inference") == 1 and "second run" in doc.read_text()
+
+
+def test_tables_and_machine():
+    row = lambda impl, t, m: {"impl": impl, "inner_steps": 1, "cpu_s": [t], "wall_s": [t], "peak_bytes": m * 2**30,
+                              "rss_before_bytes": 2**30, "peak_kind": "rss"}
+    data = {"results": [row("torch.func", 8.0, 4.0), row("reference", 10.0, 8.0)],
+            "grad_rel_diff": {"1": {"torch.func": 0.0, "reference": 1e-6}}}
+    text = meta_step.table(data)
+    assert "| `torch.func` | 1 | 8.00 | 8.00 | 4.00 | 1.00 | 0.80 | 0.50 | 0.0e+00 |" in text
+    inf = {"threads": 1, "device": "cpu", "flops_per_pixel": 1e5, "matmul_rates": [1e11, 2e11],
+           "results": [{"engine": "fast", "size": [100, 200], "cpu_s": [0.05], "wall_s": [0.06],
+                        "peak_rss_bytes": 2**30, "max_abs_diff": 1e-7}]}
+    assert "| 100×200 | `fast` | 0.05 | 0.01 | 5.0 | 1.00 | 1e-07 |" in inference_speed.table(inf)
+    assert "cores" in machine()
