@@ -67,12 +67,15 @@ def test_loss_generators_keep_their_output_dicts():
     ir, vi = pair(2, 24, 40)
     for gen in (randomise(tdfusion.TDFusionLossGenerator()), randomise(refusion.ReFusionLossGenerator())):
         with torch.inference_mode():
-            expected = gen(ir, vi)
+            truth = gen.double()(ir.double(), vi.double())
+            gen.float()
+            eager = gen(ir, vi)
             got = fast_forward(gen, ir, vi, band_pixels=320)
-        assert got.keys() == expected.keys()
-        for k in expected:
-            assert (got[k] - expected[k]).abs().max() < ATOL32, k
-        assert all(isinstance(m, DualStreamRestormer) for m in gen.modules() if type(m).__name__ == "DualStreamRestormer")
+        assert got.keys() == eager.keys()
+        for k in eager:  # as accurate as the eager float32 forward
+            err_fast, err_eager = (got[k].double() - truth[k]).abs().max(), (eager[k].double() - truth[k]).abs().max()
+            assert err_fast <= 4 * err_eager + 1e-6, (k, float(err_fast), float(err_eager))
+        assert type(gen.backbone).__name__ == "DualStreamRestormer"  # swapped back
 
 
 def test_progress_counts_every_stage_of_every_image():
