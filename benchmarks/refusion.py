@@ -96,7 +96,8 @@ def score(checkpoint: Path, data: Path, ir: str, vi: str, out: Path) -> dict[str
     metaloss_cli("eval", "--ir", str(data / ir), "--vi", str(data / vi), "--fused", str(fused),
                  "--profile", "cddfuse", "--metrics", *METRICS, "--json", str(report), "--summary", "--no-progress")
     result = json.loads(report.read_text())
-    return {m: float(v) for m, v in result["methods"][0]["mean"].items()}
+    (method,) = result["methods"].values()
+    return {m: float(v) for m, v in method["mean"].items()}
 
 
 def ship(checkpoint: Path, name: str) -> Path:
@@ -161,7 +162,7 @@ def figure(checkpoint: Path, data: Path, ir: str, vi: str, names: list[str], out
     for row, name in enumerate(names):
         pair = load_pair(next((data / ir).glob(name + ".*")), next((data / vi).glob(name + ".*")))
         result = fuse_images(model, pair, weights=True)
-        panels = [(pair.ir.y[0, 0].numpy(), "infrared", "gray"), (pair.vi.y[0, 0].numpy(), "visible (Y)", "gray"),
+        panels = [(pair.ir.y[0].numpy(), "infrared", "gray"), (pair.vi.y[0].numpy(), "visible (Y)", "gray"),
                   (result.image, "fused", "gray"), (result.maps["w_ir"].numpy(), "learned W (infrared)", "inferno")]
         for ax, (img, title, cmap) in zip(axes[row], panels):
             ax.imshow(img, cmap=cmap, vmin=0 if img.dtype != "uint8" else None, vmax=1 if img.dtype != "uint8" else None)
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "pretrained":
         out = runs / "refusion-pretrained"
-        seconds = train("examples/refusion_roadscene.toml", out, args.overrides, nproc=2)
+        seconds = train("examples/refusion_roadscene.toml", out, args.overrides)
         ckpt = out / "checkpoints" / "last.pt"
         values = score(ckpt, DATA / "tno25", "ir", "vi", out / "tno25")
         met = {m: values[m] >= t for m, t in TNO_TARGET.items()}

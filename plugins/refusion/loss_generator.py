@@ -8,7 +8,10 @@ we build it from the same two-stream Restormer backbone as TDFusion's loss gener
   magnitude ``|∇I| = |S_x * I| + |S_y * I|`` (L1 magnitude, as the reference code bases compute
   it), from the same Sobel operator as the fusion loss (``metaloss.losses.sobel``, zero padding);
 * four output maps ``[W_a, W_b, V_a, V_b]``, each pair softmax-normalised over the two sources:
-  W weights the intensity term, V the gradient term of the fusion loss.
+  W weights the intensity term, V the gradient term of the fusion loss.  With
+  ``gradient_weights=False`` only W is proposed and the gradient term keeps the max rule
+  (``metaloss.losses.fusion_loss``): the variant the default pretrained model was trained with, since
+  learned V weights drifted to one source and dropped the other's edges (docs/refusion.md).
 
 Default sizes: 45,105 trainable parameters.
 """
@@ -35,7 +38,7 @@ class ReFusionLossGenerator(nn.Module):
     """ReFusion's loss proposal module: ``forward(ir, vi) -> {"intensity": W, "gradient": V}``.
 
     W and V are ``[B, 2, H, W]``, channel 0 infrared (a), channel 1 visible (b); each pair sums to 1
-    per pixel (softmax over the two sources).  The Sobel magnitudes of both sources are computed
+    per pixel (softmax over the two sources).  ``gradient_weights=False``: W only (max-rule gradient term).  The Sobel magnitudes of both sources are computed
     inside ``forward``.  45,105 trainable parameters at the default sizes.
     """
 
@@ -48,11 +51,13 @@ class ReFusionLossGenerator(nn.Module):
         ffn_expansion: float = 2.0,
         bias: bool = False,
         layernorm: LayerNormKind = "with_bias",
+        gradient_weights: bool = True,
     ) -> None:
         super().__init__()
+        self.gradient_weights = gradient_weights
         self.backbone = DualStreamRestormer(
             in_channels=2,
-            out_channels=4,
+            out_channels=4 if gradient_weights else 2,
             dim=dim,
             heads=heads,
             blocks_per_source=blocks_per_modality,
@@ -67,6 +72,8 @@ class ReFusionLossGenerator(nn.Module):
     def forward(self, ir: Tensor, vi: Tensor) -> dict[str, Tensor]:
         a = torch.cat([ir, sobel_magnitude(ir)], dim=1)
         b = torch.cat([vi, sobel_magnitude(vi)], dim=1)
-        logits = self.backbone(a, b)  # [B, 4, H, W] = [W_a, W_b, V_a, V_b]
+        logits = self.backbone(a, b)  # [B, 4, H, W] = [W_a, W_b, V_a, V_b]  ([W_a, W_b] without V)
+        if not self.gradient_weights:
+            return {"intensity": logits.softmax(dim=1)}
         w, v = logits.split(2, dim=1)
         return {"intensity": w.softmax(dim=1), "gradient": v.softmax(dim=1)}

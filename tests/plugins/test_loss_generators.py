@@ -188,3 +188,13 @@ def test_reference_lpn_checkpoint_keys_convert() -> None:
     gen.load_state_dict(convert_reference_lpn(values), strict=True)
     torch.testing.assert_close(gen.backbone.act.weight, values["out2.weight"])
     torch.testing.assert_close(gen.backbone.decoder[0].attn.temperature, values["encoder3.0.attn.temperature"])
+
+
+def test_refusion_without_gradient_weights_proposes_intensity_weights_only() -> None:
+    torch.manual_seed(0)
+    ir, vi = images((9, 11), batch=2)
+    generator = ReFusionLossGenerator(gradient_weights=False)
+    maps = generator(ir, vi)
+    assert set(maps) == {"intensity"}  # the fusion loss's gradient term then keeps the max rule
+    torch.testing.assert_close(maps["intensity"].sum(dim=1), torch.ones(2, 9, 11))
+    assert sum(p.numel() for p in generator.parameters()) < sum(p.numel() for p in ReFusionLossGenerator().parameters())
