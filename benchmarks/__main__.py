@@ -116,6 +116,11 @@ def meta_part(args: argparse.Namespace) -> tuple[str, dict]:
     impls = ["torch.func", "torch.func:recompute", "torch.func:double_backward", "higher", "reference"]
     data = meta_step.run_all(impls, crop, task, [1], 1 if args.quick else args.repeats, args.device, args.threads,
                              log=lambda s: print(s, file=sys.stderr))
+    # the meta-gradients in float64 (small sizes): differences of rounding only?
+    check = meta_step.run_all(["torch.func", "torch.func:double_backward", "higher", "reference"], 32 if args.quick else 64,
+                              (32, 32) if args.quick else (64, 64), [1], 1, args.device, args.threads,
+                              log=lambda s: print(s, file=sys.stderr), dtype="float64")
+    data["float64_check"] = check
     rows = {r["impl"]: r for r in data["results"]}
     cuda = args.device.startswith("cuda")
     key = "wall_s" if cuda or args.threads > 1 else "cpu_s"
@@ -139,6 +144,10 @@ def meta_part(args: argparse.Namespace) -> tuple[str, dict]:
         meta_step.table(data),
         "",
         *verdicts,
+        "",
+        f"The same meta-gradients in float64 ({check['crop']}×{check['crop']} crops, task {check['task'][0]}×{check['task'][1]}), "
+        "relative difference from `torch.func`: "
+        + ", ".join(f"`{k}` {v:.1e}" for k, v in check["grad_rel_diff"]["1"].items() if k != "torch.func") + ".",
     ])
     return body, data
 

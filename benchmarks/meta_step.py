@@ -39,7 +39,7 @@ IMPLS = ("torch.func", "torch.func:double_backward", "torch.func:recompute", "hi
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _config(impl: str, crop: int, task: tuple[int, int], inner_steps: int, device: str) -> dict:
+def _config(impl: str, crop: int, task: tuple[int, int], inner_steps: int, device: str, dtype: str = "float32") -> dict:
     h, w = max(crop, task[0]), max(crop, task[1])
     performance: dict = {}
     meta: dict = {"inner_steps": inner_steps}
@@ -53,6 +53,7 @@ def _config(impl: str, crop: int, task: tuple[int, int], inner_steps: int, devic
         raise ValueError(f"unknown implementation {impl!r}; choose from {', '.join(IMPLS)}")
     return {
         "device": device,
+        "dtype": dtype,
         "data": {"name": "synthetic", "num_images": 4, "height": h, "width": w, "crop_size": crop, "task_size": list(task)},
         "task": {"name": "segmentation", "drop_path": 0.0},
         "meta": meta,
@@ -65,7 +66,7 @@ def _rss() -> int:
 
 
 def measure(impl: str, crop: int, task: tuple[int, int], inner_steps: int, repeats: int, device: str,
-            grad_file: str | None = None) -> dict:
+            grad_file: str | None = None, dtype: str = "float32") -> dict:
     import torch
 
     from metaloss.config import load_config
@@ -75,7 +76,7 @@ def measure(impl: str, crop: int, task: tuple[int, int], inner_steps: int, repea
 
     if impl == "reference" and inner_steps != 1:
         raise ValueError("the reference-style meta-step takes one inner step")
-    cfg = load_config(_config(impl, crop, task, inner_steps, device))
+    cfg = load_config(_config(impl, crop, task, inner_steps, device, dtype))
     exp = build_experiment(cfg)
     problem = exp.problem
     g = torch.Generator().manual_seed(0)
@@ -135,17 +136,18 @@ def measure(impl: str, crop: int, task: tuple[int, int], inner_steps: int, repea
         "device": torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "dtype": dtype,
     }
 
 
 def run_child(impl: str, crop: int, task: tuple[int, int], inner_steps: int, repeats: int, device: str,
-              threads: int, grad_file: str) -> dict:
+              threads: int, grad_file: str, dtype: str = "float32") -> dict:
     """``measure`` in a fresh Python process with ``threads`` intra-op threads."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), YOLO_OFFLINE="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     cmd = [sys.executable, "-m", "benchmarks.meta_step", "--one", "--impls", impl, "--crop", str(crop),
            "--task", *map(str, task), "--inner-steps", str(inner_steps), "--repeats", str(repeats),
-           "--device", device, "--grad-file", grad_file]
+           "--device", device, "--grad-file", grad_file, "--dtype", dtype]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
@@ -162,7 +164,7 @@ def compare(grad_files: dict[str, str], base: str) -> dict[str, float]:
 
 
 def run_all(impls: list[str], crop: int, task: tuple[int, int], inner_steps: list[int], repeats: int, device: str,
-            threads: int, log=print) -> dict:
+            threads: int, log=print, dtype: str = "float32") -> dict:
     results, diffs = [], {}
     with tempfile.TemporaryDirectory(prefix="bench-meta-") as tmp:
         for k in inner_steps:
@@ -171,13 +173,13 @@ def run_all(impls: list[str], crop: int, task: tuple[int, int], inner_steps: lis
                 if impl == "reference" and k != 1:
                     continue
                 files[impl] = os.path.join(tmp, f"{impl.replace(':', '_')}-{k}.pt")
-                r = run_child(impl, crop, task, k, repeats, device, threads, files[impl])
+                r = run_child(impl, crop, task, k, repeats, device, threads, files[impl], dtype)
                 results.append(r)
                 log(f"  {impl}, {k} inner step(s): {min(r['cpu_s']):.2f} CPU-s, {min(r['wall_s']):.2f} s wall, "
                     f"peak {r['peak_bytes'] / 2**30:.2f} GiB ({r['peak_kind']})")
             if files:
                 diffs[k] = compare(files, next(iter(files)))
-    return {"crop": crop, "task": list(task), "threads": threads, "device": device, "results": results,
+    return {"crop": crop, "task": list(task), "threads": threads, "device": device, "dtype": dtype, "results": results,
             "grad_rel_diff": {str(k): v for k, v in diffs.items()}}
 
 
@@ -215,16 +217,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads of each child process (default 1)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                        help="float64: to check that the meta-gradients differ by rounding only")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # child-process mode
     parser.add_argument("--grad-file", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        r = measure(args.impls[0], args.crop, tuple(args.task), args.inner_steps[0], args.repeats, args.device, args.grad_file)
+        r = measure(args.impls[0], args.crop, tuple(args.task), args.inner_steps[0], args.repeats, args.device, args.grad_file,
+                    args.dtype)
         print(json.dumps(r))
         return 0
     data = run_all(args.impls, args.crop, tuple(args.task), args.inner_steps, args.repeats, args.device, args.threads,
-                   log=lambda s: print(s, file=sys.stderr))
+                   log=lambda s: print(s, file=sys.stderr), dtype=args.dtype)
     print(table(data))
     if args.json:
         Path(args.json).write_text(json.dumps(data, indent=2))
