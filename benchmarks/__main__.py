@@ -90,12 +90,27 @@ def _load() -> str:
         return "n/a"
 
 
-def header(args: argparse.Namespace, load_start: str, title: str) -> str:
-    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    threads = f"{args.threads} intra-op thread{'s' if args.threads > 1 else ''} per process"
+def conditions(args: argparse.Namespace, load_start: str) -> dict:
+    """When, where and how a part was measured (stored with its results)."""
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "versions": _versions(),
+        "device": args.device,
+        "threads": args.threads,
+        "repeats": 1 if args.quick else args.repeats,
+        "quick": bool(args.quick),
+        "load_start": load_start,
+        "load_end": _load(),
+    }
+
+
+def header(c: dict, title: str) -> str:
+    threads = f"{c['threads']} intra-op thread{'s' if c['threads'] > 1 else ''} per process"
     return (
-        f"*{title}: measured {when} on {machine()}; {_versions()}; device {args.device}, {threads}; "
-        f"load average (1/5/15 min) {load_start} at the start, {_load()} at the end.*"
+        f"*{title}: measured {c['date']} on {c['machine']}; {c['versions']}; device {c['device']}, {threads}; "
+        f"load average (1/5/15 min) {c['load_start']} at the start, {c['load_end']} at the end"
+        f"{'; quick mode' if c.get('quick') else ''}.*"
     )
 
 
@@ -110,56 +125,73 @@ def write_section(doc: Path, part: str, body: str) -> None:
 
 
 # -- parts ------------------------------------------------------------------------------------------------
-def meta_part(args: argparse.Namespace) -> tuple[str, dict]:
+def meta_part(args: argparse.Namespace) -> dict:
     load = _load()
     crop, task = (64, (64, 64)) if args.quick else (256, (240, 320))
     impls = ["torch.func", "torch.func:recompute", "torch.func:double_backward", "higher", "reference"]
     data = meta_step.run_all(impls, crop, task, [1], 1 if args.quick else args.repeats, args.device, args.threads,
                              log=lambda s: print(s, file=sys.stderr))
     # the meta-gradients in float64 (small sizes): differences of rounding only?
-    check = meta_step.run_all(["torch.func", "torch.func:double_backward", "higher", "reference"], 32 if args.quick else 64,
-                              (32, 32) if args.quick else (64, 64), [1], 1, args.device, args.threads,
-                              log=lambda s: print(s, file=sys.stderr), dtype="float64")
-    data["float64_check"] = check
+    data["float64_check"] = meta_step.run_all(
+        ["torch.func", "torch.func:double_backward", "higher", "reference"], 32 if args.quick else 64,
+        (32, 32) if args.quick else (64, 64), [1], 1, args.device, args.threads,
+        log=lambda s: print(s, file=sys.stderr), dtype="float64",
+    )
+    data["conditions"] = conditions(args, load)
+    return data
+
+
+def render_meta(data: dict) -> str:
+    c = data["conditions"]
     rows = {r["impl"]: r for r in data["results"]}
-    cuda = args.device.startswith("cuda")
-    key = "wall_s" if cuda or args.threads > 1 else "cpu_s"
+    key = "wall_s" if c["device"].startswith("cuda") or c["threads"] > 1 else "cpu_s"
     t = lambda impl: min(rows[impl][key])
     m = lambda impl: rows[impl]["peak_bytes"]
     verdicts = []
     for impl in ("torch.func", "torch.func:recompute"):
+        if impl not in rows or "reference" not in rows:
+            continue
         tr, mr = t(impl) / t("reference"), m(impl) / m("reference")
-        verdicts.append(
-            f"- `{impl}`: time {tr:.2f}× the reference-style step (target ≤ {META_TIME_TARGET}: "
-            f"{'met' if tr <= META_TIME_TARGET else 'not met'}), peak memory {mr:.2f}× "
-            f"(target ≤ {META_MEMORY_TARGET}: {'met' if mr <= META_MEMORY_TARGET else 'not met'}); "
-            f"{'no slower' if t(impl) <= t('higher') else 'slower'} than `higher` ({t(impl):.2f} vs {t('higher'):.2f} s)."
-        )
-    body = "\n".join([
-        header(args, load, "Meta-step"),
+        line = (f"- `{impl}`: time {tr:.2f}× the reference-style step (target ≤ {META_TIME_TARGET}: "
+                f"{'met' if tr <= META_TIME_TARGET else 'not met'}), peak memory {mr:.2f}× "
+                f"(target ≤ {META_MEMORY_TARGET}: {'met' if mr <= META_MEMORY_TARGET else 'not met'})")
+        if "higher" in rows:
+            line += (f"; {'no slower' if t(impl) <= t('higher') else 'slower'} than `higher` "
+                     f"({t(impl):.2f} vs {t('higher'):.2f} s)")
+        verdicts.append(line + ".")
+    crop, task = data["crop"], data["task"]
+    lines = [
+        header(c, "Meta-step"),
         "",
         f"Crops {crop}×{crop}, task input {task[0]}×{task[1]}, batch 1 doubled by the modality swap (2 images), "
-        f"one inner step, the first step (from the common initial state) not timed; best of {1 if args.quick else args.repeats}.",
+        f"one inner step; the first step (from the common initial state: its meta-gradients are the ones compared) "
+        f"is not timed; best of {c['repeats']} timed steps.",
         "",
         meta_step.table(data),
         "",
         *verdicts,
-        "",
-        f"The same meta-gradients in float64 ({check['crop']}×{check['crop']} crops, task {check['task'][0]}×{check['task'][1]}), "
-        "relative difference from `torch.func`: "
-        + ", ".join(f"`{k}` {v:.1e}" for k, v in check["grad_rel_diff"]["1"].items() if k != "torch.func") + ".",
-    ])
-    return body, data
+    ]
+    check = data.get("float64_check")
+    if check:
+        diffs = ", ".join(f"`{k}` {v:.1e}" for k, v in check["grad_rel_diff"]["1"].items() if k != "torch.func")
+        lines += ["", f"The same meta-gradients in float64 at {check['crop']}×{check['crop']} crops, task "
+                      f"{check['task'][0]}×{check['task'][1]}, relative difference from `torch.func`: {diffs}."]
+    return "\n".join(lines)
 
 
-def inference_part(args: argparse.Namespace) -> tuple[str, dict]:
+def inference_part(args: argparse.Namespace) -> dict:
     load = _load()
     sizes = [(120, 160)] if args.quick else [(480, 640), (1024, 1280)]
-    engines = list(inference_speed.ENGINES)
-    data = inference_speed.run_all(sizes, engines, 1 if args.quick else args.repeats, args.threads, args.device,
-                                   log=lambda s: print(s, file=sys.stderr))
+    data = inference_speed.run_all(sizes, list(inference_speed.ENGINES), 1 if args.quick else args.repeats, args.threads,
+                                   args.device, log=lambda s: print(s, file=sys.stderr))
+    data["conditions"] = conditions(args, load)
+    return data
+
+
+def render_inference(data: dict) -> str:
+    c = data["conditions"]
     rate = max(data["matmul_rates"])
-    one = args.threads == 1 and not args.device.startswith("cuda")
+    one = data["threads"] == 1 and not data["device"].startswith("cuda")
     verdicts = []
     for r in data["results"]:
         if r["size"] == [480, 640] and r["engine"] in ("fast", "torch", "onnxruntime"):
@@ -167,22 +199,22 @@ def inference_part(args: argparse.Namespace) -> tuple[str, dict]:
             ratio = t / (data["flops_per_pixel"] * 480 * 640 / rate)
             verdicts.append(f"- `{r['engine']}` at 480×640: {ratio:.1f}× the floor (target ≤ {INFERENCE_FLOOR_TARGET:.0f}: "
                             f"{'met' if ratio <= INFERENCE_FLOOR_TARGET else 'not met'}).")
-    body = "\n".join([
-        header(args, load, "Inference"),
+    return "\n".join([
+        header(c, "Inference"),
         "",
         f"The network: {data['flops_per_pixel'] / 2:,.0f} multiply-adds per pixel "
         f"({data['flops_per_pixel'] * 480 * 640 / 2e9:.1f} GMAC at 480×640). Matrix-product rate "
         f"{', then '.join(f'{x / 1e9:.0f}' for x in data['matmul_rates'])} GFLOP/s (before, after the engines; "
-        f"{'CPU time, 1 thread' if one else 'wall time'}); floor = FLOPs / the larger rate.",
+        f"{'CPU time, 1 thread' if one else 'wall time'}); floor = FLOPs / the larger rate. Best of {c['repeats']} pairs "
+        "after a warm-up pair.",
         "",
         inference_speed.table(data),
         "",
         *verdicts,
     ])
-    return body, data
 
 
-def metrics_part(args: argparse.Namespace) -> tuple[str, dict]:
+def metrics_part(args: argparse.Namespace) -> dict:
     from benchmarks import metrics_speed
 
     load = _load()
@@ -193,8 +225,16 @@ def metrics_part(args: argparse.Namespace) -> tuple[str, dict]:
         code = metrics_speed.main(argv)
     if code:
         raise RuntimeError(f"benchmarks.metrics_speed {' '.join(argv)} failed with status {code}")
-    body = "\n".join([header(args, load, "Latest run of `python -m benchmarks --parts metrics`"), "", out.getvalue().strip()])
-    return body, {"argv": argv, "output": out.getvalue()}
+    return {"argv": argv, "output": out.getvalue(), "conditions": conditions(args, load)}
+
+
+def render_metrics(data: dict) -> str:
+    return "\n".join([header(data["conditions"], "Latest run of `python -m benchmarks --parts metrics`"), "",
+                      data["output"].strip()])
+
+
+RUN = {"meta": meta_part, "inference": inference_part, "metrics": metrics_part}
+RENDER = {"meta": render_meta, "inference": render_inference, "metrics": render_metrics}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,18 +248,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="timed repeats per configuration (best kept)")
     parser.add_argument("--doc", type=Path, help=f"document to update (default {DOC.relative_to(ROOT)}; none with --quick)")
     parser.add_argument("--json", type=Path, help="also write all results to this JSON file")
+    parser.add_argument("--from-json", type=Path, help="render the sections from a JSON file written by --json "
+                        "(no measurement)")
     args = parser.parse_args(argv)
     doc = args.doc or (None if args.quick else DOC)
-    results = {}
+    if args.from_json:
+        results = json.loads(args.from_json.read_text())
+    else:
+        results = {}
+        for part in args.parts:
+            print(f"benchmarks: {part}", file=sys.stderr)
+            results[part] = RUN[part](args)
+            if args.json:  # after every part, so that a later failure keeps the finished ones
+                args.json.write_text(json.dumps(results, indent=2))
     for part in args.parts:
-        print(f"benchmarks: {part}", file=sys.stderr)
-        body, data = {"meta": meta_part, "inference": inference_part, "metrics": metrics_part}[part](args)
-        results[part] = data
+        if part not in results:
+            continue
+        body = RENDER[part](results[part])
         print(body + "\n")
         if doc is not None:
             write_section(doc, part, body)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
     return 0
 
 

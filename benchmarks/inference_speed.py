@@ -171,6 +171,16 @@ def run_all(sizes: list[tuple[int, int]], engines: list[str], repeats: int, thre
     rates = [rate()]
     log(f"  matmul rate: {rates[0] / 1e9:.0f} GFLOP/s")
     per_pixel = flops_per_pixel()
+    if device.startswith("cuda") and "onnxruntime" in engines:
+        try:
+            import onnxruntime as ort
+
+            has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+        except ImportError:
+            has_cuda = False
+        if not has_cuda:  # the CPU package would silently run on the CPU
+            log("  onnxruntime has no CUDA provider here (pip install onnxruntime-gpu): skipped")
+            engines = [e for e in engines if e != "onnxruntime"]
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
         for h, w in sizes:

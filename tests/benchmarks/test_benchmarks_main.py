@@ -29,3 +29,31 @@ def test_tables_and_machine():
                         "peak_rss_bytes": 2**30, "max_abs_diff": 1e-7}]}
     assert "| 100×200 | `fast` | 0.05 | 0.01 | 5.0 | 1.00 | 1e-07 |" in inference_speed.table(inf)
     assert "cores" in machine()
+
+
+def test_sections_render_from_saved_results(tmp_path):
+    import json
+
+    from benchmarks.__main__ import main
+
+    cond = {"date": "2026-01-01 00:00 UTC", "machine": "m", "versions": "v", "device": "cpu", "threads": 1,
+            "repeats": 2, "quick": False, "load_start": "1.0/1.0/1.0", "load_end": "2.0/2.0/2.0"}
+    row = lambda impl, t, m: {"impl": impl, "inner_steps": 1, "cpu_s": [t], "wall_s": [t], "peak_bytes": m * 2**30,
+                              "rss_before_bytes": 2**30, "peak_kind": "rss"}
+    meta = {"crop": 256, "task": [240, 320], "conditions": cond,
+            "results": [row("torch.func", 7.0, 4.0), row("higher", 9.0, 8.0), row("reference", 10.0, 8.0)],
+            "grad_rel_diff": {"1": {"torch.func": 0.0, "higher": 1e-7, "reference": 2e-6}},
+            "float64_check": {"crop": 64, "task": [64, 64], "grad_rel_diff": {"1": {"torch.func": 0.0, "reference": 3e-15}}}}
+    inference = {"threads": 1, "device": "cpu", "flops_per_pixel": 1.2e5, "matmul_rates": [8e10, 9e10], "conditions": cond,
+                 "results": [{"engine": "fast", "size": [480, 640], "cpu_s": [1.0], "wall_s": [1.1],
+                              "peak_rss_bytes": 2**30, "max_abs_diff": 1e-7}]}
+    saved = tmp_path / "r.json"
+    saved.write_text(json.dumps({"meta": meta, "inference": inference}))
+    doc = tmp_path / "b.md"
+    assert main(["--from-json", str(saved), "--doc", str(doc), "--parts", "meta", "inference"]) == 0
+    text = doc.read_text()
+    assert "time 0.70× the reference-style step (target ≤ 0.8: met), peak memory 0.50× (target ≤ 0.8: met)" in text
+    assert "no slower than `higher` (7.00 vs 9.00 s)" in text
+    assert "`reference` 3.0e-15" in text
+    assert "`fast` at 480×640: 2.4× the floor (target ≤ 3: met)" in text
+    assert "load average (1/5/15 min) 1.0/1.0/1.0 at the start, 2.0/2.0/2.0 at the end" in text
