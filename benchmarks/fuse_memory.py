@@ -26,12 +26,13 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "llvip" / "test"
 
 #: (label, extra `metaloss fuse` arguments)
 CONFIGS: list[tuple[str, list[str]]] = [
-    ("whole image (`--tile 0`)", ["--tile", "0"]),
-    ("default (auto: exact, 384 chunks)", []),
-    ("exact, `--tile 256`", ["--tiling", "exact", "--tile", "256"]),
-    ("exact, `--tile 640`", ["--tiling", "exact", "--tile", "640"]),
-    ("blend, `--tile 640 --overlap 192`", ["--tiling", "blend", "--tile", "640", "--overlap", "192"]),
+    ("torch engine, whole image (`--engine torch --tile 0`)", ["--engine", "torch", "--tile", "0"]),
+    ("default (auto: fast engine on the CPU)", []),
+    ("default, `--allocator release`", ["--allocator", "release"]),
     ("default + `--save-weights`", ["--save-weights"]),
+    ("torch engine, exact in 384 chunks (`--engine torch`)", ["--engine", "torch"]),
+    ("torch engine, exact, `--tile 256`", ["--engine", "torch", "--tiling", "exact", "--tile", "256"]),
+    ("torch engine, blend, `--tile 640 --overlap 192`", ["--engine", "torch", "--tiling", "blend", "--tile", "640", "--overlap", "192"]),
 ]
 
 

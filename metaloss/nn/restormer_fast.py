@@ -99,6 +99,8 @@ class _Prepared:
         self.head_in = net.head_in
         self.act = net.act
         self.head_out = net.head_out
+        stem = max(e["stem"].out_channels for e in self.enc)
+        self.max_channels = max([2 * stem] + [b["proj"][0].shape[0] for b in self.decoder])  # widest full-size map
 
     @staticmethod
     def _block(blk: nn.Module) -> dict[str, Any]:
@@ -245,31 +247,71 @@ class _Sums:
 
 # -- stages -----------------------------------------------------------------------------------------------
 class _Pool:
-    """Full-resolution buffers reused across the stages of an image (so that the heap does not
-    fragment into many freed maps of the same few sizes)."""
+    """Full-resolution maps served from a few reused slabs, so that the heap neither grows with
+    freed maps of the first widths nor fragments.  A slab holds ``slab_numel`` elements (the
+    widest map); a narrower map is one of the equal pieces that a slab is cut into, and a slab
+    whose pieces are all free again serves any width.  With Restormer's widths (C in the
+    encoders, 2C after the merge) an image needs three slabs where per-width buffers need five."""
 
-    def __init__(self) -> None:
-        self.free: list[Tensor] = []
+    def __init__(self, slab_numel: int) -> None:
+        self.slab_numel = slab_numel
+        self.slabs: list[Tensor] = []
+        self.pieces: list[list[Tensor | None] | None] = []  # per slab: None = whole and free, else its pieces (None = in use)
+        self.busy: dict[int, int] = {}  # data_ptr of a whole slab in use -> slab index
+        self.owner: dict[int, tuple[int, int]] = {}  # data_ptr of a piece in use -> (slab, piece)
 
     def take(self, like: Tensor, rows: int, channels: int) -> Tensor:
-        for i, t in enumerate(self.free):
-            if t.shape == (rows, channels) and t.dtype == like.dtype and t.device == like.device:
-                return self.free.pop(i)
-        return like.new_empty(rows, channels)
+        numel = rows * channels
+        if numel > self.slab_numel:
+            return like.new_empty(rows, channels)
+        n = self.slab_numel // numel
+        for s, pieces in enumerate(self.pieces):  # a free piece of this size in a cut slab
+            slab = self.slabs[s]
+            if pieces and len(pieces) == n and slab.dtype == like.dtype and slab.device == like.device:
+                for i, p in enumerate(pieces):
+                    if p is not None:
+                        pieces[i] = None
+                        self.owner[p.data_ptr()] = (s, i)
+                        return p.view(rows, channels)
+        s = self._whole_free(like)
+        if n == 1:
+            self.pieces[s] = []
+            self.busy[self.slabs[s].data_ptr()] = s
+            return self.slabs[s][:numel].view(rows, channels)
+        cut: list[Tensor | None] = [self.slabs[s][i * numel : (i + 1) * numel] for i in range(n)]
+        first = cut[0]
+        cut[0] = None
+        self.pieces[s] = cut
+        self.owner[first.data_ptr()] = (s, 0)
+        return first.view(rows, channels)
+
+    def _whole_free(self, like: Tensor) -> int:
+        for s, pieces in enumerate(self.pieces):
+            if pieces is None and self.slabs[s].dtype == like.dtype and self.slabs[s].device == like.device:
+                return s
+        self.slabs.append(like.new_empty(self.slab_numel))
+        self.pieces.append(None)
+        return len(self.slabs) - 1
 
     def give(self, *tensors: Tensor) -> None:
-        self.free.extend(tensors)
-
-    def keep_only(self, channels: int) -> None:
-        """Release the free buffers of other widths (the narrower maps of the encoders)."""
-        self.free = [t for t in self.free if t.shape[1] == channels]
+        """Return maps taken from the pool; other tensors are dropped (freed when unreferenced)."""
+        for t in tensors:
+            ptr = t.data_ptr()
+            if ptr in self.busy:
+                self.pieces[self.busy.pop(ptr)] = None
+            elif ptr in self.owner:
+                s, i = self.owner.pop(ptr)
+                pieces = self.pieces[s]
+                pieces[i] = t.reshape(-1)
+                if all(p is not None for p in pieces):
+                    self.pieces[s] = None
 
 
 class _Runner:
-    def __init__(self, height: int, width: int, band_pixels: int) -> None:
+    def __init__(self, height: int, width: int, band_pixels: int, max_channels: int) -> None:
         self.h, self.w = height, width
         self.bands = list(_bands(height, width, band_pixels))
-        self.pool = _Pool()
+        self.pool = _Pool(height * width * max_channels)
 
     def halo(self, r0: int, r1: int, radius: int) -> tuple[int, int, slice]:
         a0, a1 = max(0, r0 - radius), min(self.h, r1 + radius)
@@ -387,7 +429,7 @@ class FastRestormer:
 
     def _one(self, a: Tensor, b: Tensor) -> Tensor:
         h, w = a.shape[-2:]
-        run = _Runner(h, w, self.band_pixels)
+        run = _Runner(h, w, self.band_pixels, self.p.max_channels)
         streams = []
         for x, enc in zip((a, b), self.p.enc):
             y = run.stem(x, enc["stem"])
@@ -403,7 +445,6 @@ class FastRestormer:
             self._step()
         run.pool.give(*streams)
         del streams
-        run.pool.keep_only(z.shape[1])
         for blk in self.p.decoder:
             z, old = run.block(z, blk), z
             run.pool.give(old)

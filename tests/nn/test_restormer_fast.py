@@ -108,3 +108,22 @@ def test_module_is_restored_after_an_error():
     with pytest.raises(RuntimeError):
         fast_forward(net, torch.rand(1, 2, 8, 8), torch.rand(1, 2, 8, 8))  # wrong channel count
     assert net.backbone is backbone
+
+
+def test_pool_reuses_slabs_across_widths():
+    """Two C-wide maps share one 2C-wide slab; once both are returned the slab serves a 2C map."""
+    from metaloss.nn.restormer_fast import _Pool
+
+    like = torch.empty(0)
+    pool = _Pool(10 * 32)
+    a, b = pool.take(like, 10, 16), pool.take(like, 10, 16)
+    assert len(pool.slabs) == 1 and a.shape == (10, 16) and a.data_ptr() != b.data_ptr()
+    wide = pool.take(like, 10, 32)  # the only slab is in use: a new one
+    assert len(pool.slabs) == 2
+    pool.give(a)
+    assert pool.take(like, 10, 16).data_ptr() == a.data_ptr()  # the free piece, not a new slab
+    pool.give(a, b, wide, torch.empty(10, 16))  # a foreign tensor is dropped
+    assert pool.take(like, 10, 32).data_ptr() in {s.data_ptr() for s in pool.slabs}
+    assert pool.take(like, 10, 32).data_ptr() in {s.data_ptr() for s in pool.slabs}
+    assert len(pool.slabs) == 2
+    assert pool.take(like, 20, 32).shape == (20, 32)  # larger than a slab: allocated outside the pool
