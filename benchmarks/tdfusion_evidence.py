@@ -133,10 +133,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/evidence")
     parser.add_argument("--quick", action="store_true", help="tiny budget, to check the script")
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/tdfusion.md")
+    parser.add_argument("--combine", nargs="+", type=Path, metavar="JSON",
+                        help="no training: summarise the results.json files of earlier runs (e.g. one process per task, "
+                        "run concurrently with --no-doc) with this run's budget arguments")
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.epochs, args.meta_steps, args.images, args.scenes, args.warmup = [0], 2, 2, 4, 4, 1
+    if args.combine:
+        results = [r for f in args.combine for r in json.loads(f.read_text())]
+        args.tasks = [t for t in TASK_METRIC if any(r["task"] == t for r in results)]
+        args.seeds = sorted({r["seed"] for r in results})
+        table = summarise(results, args)
+        print(table)
+        if not args.no_doc:
+            write_doc(table)
+        return 0
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
     for task in args.tasks:
         for seed in args.seeds:
@@ -150,9 +163,9 @@ def main(argv: list[str] | None = None) -> int:
                        "metric": metrics[TASK_METRIC[task]], "seconds": time.perf_counter() - start, **weights}
                 results.append(row)
                 print(json.dumps(row), file=sys.stderr)
+                (out / "results.json").write_text(json.dumps(results, indent=2))  # after every run
                 if learned and seed == args.seeds[0]:
                     figure(run_dir, cfg, ROOT / "docs" / "figures" / f"tdfusion_weights_{task}.png")
-    (out / "results.json").write_text(json.dumps(results, indent=2))
     table = summarise(results, args)
     print(table)
     if not args.no_doc:
@@ -163,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 def summarise(results: list[dict], args: argparse.Namespace) -> str:
     lines = [
         f"Budget per run: {args.epochs} epochs x ({args.meta_steps} meta-steps for the learned loss + one pass over "
-        f"{args.images} scenes of {args.size}x{args.size}); held-out: {args.scenes} scenes of the test split; "
+        f"{args.images} scenes of {args.size}x{args.size}), warm-up {args.warmup} epoch(s), outer lr {args.outer_lr:g}; held-out: {args.scenes} scenes of the test split; "
         f"seeds {args.seeds}.",
         "",
         "| task | metric | learned (mean) | fixed 0.5 (mean) | learned w_ir on objects | on background | difference |",
@@ -179,10 +192,15 @@ def summarise(results: list[dict], args: argparse.Namespace) -> str:
             f"{m(learned, 'w_ir_objects'):.3f} | {m(learned, 'w_ir_background'):.3f} | "
             f"{m(learned, 'w_ir_objects') - m(learned, 'w_ir_background'):+.3f} |"
         )
-    lines += ["", "Per run:", "", "| task | seed | variant | metric | w_ir objects | w_ir background | seconds |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "Per run (w_ir: the learned infrared weight; swapped: the same with the infrared image in the visible "
+              "image's input slot; the fixed loss has 0.5 everywhere):", "",
+              "| task | seed | variant | metric | w_ir objects | background | markings | objects, swapped | background, swapped | seconds |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['task']} | {r['seed']} | {r['variant']} | {r['metric']:.3f} | {r['w_ir_objects']:.3f} | "
-                     f"{r['w_ir_background']:.3f} | {r['seconds']:.0f} |")
+        w = lambda k: "" if r["variant"] == "fixed" else f"{r[k]:.3f}"
+        lines.append(f"| {r['task']} | {r['seed']} | {r['variant']} | {r['metric']:.3f} | {w('w_ir_objects')} | "
+                     f"{w('w_ir_background')} | {w('w_ir_markings')} | {w('w_ir_objects_swapped')} | "
+                     f"{w('w_ir_background_swapped')} | {r['seconds']:.0f} |")
     return "\n".join(lines)
 
 
