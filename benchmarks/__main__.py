@@ -26,6 +26,7 @@ which the other jobs of a shared machine disturb least; ``--threads`` changes th
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import contextlib
 import datetime as dt
 import io
@@ -55,7 +56,8 @@ def _versions() -> str:
     for name in ("onnxruntime", "cv2", "higher", "segmentation_models_pytorch"):
         try:
             module = __import__(name)
-            parts.append(f"{'opencv' if name == 'cv2' else name} {getattr(module, '__version__', '?')}")
+            version = getattr(module, "__version__", None) or importlib.metadata.version(name)
+            parts.append(f"{'opencv' if name == 'cv2' else name} {version}")
         except ImportError:
             parts.append(f"{name} not installed")
     return ", ".join(parts)
