@@ -25,6 +25,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from metaloss.utils.io import default_file_mode
+
 __all__ = ["DEFAULT_OPSET", "configure_parser", "export_onnx", "main", "run", "verify_onnx"]
 
 DEFAULT_OPSET = 17
@@ -91,6 +93,7 @@ def export_onnx(
             import onnx
 
             onnx.checker.check_model(tmp, full_check=True)
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

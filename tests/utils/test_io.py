@@ -53,3 +53,16 @@ def test_atomic_writes_round_trip(tmp_path):
     atomic_torch_save({"w": torch.arange(3)}, tmp_path / "w.pt")
     assert torch.equal(torch.load(tmp_path / "w.pt")["w"], torch.arange(3))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "w.pt"]
+
+
+def test_atomic_writes_get_the_umask_permissions_not_mkstemps_0600(tmp_path):
+    import os
+
+    from metaloss.utils.io import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "a.bin", b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o644
