@@ -127,3 +127,23 @@ def test_pool_reuses_slabs_across_widths():
     assert pool.take(like, 10, 32).data_ptr() in {s.data_ptr() for s in pool.slabs}
     assert len(pool.slabs) == 2
     assert pool.take(like, 20, 32).shape == (20, 32)  # larger than a slab: allocated outside the pool
+
+
+def test_consecutive_images_reuse_the_same_slabs_and_release_frees_them():
+    """A folder of same-size pairs reuses one set of full-size buffers (bounded memory per process)."""
+    from metaloss.nn.restormer_fast import _SLAB_CACHE, release_buffers
+
+    torch.manual_seed(0)
+    net = RestormerFusion().eval()
+    ir, vi = torch.rand(1, 1, 24, 40), torch.rand(1, 1, 24, 40)
+    release_buffers()
+    first = fast_forward(net, ir, vi)
+    kept = sorted(t.data_ptr() for t in _SLAB_CACHE.free)
+    assert len(kept) == 3  # two 16-channel encoder maps per slab, then 32-channel maps
+    second = fast_forward(net, ir, vi)
+    assert sorted(t.data_ptr() for t in _SLAB_CACHE.free) == kept
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    fast_forward(net, ir[..., :20], vi[..., :20])  # another size: the old slabs are dropped
+    assert all(t.numel() == 24 * 20 * 32 for t in _SLAB_CACHE.free)
+    release_buffers()
+    assert not _SLAB_CACHE.free
