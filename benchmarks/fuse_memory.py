@@ -1,8 +1,8 @@
 """Peak resident memory and time of a whole `metaloss fuse` process on LLVIP 1280×1024 pairs.
 
-Each configuration runs `python -m metaloss.fuse_cli` (the code behind `metaloss fuse`) as a child
-process on the same pairs; its peak RSS comes from ``os.wait4`` (the child's own ``ru_maxrss``,
-everything included: Python, torch, OpenCV, images, model, activations).  The fused PNGs of every
+Each configuration runs `metaloss.fuse_cli.main` (the code behind `metaloss fuse`) in a child process
+on the same pairs; its peak RSS is the child's own ``VmHWM`` (everything included: Python, torch,
+OpenCV, images, model, activations).  The fused PNGs of every
 configuration are compared with those of the whole-image run (max |difference| in grey levels of
 the written 8-bit images, stretch on, as `metaloss fuse` writes them).  Prints a markdown table.
 
@@ -54,15 +54,18 @@ def _checkpoint(path: Path, seed: int) -> Path:
         return write_checkpoint(path, fusion, {"name": "restormer"}, ConvLossGenerator(), {"name": "conv"})
 
 
+#: ``metaloss fuse`` in a child that reports its own peak RSS on its last stderr line (``VmHWM``:
+#: ``os.wait4``'s ``ru_maxrss`` would include this parent's resident memory at the spawn).
+CHILD = ("import sys; from metaloss.fuse_cli import main; from metaloss.utils.memory import peak_rss_bytes; "
+         "rc = main(sys.argv[1:]); print('PEAK_RSS', peak_rss_bytes(), file=sys.stderr); sys.exit(rc)")
+
+
 def _run(cmd: list[str], env: dict[str, str]) -> tuple[int, float, float, str]:
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    peak_mib = usage.ru_maxrss / 1024  # KiB on Linux
-    return proc.returncode, peak_mib, time.perf_counter() - start, err
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peaks = [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("PEAK_RSS ")]
+    peak_mib = int(peaks[-1]) / 2**20 if peaks else float("nan")
+    return proc.returncode, peak_mib, time.perf_counter() - start, proc.stderr
 
 
 def _compare(a: Path, b: Path) -> tuple[int, float]:
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for i, (label, extra) in enumerate(configs):
             out = root / f"out{i}"
-            cmd = [sys.executable, "-m", "metaloss.fuse_cli", "--checkpoint", str(ckpt), "--ir", str(root / "ir"),
+            cmd = [sys.executable, "-c", CHILD, "--checkpoint", str(ckpt), "--ir", str(root / "ir"),
                    "--vi", str(root / "vi"), "--out", str(out), "--quiet", *extra]
             rc, peak, seconds, err = _run(cmd, env)
             if rc != 0:

@@ -29,12 +29,13 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from metaloss.utils.memory import peak_rss_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINES = ("torch", "torch:exact", "fast", "onnxruntime")
@@ -118,7 +119,7 @@ def measure_engine(engine: str, height: int, width: int, repeats: int, threads: 
         "size": [height, width],
         "cpu_s": cpu_s,
         "wall_s": wall_s,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_bytes": peak_rss_bytes(),
         "cuda_peak_bytes": torch.cuda.max_memory_allocated() if cuda else None,
         "threads": threads,
         "allocator": ALLOCATOR[engine],

@@ -28,12 +28,13 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from metaloss.utils.memory import peak_rss_bytes
 
 IMPLS = ("torch.func", "torch.func:double_backward", "torch.func:recompute", "higher", "reference")
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +63,7 @@ def _config(impl: str, crop: int, task: tuple[int, int], inner_steps: int, devic
 
 
 def _rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return peak_rss_bytes()
 
 
 def measure(impl: str, crop: int, task: tuple[int, int], inner_steps: int, repeats: int, device: str,

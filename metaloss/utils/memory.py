@@ -64,3 +64,25 @@ def set_allocator_policy(policy: AllocatorPolicy) -> bool:
 def allocator_policy() -> AllocatorPolicy:
     """The last policy :func:`set_allocator_policy` applied in this process (``"system"`` if none)."""
     return _applied
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory since it started (or last exec'd), in bytes.
+
+    Read from ``VmHWM`` in ``/proc/self/status`` where there is one: ``getrusage``'s ``ru_maxrss``
+    also counts the parent's resident memory at the moment it spawned this process (Linux carries the
+    old address space's high-water mark across ``exec``), which made a small child of a large pytest
+    worker report the worker's 2 GiB.  Elsewhere, ``ru_maxrss``.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss if sys.platform == "darwin" else maxrss * 1024

@@ -44,3 +44,24 @@ def test_policies_apply_and_leave_results_bitwise_equal() -> None:
     assert release[:2] == ["True", "release"]
     assert system[:2] == ["False", "system"]
     assert keep[2:] == release[2:] == system[2:]
+
+
+def test_peak_rss_is_this_processs_own_not_its_parents():
+    """A child spawned by a process holding a large buffer reports its own peak, not the parent's
+    (``ru_maxrss`` carries the parent's high-water mark across exec on Linux)."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    from metaloss.utils.memory import peak_rss_bytes
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the inherited high-water mark is a Linux behaviour")
+    ballast = bytearray(600 * 2**20)  # resident: written below
+    ballast[:: 4096] = b"x" * len(ballast[:: 4096])
+    assert peak_rss_bytes() > 600 * 2**20
+    code = "from metaloss.utils.memory import peak_rss_bytes; print(peak_rss_bytes())"
+    child = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert child < 400 * 2**20, child  # a bare interpreter with metaloss.utils imported
+    del ballast
