@@ -44,7 +44,14 @@ import metaloss
 import metaloss.nn.restormer as restormer_nn
 from metaloss import pretrained, registry
 from metaloss.data.images import ImagePair, compose
-from metaloss.nn.restormer import MDTA, CrossAttentionFusion, DualStreamRestormer, RestormerBlock, RestormerEncoder
+from metaloss.nn.restormer import (
+    MDTA,
+    CrossAttentionFusion,
+    DualStreamRestormer,
+    RestormerBlock,
+    RestormerEncoder,
+    call_with_backbones,
+)
 from metaloss.nn.restormer_fast import fast_forward, supports_fast
 from metaloss.utils.io import atomic_torch_save, atomic_write_bytes
 
@@ -606,18 +613,6 @@ class _Streamer:
         return 1
 
 
-class _StreamedBackbone(nn.Module):
-    """Stands in for a DualStreamRestormer during :func:`run_exact`."""
-
-    def __init__(self, backbone: DualStreamRestormer, streamer: _Streamer) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.streamer = streamer
-
-    def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        return self.streamer.stream(self.backbone, [a, b])
-
-
 def run_exact(
     module: nn.Module,
     ir: Tensor,
@@ -645,24 +640,10 @@ def run_exact(
             on_tile(done, total)
 
     streamer = _Streamer(chunk, step)
-    if isinstance(module, DualStreamRestormer):
-        return streamer.stream(module, [ir, vi])
-    swaps = [
-        (parent, name, child)
-        for parent in list(module.modules())
-        for name, child in parent.named_children()
-        if isinstance(child, DualStreamRestormer)
-    ]
-    if not swaps:
-        raise TypeError(f"{type(module).__name__} has no DualStreamRestormer to stream; use blend tiling")
     with _ATTENTION_LOCK:
-        try:
-            for parent, name, child in swaps:
-                parent._modules[name] = _StreamedBackbone(child, streamer)
-            return module(ir, vi)
-        finally:
-            for parent, name, child in swaps:
-                parent._modules[name] = child
+        return call_with_backbones(
+            module, ir, vi, lambda net, a, b: streamer.stream(net, [a, b]), "to stream; use blend tiling"
+        )
 
 
 # -- running a network on a pair --------------------------------------------------------------------------

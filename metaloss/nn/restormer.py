@@ -22,8 +22,9 @@ Layout:
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
-from typing import Literal
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,7 @@ __all__ = [
     "RestormerBlock",
     "RestormerEncoder",
     "WithBiasLayerNorm",
+    "call_with_backbones",
     "channel_attention",
     "channel_layer_norm",
     "conv3x3",
@@ -386,3 +388,45 @@ def convert_reference_keys(
             k = re.sub(pattern, repl, k)
         out[k[1:]] = value
     return out
+
+
+_BACKBONE_SWAP_LOCK = threading.RLock()
+
+
+class _BackboneStandIn(nn.Module):
+    """Stands in for a ``DualStreamRestormer`` during :func:`call_with_backbones`."""
+
+    def __init__(self, backbone: DualStreamRestormer, run: Callable[[DualStreamRestormer, Tensor, Tensor], Tensor]) -> None:
+        super().__init__()
+        self.backbone, self.run = backbone, run
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        return self.run(self.backbone, a, b)
+
+
+def call_with_backbones(
+    module: nn.Module, a: Tensor, b: Tensor, run: Callable[[DualStreamRestormer, Tensor, Tensor], Tensor], purpose: str
+) -> Any:
+    """``module(a, b)`` with every ``DualStreamRestormer`` in it computed as ``run(backbone, x, y)``
+    instead of its own forward (the rest of ``module`` runs as it is); ``module`` itself may be one.
+    The backbones are swapped out for the call (under a lock) and put back afterwards, so this is for
+    inference, not training.  A module without a backbone is refused with ``TypeError`` naming
+    ``purpose``."""
+    if isinstance(module, DualStreamRestormer):
+        return run(module, a, b)
+    swaps = [
+        (parent, name, child)
+        for parent in list(module.modules())
+        for name, child in parent.named_children()
+        if isinstance(child, DualStreamRestormer)
+    ]
+    if not swaps:
+        raise TypeError(f"{type(module).__name__} has no DualStreamRestormer {purpose}")
+    with _BACKBONE_SWAP_LOCK:
+        try:
+            for parent, name, child in swaps:
+                parent._modules[name] = _BackboneStandIn(child, run)
+            return module(a, b)
+        finally:
+            for parent, name, child in swaps:
+                parent._modules[name] = child

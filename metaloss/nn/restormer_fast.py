@@ -45,6 +45,7 @@ from metaloss.nn.restormer import (
     DualStreamRestormer,
     RestormerBlock,
     WithBiasLayerNorm,
+    call_with_backbones,
 )
 
 __all__ = ["DEFAULT_BAND_PIXELS", "FastRestormer", "fast_forward", "release_buffers", "supports_fast"]
@@ -493,18 +494,6 @@ class FastRestormer:
         return out
 
 
-_SWAP_LOCK = threading.RLock()
-
-
-class _FastBackbone(nn.Module):
-    def __init__(self, fast: FastRestormer) -> None:
-        super().__init__()
-        self.fast = fast
-
-    def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        return self.fast(a, b)
-
-
 def fast_forward(
     module: nn.Module,
     a: Tensor,
@@ -514,21 +503,7 @@ def fast_forward(
 ) -> Any:
     """``module(a, b)`` with every ``DualStreamRestormer`` in it run by :class:`FastRestormer`
     (inference only; the rest of ``module`` runs as it is).  ``on_stage(i, n)`` after each stage."""
-    if isinstance(module, DualStreamRestormer):
-        return FastRestormer(module, band_pixels, on_stage)(a, b)
-    swaps = [
-        (parent, name, child)
-        for parent in list(module.modules())
-        for name, child in parent.named_children()
-        if isinstance(child, DualStreamRestormer)
-    ]
-    if not swaps:
-        raise TypeError(f"{type(module).__name__} has no DualStreamRestormer for fast inference")
-    with _SWAP_LOCK, torch.inference_mode():
-        try:
-            for parent, name, child in swaps:
-                parent._modules[name] = _FastBackbone(FastRestormer(child, band_pixels, on_stage))
-            return module(a, b)
-        finally:
-            for parent, name, child in swaps:
-                parent._modules[name] = child
+    with torch.inference_mode():
+        return call_with_backbones(
+            module, a, b, lambda net, x, y: FastRestormer(net, band_pixels, on_stage)(x, y), "for fast inference"
+        )
