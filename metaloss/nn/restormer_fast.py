@@ -276,21 +276,21 @@ _SLAB_CACHE = _SlabCache()
 
 def release_buffers() -> None:
     """Free the full-size buffers the fast engine keeps between images."""
-    _SLAB_CACHE.free.clear()
+    with _SLAB_CACHE.lock:
+        _SLAB_CACHE.free.clear()
 
 
 class _Pool:
     """Full-resolution maps served from a few reused slabs, so that the heap neither grows with
     freed maps of the first widths nor fragments.  A slab holds ``slab_numel`` elements (the
-    widest map); a narrower map is one of the equal pieces that a slab is cut into, and a slab
-    whose pieces are all free again serves any width.  With Restormer's widths (C in the
+    widest map); a map is one of the equal pieces that a slab is cut into (one piece for a map of
+    more than half a slab), and a slab whose pieces are all free again serves any width.  With Restormer's widths (C in the
     encoders, 2C after the merge) an image needs three slabs where per-width buffers need five."""
 
     def __init__(self, slab_numel: int) -> None:
         self.slab_numel = slab_numel
         self.slabs: list[Tensor] = []  # handed back to _SLAB_CACHE by close()
         self.pieces: list[list[Tensor | None] | None] = []  # per slab: None = whole and free, else its pieces (None = in use)
-        self.busy: dict[int, int] = {}  # data_ptr of a whole slab in use -> slab index
         self.owner: dict[int, tuple[int, int]] = {}  # data_ptr of a piece in use -> (slab, piece)
 
     def take(self, like: Tensor, rows: int, channels: int) -> Tensor:
@@ -300,17 +300,13 @@ class _Pool:
         n = self.slab_numel // numel
         for s, pieces in enumerate(self.pieces):  # a free piece of this size in a cut slab
             slab = self.slabs[s]
-            if pieces and len(pieces) == n and slab.dtype == like.dtype and slab.device == like.device:
+            if pieces is not None and slab.dtype == like.dtype and slab.device == like.device:
                 for i, p in enumerate(pieces):
-                    if p is not None:
+                    if p is not None and p.numel() == numel:
                         pieces[i] = None
                         self.owner[p.data_ptr()] = (s, i)
                         return p.view(rows, channels)
         s = self._whole_free(like)
-        if n == 1:
-            self.pieces[s] = []
-            self.busy[self.slabs[s].data_ptr()] = s
-            return self.slabs[s][:numel].view(rows, channels)
         cut: list[Tensor | None] = [self.slabs[s][i * numel : (i + 1) * numel] for i in range(n)]
         first = cut[0]
         cut[0] = None
@@ -329,16 +325,13 @@ class _Pool:
     def close(self) -> None:
         """Hand every slab to the cache for the next image (the maps taken from them must be dead)."""
         _SLAB_CACHE.put(self.slabs)
-        self.slabs, self.pieces, self.busy, self.owner = [], [], {}, {}
+        self.slabs, self.pieces, self.owner = [], [], {}
 
     def give(self, *tensors: Tensor) -> None:
         """Return maps taken from the pool; other tensors are dropped (freed when unreferenced)."""
         for t in tensors:
-            ptr = t.data_ptr()
-            if ptr in self.busy:
-                self.pieces[self.busy.pop(ptr)] = None
-            elif ptr in self.owner:
-                s, i = self.owner.pop(ptr)
+            if t.data_ptr() in self.owner:
+                s, i = self.owner.pop(t.data_ptr())
                 pieces = self.pieces[s]
                 pieces[i] = t.reshape(-1)
                 if all(p is not None for p in pieces):

@@ -147,3 +147,13 @@ def test_consecutive_images_reuse_the_same_slabs_and_release_frees_them():
     assert all(t.numel() == 24 * 20 * 32 for t in _SLAB_CACHE.free)
     release_buffers()
     assert not _SLAB_CACHE.free
+
+
+def test_pool_serves_a_free_piece_only_to_a_map_of_its_size():
+    from metaloss.nn.restormer_fast import _Pool
+
+    like = torch.empty(0)
+    pool = _Pool(320)
+    a = pool.take(like, 10, 10)  # the slab is cut into three pieces of 100
+    b = pool.take(like, 9, 10)  # 90 elements: also three per slab, but not a 100-element piece
+    assert b.shape == (9, 10) and len(pool.slabs) == 2 and a.shape == (10, 10)
