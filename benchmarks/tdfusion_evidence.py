@@ -143,11 +143,17 @@ def main(argv: list[str] | None = None) -> int:
         results = [r for f in args.combine for r in json.loads(f.read_text())]
         args.tasks = [t for t in TASK_METRIC if any(r["task"] == t for r in results)]
         args.seeds = sorted({r["seed"] for r in results})
-        table = summarise(results, args)
-        print(table)
-        if not args.no_doc:
-            write_doc(table)
-        return 0
+    else:
+        results = train_and_score(args)
+    table = summarise(results, args)
+    print(table)
+    if not args.no_doc:
+        write_doc(table)
+    return 0
+
+
+def train_and_score(args: argparse.Namespace) -> list[dict]:
+    """Both variants for every task and seed; a row per run (also saved after each run)."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
@@ -166,11 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                 (out / "results.json").write_text(json.dumps(results, indent=2))  # after every run
                 if learned and seed == args.seeds[0]:
                     figure(run_dir, cfg, ROOT / "docs" / "figures" / f"tdfusion_weights_{task}.png")
-    table = summarise(results, args)
-    print(table)
-    if not args.no_doc:
-        write_doc(table)
-    return 0
+    return results
 
 
 def summarise(results: list[dict], args: argparse.Namespace) -> str:
