@@ -11,12 +11,22 @@ from typing import Any
 
 import torch
 
+from metaloss.utils.memory import proc_status_field
+
 
 def default_file_mode() -> int:
-    """The mode ``open()`` would give a new file under the current umask (``mkstemp`` gives 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
+    """The mode ``open()`` would give a new file under the current umask (``mkstemp`` gives 0600).
+
+    The umask is read from ``/proc/self/status`` where it is there: setting it to read it back would
+    briefly change it for every thread of the process (writers run in threads)."""
+    field = proc_status_field("Umask")
+    if field is not None:
+        umask = int(field, 8)
+    else:
+        umask = os.umask(0)
+        os.umask(umask)
     return 0o666 & ~umask
+
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

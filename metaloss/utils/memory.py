@@ -74,15 +74,25 @@ def peak_rss_bytes() -> int:
     old address space's high-water mark across ``exec``), which made a small child of a large pytest
     worker report the worker's 2 GiB.  Elsewhere, ``ru_maxrss``.
     """
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    hwm_kib = proc_status_field("VmHWM")
+    if hwm_kib is not None:
+        return int(hwm_kib) * 1024
     import resource
     import sys
 
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return maxrss if sys.platform == "darwin" else maxrss * 1024
+
+
+def proc_status_field(name: str) -> str | None:
+    """The value of ``name`` in ``/proc/self/status`` (e.g. ``"VmHWM"`` -> ``"1234"``, in kB), or
+    None where there is no such file or field (not Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key == name:
+                    return value.split()[0]
+    except OSError:
+        pass
+    return None
