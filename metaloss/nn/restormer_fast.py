@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -220,8 +221,15 @@ def _gated(gate: Tensor, value: Tensor) -> Tensor:
     return torch.ops.aten.gelu_(gate).mul_(value)
 
 
-def _bands(height: int, width: int, band_pixels: int) -> Iterator[tuple[int, int]]:
+def _bands(height: int, width: int, band_pixels: int, workers: int = 1) -> Iterator[tuple[int, int]]:
+    """Row ranges of about ``band_pixels`` pixels (at least ``MIN_BAND_ROWS`` rows); with several
+    workers, a multiple of ``workers`` bands of near-equal height, so that no worker waits at the
+    end of a pass while another finishes a band."""
     rows = max(MIN_BAND_ROWS, -(-band_pixels // max(1, width)))
+    if workers > 1:
+        count = -(-height // rows)
+        count = -(-count // workers) * workers
+        rows = max(1, -(-height // count))
     for r0 in range(0, height, rows):
         yield r0, min(height, r0 + rows)
 
@@ -233,17 +241,18 @@ def _column_squares(x: Tensor) -> Tensor:
 
 class _Sums:
     """Σ q kᵀ, Σ q², Σ k² over the bands, and the resulting global attention map.  A band's sums are
-    float32; the bands' are added in float64."""
+    float32, stored by band index; the bands' are added in float64 in band order (the same result
+    whichever worker computed which band)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, bands: int) -> None:
         self.channels = channels
-        self.grams: list[Tensor] = []
-        self.squares: list[Tensor] = []
+        self.grams: list[Tensor | None] = [None] * bands
+        self.squares: list[Tensor | None] = [None] * bands
 
-    def add(self, q: Tensor, k: Tensor, q_squares: Tensor, k_squares: Tensor) -> None:
-        """One band's ``q``, ``k`` (``[pixels, C]``) and their column sums of squares."""
-        self.grams.append(q.t() @ k)
-        self.squares.append(torch.cat([q_squares, k_squares]))
+    def add(self, band: int, q: Tensor, k: Tensor, q_squares: Tensor, k_squares: Tensor) -> None:
+        """Band ``band``'s ``q``, ``k`` (``[pixels, C]``) and their column sums of squares."""
+        self.grams[band] = q.t() @ k
+        self.squares[band] = torch.cat([q_squares, k_squares])
 
     def folded(self, temperature: Tensor, heads: int, proj: Tensor) -> Tensor:
         """``P A``: the output projection times the block-diagonal attention map (softmax per head)."""
@@ -257,6 +266,40 @@ class _Sums:
         blocks = logits.reshape(heads, h, heads, h).diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # [heads, h, h]
         attn = torch.softmax(blocks.to(temperature.dtype) * temperature[:, None, None], dim=-1)
         return proj @ torch.block_diag(*attn)
+
+
+# -- band workers -----------------------------------------------------------------------------------------
+_EXECUTORS: dict[int, ThreadPoolExecutor] = {}
+_EXECUTORS_LOCK = threading.Lock()
+
+
+def _band_executor(workers: int) -> ThreadPoolExecutor:
+    """A pool of ``workers`` threads that each run PyTorch ops on one intra-op thread (kept for the
+    process).  Bands are independent within a pass, so running them side by side scales better than
+    splitting each small op across threads (measured: 1.7–1.8× on 2 cores against ~1.4×)."""
+    with _EXECUTORS_LOCK:
+        executor = _EXECUTORS.get(workers)
+        if executor is None:
+            caller_threads = torch.get_num_threads()
+            started = threading.Barrier(workers + 1)
+
+            def start() -> None:
+                torch.set_num_threads(1)  # this thread's OpenMP/MKL setting ...
+                started.wait()
+
+            executor = ThreadPoolExecutor(workers, thread_name_prefix="metaloss-band")
+            for _ in range(workers):
+                executor.submit(start)
+            started.wait()  # every worker holds a task, so each started its own thread
+            torch.set_num_threads(caller_threads)  # ... and the default for new threads back as it was
+            _EXECUTORS[workers] = executor
+        return executor
+
+
+def _run_band(job: tuple[Callable[[int, int, int], None], int, int, int]) -> None:
+    fn, i, r0, r1 = job
+    with torch.inference_mode():  # thread-local: the maps written in place are inference tensors
+        fn(i, r0, r1)
 
 
 # -- stages -----------------------------------------------------------------------------------------------
@@ -352,10 +395,25 @@ class _Pool:
 
 
 class _Runner:
-    def __init__(self, height: int, width: int, band_pixels: int, max_channels: int) -> None:
+    def __init__(self, height: int, width: int, band_pixels: int, max_channels: int, workers: int = 1) -> None:
         self.h, self.w = height, width
         self.bands = list(_bands(height, width, band_pixels))
         self.pool = _Pool(height * width * max_channels)
+        self.executor = None
+        # side by side only with at least two bands per worker; else each op uses the intra-op threads
+        if workers > 1 and len(self.bands) >= 2 * workers:
+            self.bands = list(_bands(height, width, band_pixels, workers))
+            self.executor = _band_executor(workers)
+
+    def each_band(self, fn: Callable[[int, int, int], None]) -> None:
+        """``fn(i, r0, r1)`` for every band ``i`` (rows ``r0:r1``), on the band workers if there are any.
+        ``fn`` writes only its own band's rows of shared maps."""
+        if self.executor is None:
+            for i, (r0, r1) in enumerate(self.bands):
+                fn(i, r0, r1)
+        else:
+            for _ in self.executor.map(_run_band, [(fn, i, r0, r1) for i, (r0, r1) in enumerate(self.bands)]):
+                pass  # re-raises a worker's exception
 
     def halo(self, r0: int, r1: int, radius: int) -> tuple[int, int, slice]:
         a0, a1 = max(0, r0 - radius), min(self.h, r1 + radius)
@@ -372,17 +430,20 @@ class _Runner:
 
     def block(self, x: Tensor, p: dict[str, Any]) -> Tensor:
         c = x.shape[1]
-        sums = _Sums(c)
+        sums = _Sums(c, len(self.bands))
         v_all = self.pool.take(x, *x.shape)
-        for r0, r1 in self.bands:
+
+        def attention_sums(i: int, r0: int, r1: int) -> None:
             qkv = self.qkv(x, r0, r1, lambda t: p["qkv"]["lin"](_normalise(t, p["qkv"])), p["qkv_dw"])
             squares = _column_squares(qkv[:, : 2 * c])
-            sums.add(qkv[:, :c], qkv[:, c : 2 * c], squares[:c], squares[c:])
+            sums.add(i, qkv[:, :c], qkv[:, c : 2 * c], squares[:c], squares[c:])
             v_all[r0 * self.w : r1 * self.w] = qkv[:, 2 * c :]
-            del qkv
+
+        self.each_band(attention_sums)
         m = _Lin(sums.folded(p["temperature"], p["heads"], p["proj"][0]).to(x.dtype), p["proj"][1])
         out = self.pool.take(x, *x.shape)
-        for r0, r1 in self.bands:
+
+        def attend_and_feed_forward(i: int, r0: int, r1: int) -> None:
             a0, a1, crop = self.halo(r0, r1, 1)
             x1 = m(self.rows(v_all, a0, a1), self.rows(x, a0, a1))
             t = _normalise(x1, p["in1"])  # in1 and in2 share the norm
@@ -392,36 +453,43 @@ class _Runner:
             y = _gated(g, h)
             del g, h
             out[r0 * self.w : r1 * self.w] = p["out"](y, x1[crop])
+
+        self.each_band(attend_and_feed_forward)
         self.pool.give(v_all)
         return out
 
     def cross(self, x1: Tensor, x2: Tensor, p: dict[str, Any]) -> Tensor:
         c = x1.shape[1]
         xs = (x1, x2)
-        sums = [_Sums(c), _Sums(c)]
+        sums = [_Sums(c, len(self.bands)), _Sums(c, len(self.bands))]
         vs = [self.pool.take(x1, *x1.shape), self.pool.take(x1, *x1.shape)]
-        for r0, r1 in self.bands:
+
+        def attention_sums(i: int, r0: int, r1: int) -> None:
             qkv = [self.qkv(x, r0, r1, lin, dw) for x, (lin, dw) in zip(xs, p["qkv"])]
             # stream 1 attends with stream 2's queries and vice versa
             sq = [_column_squares(t[:, : 2 * c]) for t in qkv]
-            sums[0].add(qkv[1][:, :c], qkv[0][:, c : 2 * c], sq[1][:c], sq[0][c:])
-            sums[1].add(qkv[0][:, :c], qkv[1][:, c : 2 * c], sq[0][:c], sq[1][c:])
+            sums[0].add(i, qkv[1][:, :c], qkv[0][:, c : 2 * c], sq[1][:c], sq[0][c:])
+            sums[1].add(i, qkv[0][:, :c], qkv[1][:, c : 2 * c], sq[0][:c], sq[1][c:])
             for v, t in zip(vs, qkv):
                 v[r0 * self.w : r1 * self.w] = t[:, 2 * c :]
-            del qkv
+
+        self.each_band(attention_sums)
         ms = [_Lin(s.folded(t, p["heads"], mid[0]).to(x1.dtype), mid[1]) for s, t, mid in zip(sums, p["temperature"], p["mid"])]
         out = self.pool.take(x1, x1.shape[0], 2 * c)
-        for r0, r1 in self.bands:
+
+        def attend_and_gate(i: int, r0: int, r1: int) -> None:
             a0, a1, crop = self.halo(r0, r1, 1)
             ys = [m(self.rows(v, a0, a1), self.rows(x, a0, a1)) for v, m, x in zip(vs, ms, xs)]
             z = torch.cat(ys, dim=1)
             gated = []
-            for i in range(2):
-                gate = _depthwise(p["gate_in"][i](z), a1 - a0, self.w, p["gate_dw"][i])[crop]
-                value = _depthwise(p["value_in"][i](ys[i]), a1 - a0, self.w, p["value_dw"][i])[crop]
+            for k in range(2):
+                gate = _depthwise(p["gate_in"][k](z), a1 - a0, self.w, p["gate_dw"][k])[crop]
+                value = _depthwise(p["value_in"][k](ys[k]), a1 - a0, self.w, p["value_dw"][k])[crop]
                 gated.append(_gated(gate, value))
             # z + O₁ y₁ + O₂ y₂ as two products, each adding onto the other's result (no 4C-wide concatenation)
             out[r0 * self.w : r1 * self.w] = p["out"][0](gated[0], p["out"][1](gated[1], z[crop]))
+
+        self.each_band(attend_and_gate)
         self.pool.give(*vs)
         return out
 
@@ -429,11 +497,14 @@ class _Runner:
         """conv3×3 → activation → conv3×3 over bands with a two-row halo; ``[out, H, W]``."""
         c = x.shape[1]
         out = x.new_empty(out_channels, self.h, self.w)
-        for r0, r1 in self.bands:
+
+        def head_band(i: int, r0: int, r1: int) -> None:
             a0, a1, _ = self.halo(r0, r1, 2)
             img = self.rows(x, a0, a1).view(1, a1 - a0, self.w, c).permute(0, 3, 1, 2)
             y = p.head_out(p.act(p.head_in(img)))
             out[:, r0:r1] = y[0, :, r0 - a0 : r1 - a0]
+
+        self.each_band(head_band)
         return out
 
     def stem(self, x: Tensor, conv: nn.Conv2d) -> Tensor:
@@ -452,15 +523,20 @@ class _Runner:
 class FastRestormer:
     """A ``DualStreamRestormer`` prepared for fast inference: ``fast(a, b)`` equals ``net(a, b)`` up
     to float rounding.  The folded weights are taken when it is built: build it again after the
-    network's weights change."""
+    network's weights change.  ``workers`` threads run the bands of each pass side by side, each op on
+    one thread (default: ``torch.get_num_threads()`` at the call; 1 runs the bands in turn, each op on
+    the intra-op threads)."""
 
     def __init__(
         self,
         net: DualStreamRestormer,
         band_pixels: int = DEFAULT_BAND_PIXELS,
         on_stage: Callable[[int, int], None] | None = None,
+        workers: int | None = None,
     ) -> None:
-        self.net, self.band_pixels, self.on_stage = net, band_pixels, on_stage
+        if workers is not None and workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        self.net, self.band_pixels, self.on_stage, self.workers = net, band_pixels, on_stage, workers
         self.out_channels = net.head_out.out_channels
         with torch.no_grad():
             self.p = _Prepared(net)
@@ -482,7 +558,8 @@ class FastRestormer:
 
     def _one(self, a: Tensor, b: Tensor) -> Tensor:
         h, w = a.shape[-2:]
-        run = _Runner(h, w, self.band_pixels, self.p.max_channels)
+        workers = torch.get_num_threads() if self.workers is None else self.workers
+        run = _Runner(h, w, self.band_pixels, self.p.max_channels, workers)
         streams = []
         for x, enc in zip((a, b), self.p.enc):
             y = run.stem(x, enc["stem"])
@@ -515,10 +592,16 @@ def fast_forward(
     b: Tensor,
     band_pixels: int = DEFAULT_BAND_PIXELS,
     on_stage: Callable[[int, int], None] | None = None,
+    workers: int | None = None,
 ) -> Any:
     """``module(a, b)`` with every ``DualStreamRestormer`` in it run by :class:`FastRestormer`
-    (inference only; the rest of ``module`` runs as it is).  ``on_stage(i, n)`` after each stage."""
+    (inference only; the rest of ``module`` runs as it is).  ``on_stage(i, n)`` after each stage;
+    ``workers`` as for :class:`FastRestormer`."""
     with torch.inference_mode():
         return call_with_backbones(
-            module, a, b, lambda net, x, y: FastRestormer(net, band_pixels, on_stage)(x, y), "for fast inference"
+            module,
+            a,
+            b,
+            lambda net, x, y: FastRestormer(net, band_pixels, on_stage, workers)(x, y),
+            "for fast inference",
         )

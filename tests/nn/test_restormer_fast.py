@@ -157,3 +157,68 @@ def test_pool_serves_a_free_piece_only_to_a_map_of_its_size():
     a = pool.take(like, 10, 10)  # the slab is cut into three pieces of 100
     b = pool.take(like, 9, 10)  # 90 elements: also three per slab, but not a 100-element piece
     assert b.shape == (9, 10) and len(pool.slabs) == 2 and a.shape == (10, 10)
+
+
+def test_band_workers_match_bands_in_turn():
+    """Bands run side by side compute what they compute in turn: bit for bit when the band split is
+    the same (an even number of 16-row bands), to rounding when the workers' split differs."""
+    net = randomise(RestormerFusion())
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        for h in (96, 83):  # six bands; five bands, which two workers split into six
+            ir, vi = pair(1, h, 40)
+            in_turn = fast_forward(net, ir, vi, band_pixels=1, workers=1)
+            side_by_side = fast_forward(net, ir, vi, band_pixels=1, workers=2)
+            if h == 96:
+                assert torch.equal(side_by_side, in_turn)
+            torch.testing.assert_close(side_by_side, in_turn, atol=ATOL32, rtol=0)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_band_workers_use_one_thread_each_and_leave_the_callers_setting(monkeypatch):
+    import threading
+
+    import metaloss.nn.restormer_fast as fast_module
+
+    seen = []
+    depthwise = fast_module._depthwise
+
+    def recording(*args):
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        return depthwise(*args)
+
+    monkeypatch.setattr(fast_module, "_depthwise", recording)
+    net = randomise(RestormerFusion(dim=4, heads=2, blocks_per_modality=1, fused_blocks=1))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        fast_forward(net, *pair(1, 96, 16), band_pixels=1, workers=3)  # six 16-row bands, two per worker
+        assert torch.get_num_threads() == 3
+        new_thread: list[int] = []
+        t = threading.Thread(target=lambda: new_thread.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        assert new_thread == [3]  # the workers' setting did not become the default for new threads
+    finally:
+        torch.set_num_threads(threads)
+    workers = {name for name, _ in seen}
+    assert all(name.startswith("metaloss-band") for name in workers) and len(workers) > 1
+    assert {n for _, n in seen} == {1}
+
+
+def test_an_error_in_a_band_worker_reaches_the_caller(monkeypatch):
+    import metaloss.nn.restormer_fast as fast_module
+
+    def failing(*args):
+        raise RuntimeError("band failed")
+
+    monkeypatch.setattr(fast_module, "_depthwise", failing)
+    net = randomise(RestormerFusion(dim=4, heads=2, blocks_per_modality=1, fused_blocks=1))
+    backbone = net.backbone
+    with pytest.raises(RuntimeError, match="band failed"):
+        fast_forward(net, *pair(1, 64, 16), band_pixels=1, workers=2)
+    assert net.backbone is backbone
+    with pytest.raises(ValueError, match="workers"):
+        FastRestormer(backbone, workers=0)
