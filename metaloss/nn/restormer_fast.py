@@ -284,6 +284,7 @@ def _band_executor(workers: int) -> ThreadPoolExecutor:
             started = threading.Barrier(workers + 1)
 
             def start() -> None:
+                torch.get_num_threads()  # the thread's lazy first-use setup (which would reset the count later)
                 torch.set_num_threads(1)  # this thread's OpenMP/MKL setting ...
                 started.wait()
 
