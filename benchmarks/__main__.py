@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -199,8 +200,12 @@ def render_inference(data: dict) -> str:
         if r["size"] == [480, 640] and r["engine"] in ("fast", "torch", "onnxruntime"):
             t = min(r["cpu_s"] if one else r["wall_s"])
             ratio = t / (data["flops_per_pixel"] * 480 * 640 / rate)
-            verdicts.append(f"- `{r['engine']}` at 480×640: {ratio:.1f}× the floor (target ≤ {INFERENCE_FLOOR_TARGET:.0f}: "
-                            f"{'met' if ratio <= INFERENCE_FLOOR_TARGET else 'not met'}).")
+            paired = inference_speed.paired_ratios(r, data["flops_per_pixel"])
+            median = statistics.median(paired) if paired else ratio
+            met = max(ratio, median) <= INFERENCE_FLOOR_TARGET  # both measures within the target
+            verdicts.append(f"- `{r['engine']}` at 480×640: {ratio:.1f}× the floor (best pair / best rate)"
+                            + (f", {median:.1f}× paired (median of {len(paired)})" if paired else "")
+                            + f" (target ≤ {INFERENCE_FLOOR_TARGET:.0f}: {'met' if met else 'not met'}).")
     return "\n".join([
         header(c, "Inference"),
         "",

@@ -8,7 +8,10 @@ For each image size and engine a fresh process builds the seeded reference-size 
 - ``torch:exact``: ``metaloss fuse --engine torch``'s default plan for the size (whole image up to
   640×640 pixels, else exact tiling in 384-pixel chunks; allocator "release", the CLI's default with
   that engine);
-- ``fast``: ``metaloss.nn.restormer_fast`` (``metaloss fuse``'s default engine on the CPU; allocator "keep");
+- ``fast``: ``metaloss.nn.restormer_fast`` (``metaloss fuse``'s default engine on the CPU; allocator "keep"),
+  which runs ``--threads`` row bands side by side, each on one thread;
+- ``fast:in-turn`` (on request): the same with the bands in turn and each op on the ``--threads``
+  intra-op threads (the engine before band workers; identical to ``fast`` with one thread);
 - ``onnxruntime``: the model exported by ``metaloss.export`` run by onnxruntime's CPU provider
   (all graph optimisations, ``--threads`` intra-op threads).
 
@@ -16,8 +19,12 @@ The floor: the network's multiply-adds counted by ``torch.utils.flop_counter`` (
 matrix products; they scale exactly with the pixel count) over the float32 matrix-product rate
 measured in a process of its own with the same thread count (best of several 2048×2048 products, timed
 before and after the engines; the larger rate is used).  With one thread the times and the rate
-are CPU times, which a loaded machine disturbs least; with several, wall times.  Each engine's
-output is compared with the eager forward's (max absolute difference).
+are CPU times, which a loaded machine disturbs least; with several, wall times.  At 480×640 each
+engine also times ``--repeats`` *paired* samples (after the timed pairs, so that the peak RSS is the
+engine's alone): a rate measured in the engine's process right before each pair, the ratio taken
+per sample; their median is robust to the drift of a shared machine between the separate rate
+processes and the engine's.  Each engine's output is compared with the eager forward's (max
+absolute difference).
 
     python -m benchmarks.inference_speed                          # 480x640 and 1024x1280, 1 thread
     python -m benchmarks.inference_speed --sizes 480x640 --threads 2 --engines torch fast
@@ -29,6 +36,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,8 +47,9 @@ from metaloss.utils.memory import peak_rss_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINES = ("torch", "torch:exact", "fast", "onnxruntime")
+OPTIONAL_ENGINES = ("fast:in-turn",)
 #: metaloss fuse's allocator policy with each engine (the CLI's --allocator auto)
-ALLOCATOR = {"torch": "keep", "torch:exact": "release", "fast": "keep", "onnxruntime": "system"}
+ALLOCATOR = {"torch": "keep", "torch:exact": "release", "fast": "keep", "fast:in-turn": "keep", "onnxruntime": "system"}
 
 
 def _net(device: str = "cpu"):
@@ -64,7 +73,8 @@ def _clock(threads: int, cuda: bool) -> tuple:
     return now
 
 
-def measure_engine(engine: str, height: int, width: int, repeats: int, threads: int, device: str, out_file: str | None) -> dict:
+def measure_engine(engine: str, height: int, width: int, repeats: int, threads: int, device: str, out_file: str | None,
+                   paired_repeats: int = 0) -> dict:
     import torch
 
     from metaloss.utils.memory import set_allocator_policy
@@ -99,6 +109,10 @@ def measure_engine(engine: str, height: int, width: int, repeats: int, threads: 
             run = lambda: fuse_pair(net, ir, vi, engine="torch")  # the automatic plan
         elif engine == "fast":
             run = lambda: fuse_pair(net, ir, vi, engine="fast")
+        elif engine == "fast:in-turn":
+            from metaloss.nn.restormer_fast import fast_forward
+
+            run = lambda: fast_forward(net, ir, vi, workers=1)
         else:
             raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
     now = _clock(threads, cuda)
@@ -112,14 +126,24 @@ def measure_engine(engine: str, height: int, width: int, repeats: int, threads: 
             now()
             cpu_s.append(time.process_time() - c)
             wall_s.append(time.perf_counter() - w)
+    peak = peak_rss_bytes()
+    paired = []
+    if paired_repeats:
+        with torch.inference_mode():  # after the timed pairs, so that their peak RSS is the engine's alone
+            for _ in range(paired_repeats):
+                rate = matmul_rate(threads, device, repeats=3)
+                start = now()
+                run()
+                paired.append({"rate": rate, "seconds": now() - start})
     if out_file:
         torch.save(out.float().cpu(), out_file)
     return {
+        "paired": paired,
         "engine": engine,
         "size": [height, width],
         "cpu_s": cpu_s,
         "wall_s": wall_s,
-        "peak_rss_bytes": peak_rss_bytes(),
+        "peak_rss_bytes": peak,
         "cuda_peak_bytes": torch.cuda.max_memory_allocated() if cuda else None,
         "threads": threads,
         "allocator": ALLOCATOR[engine],
@@ -165,7 +189,8 @@ def _child(args: list[str], threads: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run_all(sizes: list[tuple[int, int]], engines: list[str], repeats: int, threads: int, device: str, log=print) -> dict:
+def run_all(sizes: list[tuple[int, int]], engines: list[str], repeats: int, threads: int, device: str, log=print,
+            paired_sizes: tuple[tuple[int, int], ...] = ((480, 640),)) -> dict:
     import torch
 
     rate = lambda: _child(["--rate", "--threads", str(threads), "--device", device], threads)["rate"]
@@ -188,8 +213,9 @@ def run_all(sizes: list[tuple[int, int]], engines: list[str], repeats: int, thre
             outs = {}
             for engine in ["torch", *[e for e in engines if e != "torch"]]:
                 outs[engine] = os.path.join(tmp, f"{engine.replace(':', '_')}-{h}x{w}.pt")
+                paired = repeats if (h, w) in paired_sizes else 0
                 r = _child(["--one", engine, "--sizes", f"{h}x{w}", "--repeats", str(repeats), "--threads", str(threads),
-                            "--device", device, "--out-file", outs[engine]], threads)
+                            "--device", device, "--out-file", outs[engine], "--paired", str(paired)], threads)
                 r["max_abs_diff"] = float((torch.load(outs[engine]) - torch.load(outs["torch"])).abs().max())
                 results.append(r)
                 log(f"  {engine} {h}x{w}: {min(r['cpu_s']):.2f} CPU-s, {min(r['wall_s']):.2f} s wall, "
@@ -200,17 +226,26 @@ def run_all(sizes: list[tuple[int, int]], engines: list[str], repeats: int, thre
             "results": [r for r in results if r["engine"] in engines]}
 
 
+def paired_ratios(result: dict, flops_per_pixel: float) -> list[float]:
+    """Time over floor for each paired sample: a pair timed right after a matrix-product rate, so
+    that both see the machine in the same state (a shared VM drifts by ±15 % over minutes)."""
+    h, w = result["size"]
+    return [p["seconds"] / (flops_per_pixel * h * w / p["rate"]) for p in result.get("paired", [])]
+
+
 def table(data: dict) -> str:
     rate = max(data["matmul_rates"])
     one = data["threads"] == 1 and not data["device"].startswith("cuda")
     unit = "CPU s" if one else "wall s"
-    out = [f"| size | engine | {unit} / pair | floor (s) | × floor | peak RSS (GiB) | max \\|Δ\\| vs eager |",
-           "|---|---|---:|---:|---:|---:|---:|"]
+    out = [f"| size | engine | {unit} / pair | floor (s) | × floor | × floor, paired (median, range) | peak RSS (GiB) | max \\|Δ\\| vs eager |",
+           "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in data["results"]:
         h, w = r["size"]
         t = min(r["cpu_s"] if one else r["wall_s"])
         floor = data["flops_per_pixel"] * h * w / rate
-        out.append(f"| {h}×{w} | `{r['engine']}` | {t:.2f} | {floor:.2f} | {t / floor:.1f} | "
+        ratios = paired_ratios(r, data["flops_per_pixel"])
+        paired = f"{statistics.median(ratios):.1f} ({min(ratios):.1f}–{max(ratios):.1f})" if ratios else "–"
+        out.append(f"| {h}×{w} | `{r['engine']}` | {t:.2f} | {floor:.2f} | {t / floor:.1f} | {paired} | "
                    f"{r['peak_rss_bytes'] / 2**30:.2f} | {r['max_abs_diff']:.0e} |")
     return "\n".join(out)
 
@@ -223,7 +258,7 @@ def _size(text: str) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=_size, nargs="+", default=[(480, 640), (1024, 1280)], metavar="HxW")
-    parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
+    parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES + OPTIONAL_ENGINES)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
@@ -231,13 +266,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--one", help=argparse.SUPPRESS)  # child: one engine
     parser.add_argument("--rate", action="store_true", help=argparse.SUPPRESS)  # child: matmul rate
     parser.add_argument("--out-file", help=argparse.SUPPRESS)
+    parser.add_argument("--paired", type=int, default=0, help=argparse.SUPPRESS)  # child: paired rate/pair samples
     args = parser.parse_args(argv)
     if args.rate:
         print(json.dumps({"rate": matmul_rate(args.threads, args.device)}))
         return 0
     if args.one:
         h, w = args.sizes[0]
-        print(json.dumps(measure_engine(args.one, h, w, args.repeats, args.threads, args.device, args.out_file)))
+        print(json.dumps(measure_engine(args.one, h, w, args.repeats, args.threads, args.device, args.out_file, args.paired)))
         return 0
     data = run_all(args.sizes, args.engines, args.repeats, args.threads, args.device, log=lambda s: print(s, file=sys.stderr))
     data["machine"] = platform.processor() or platform.machine()

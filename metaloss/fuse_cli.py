@@ -90,6 +90,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         "lowest peak memory), keep (reused, faster), system (glibc's defaults); auto (default): keep with the fast "
         "engine (its few full-size maps are reused), release with the torch engine",
     )
+    parser.add_argument(
+        "--threads", type=int, default=None, metavar="N",
+        help="CPU threads (default: PyTorch's, i.e. OMP_NUM_THREADS or every core); the fast engine runs N row "
+        "bands side by side, each on one thread",
+    )
     parser.add_argument("--colormap", default="viridis", help="OpenCV colormap of the heat maps (default viridis)")
     parser.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -160,6 +165,8 @@ def run(args: argparse.Namespace) -> int:
     from metaloss.registry import PluginError
     from metaloss.utils.memory import set_allocator_policy
 
+    if args.threads is not None and args.threads < 1:
+        return _fail(f"--threads must be at least 1, got {args.threads}", EXIT_USAGE)
     if args.tiling == "blend" and args.tile and args.overlap >= args.tile:
         return _fail(f"--overlap ({args.overlap}) must be smaller than --tile ({args.tile})", EXIT_USAGE)
     try:
@@ -198,6 +205,10 @@ def run(args: argparse.Namespace) -> int:
     if allocator == "auto":
         allocator = "keep" if engines == {"fast"} else "release"
     set_allocator_policy(allocator)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     bar = None

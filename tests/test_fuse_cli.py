@@ -242,3 +242,37 @@ def test_engines_agree_and_fast_needs_a_restormer(tmp_path, ckpt, capsys):
     assert np.abs(t - f).max() <= 1 and np.array_equal(f, a)
     assert main(["-c", str(ckpt), *args, "--out", str(tmp_path / "x"), "--engine", "fast"]) == 2  # dense network
     assert "fast engine needs" in capsys.readouterr().err
+
+
+def test_threads_option(tmp_path, monkeypatch, capsys):
+    """--threads sets PyTorch's thread count, which the fast engine runs as that many band workers."""
+    import metaloss.nn.restormer_fast as fast_module
+    from metaloss.models.restormer import RestormerFusion
+
+    torch.manual_seed(0)
+    options = {"dim": 8, "heads": 2, "blocks_per_modality": 1, "fused_blocks": 1}
+    ck = write_checkpoint(tmp_path / "r.pt", RestormerFusion(**options), {"name": "restormer", **options})
+    cv2.imwrite(str(tmp_path / "ir.png"), cv2.resize(_gray(0), (W, 4 * H)))  # 160 rows: ten 16-row bands
+    cv2.imwrite(str(tmp_path / "vi.png"), cv2.resize(_gray(1), (W, 4 * H)))
+    args = ["-c", str(ck), "--ir", str(tmp_path / "ir.png"), "--vi", str(tmp_path / "vi.png"), "-q"]
+    workers = []
+    runner = fast_module._Runner
+
+    class Recording(runner):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            workers.append(a[4] if len(a) > 4 else k.get("workers", 1))
+
+    monkeypatch.setattr(fast_module, "_Runner", Recording)
+    threads = torch.get_num_threads()
+    try:
+        assert main([*args, "--out", str(tmp_path / "one"), "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1 and workers[-1] == 1
+        assert main([*args, "--out", str(tmp_path / "two"), "--threads", "2"]) == 0
+        assert torch.get_num_threads() == 2 and workers[-1] == 2
+    finally:
+        torch.set_num_threads(threads)
+    one, two = (_read(tmp_path / d / "vi.png").astype(int) for d in ("one", "two"))
+    assert np.abs(one - two).max() <= 1
+    assert main([*args, "--out", str(tmp_path / "x"), "--threads", "0"]) == 2
+    assert "--threads must be at least 1" in capsys.readouterr().err

@@ -27,7 +27,11 @@ def test_tables_and_machine():
     inf = {"threads": 1, "device": "cpu", "flops_per_pixel": 1e5, "matmul_rates": [1e11, 2e11],
            "results": [{"engine": "fast", "size": [100, 200], "cpu_s": [0.05], "wall_s": [0.06],
                         "peak_rss_bytes": 2**30, "max_abs_diff": 1e-7}]}
-    assert "| 100×200 | `fast` | 0.05 | 0.01 | 5.0 | 1.00 | 1e-07 |" in inference_speed.table(inf)
+    assert "| 100×200 | `fast` | 0.05 | 0.01 | 5.0 | – | 1.00 | 1e-07 |" in inference_speed.table(inf)
+    # paired samples: 2e9 FLOPs per pair against the rate measured just before each
+    inf["results"][0]["paired"] = [{"rate": 1e11, "seconds": 0.05}, {"rate": 2e11, "seconds": 0.04}, {"rate": 1e11, "seconds": 0.06}]
+    assert inference_speed.paired_ratios(inf["results"][0], 1e5) == [2.5, 4.0, 3.0]
+    assert "| 100×200 | `fast` | 0.05 | 0.01 | 5.0 | 3.0 (2.5–4.0) | 1.00 | 1e-07 |" in inference_speed.table(inf)
     assert "cores" in machine()
 
 
@@ -55,5 +59,10 @@ def test_sections_render_from_saved_results(tmp_path):
     assert "time 0.70× the reference-style step (target ≤ 0.8: met), peak memory 0.50× (target ≤ 0.8: met)" in text
     assert "no slower than `higher` (7.00 vs 9.00 s)" in text
     assert "`reference` 3.0e-15" in text
-    assert "`fast` at 480×640: 2.4× the floor (target ≤ 3: met)" in text
+    assert "`fast` at 480×640: 2.4× the floor (best pair / best rate) (target ≤ 3: met)" in text
+    # the paired median over the target: not met, whatever the best pair says
+    inference["results"][0]["paired"] = [{"rate": 8e10, "seconds": 1.5}, {"rate": 9e10, "seconds": 1.3}, {"rate": 9e10, "seconds": 1.2}]
+    saved.write_text(json.dumps({"meta": meta, "inference": inference}))
+    assert main(["--from-json", str(saved), "--doc", str(doc), "--parts", "inference"]) == 0
+    assert "2.4× the floor (best pair / best rate), 3.2× paired (median of 3) (target ≤ 3: not met)" in doc.read_text()
     assert "load average (1/5/15 min) 1.0/1.0/1.0 at the start, 2.0/2.0/2.0 at the end" in text
