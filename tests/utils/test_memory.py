@@ -65,3 +65,42 @@ def test_peak_rss_is_this_processs_own_not_its_parents():
     child = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert child < 400 * 2**20, child  # a bare interpreter with metaloss.utils imported
     del ballast
+
+
+_THREADS = """
+import ctypes, sys, threading, torch
+from metaloss.utils.memory import set_allocator_policy
+set_allocator_policy(sys.argv[1])
+torch.set_num_threads(1)
+n = 6
+ready, done = threading.Barrier(n + 1), threading.Event()
+
+def work():  # six threads at once, each holding tensors while the others allocate theirs
+    ts = [torch.ones(2**18) for _ in range(4)]
+    ready.wait()
+    done.wait()
+    del ts
+
+threads = [threading.Thread(target=work) for _ in range(n)]
+for t in threads:
+    t.start()
+ready.wait()
+ctypes.CDLL("libc.so.6").malloc_stats()  # per-heap ("Arena i:") statistics, on stderr
+done.set()
+for t in threads:
+    t.join()
+"""
+
+
+def _heaps(policy: str) -> int:
+    proc = subprocess.run([sys.executable, "-c", _THREADS, policy], capture_output=True, text=True, check=True)
+    return proc.stderr.count("Arena ")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
+def test_keep_allows_two_heaps_not_one_per_thread() -> None:
+    """Under "keep" nothing is trimmed, so whatever a heap once held stays resident; with glibc's
+    default of a heap (arena) per thread, the kept memory of the fast engine's band workers grew with
+    their number (a 1280×1024 pair: 1.37–1.58 GiB with two workers, 1.35 with the cap)."""
+    assert _heaps("system") > 2  # the default: threads get heaps of their own
+    assert _heaps("keep") <= 2
