@@ -29,6 +29,7 @@ ReFusion loss generators), with the rest of the module (sigmoid, softmax) as it 
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -271,6 +272,17 @@ class _Sums:
 # -- band workers -----------------------------------------------------------------------------------------
 _EXECUTORS: dict[int, ThreadPoolExecutor] = {}
 _EXECUTORS_LOCK = threading.Lock()
+
+
+def _forget_executors_in_child() -> None:
+    """A forked child has none of its parent's worker threads: it starts its own pools."""
+    global _EXECUTORS_LOCK
+    _EXECUTORS.clear()
+    _EXECUTORS_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_executors_in_child)
 
 
 def _band_executor(workers: int) -> ThreadPoolExecutor:

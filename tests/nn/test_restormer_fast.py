@@ -222,3 +222,27 @@ def test_an_error_in_a_band_worker_reaches_the_caller(monkeypatch):
     assert net.backbone is backbone
     with pytest.raises(ValueError, match="workers"):
         FastRestormer(backbone, workers=0)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_band_workers_work_in_a_forked_child():
+    """A child forked after the parent ran band workers starts its own (the parent's threads do not
+    exist there; reusing their pool waited forever).  The parent runs its own ops on one thread:
+    PyTorch's OpenMP pool itself hangs a forked child once the parent used several intra-op threads."""
+    import multiprocessing as mp
+
+    net = randomise(RestormerFusion(dim=4, heads=2, blocks_per_modality=1, fused_blocks=1))
+    ir, vi = pair(1, 96, 16)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        expected = fast_forward(net, ir, vi, band_pixels=1, workers=2)
+        with mp.get_context("fork").Pool(1) as pool:
+            got = pool.apply_async(_fast_in_child, (net, ir, vi)).get(timeout=60)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def _fast_in_child(net, ir, vi):
+    return fast_forward(net, ir, vi, band_pixels=1, workers=2)
