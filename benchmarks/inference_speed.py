@@ -114,7 +114,7 @@ def measure_engine(engine: str, height: int, width: int, repeats: int, threads: 
 
             run = lambda: fast_forward(net, ir, vi, workers=1)
         else:
-            raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+            raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES + OPTIONAL_ENGINES)}")
     now = _clock(threads, cuda)
     with torch.inference_mode():
         out = run()  # warm-up
