@@ -30,9 +30,12 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import datetime
+import gc
 import os
 import sys
 import tempfile
+import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
@@ -255,6 +258,7 @@ def context(device: str = "auto", backend: str = "auto", timeout_s: float = 1800
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
+        _bind_world_defaults_before_init()
         kwargs: dict[str, Any] = {"backend": backend, "timeout": datetime.timedelta(seconds=timeout_s)}
         if backend == "nccl":
             kwargs["device_id"] = dev
@@ -278,11 +282,41 @@ def _rank_device(name: str, local_rank: int) -> torch.device:
     return dev
 
 
+def _bind_world_defaults_before_init() -> None:
+    """Import ``torch.distributed.nn.functional`` while no process group exists.
+
+    Its collectives take ``group=group.WORLD`` as a default argument, evaluated when the module is first
+    imported, and PyTorch imports it lazily (``torch._dynamo`` pulls it in with the first optimizer).
+    Imported after ``init_process_group``, ten functions' defaults hold the default process group for the
+    life of the process: ``destroy_process_group`` then cannot free it, and gloo's worker threads
+    (``pt_gloo_runloop``) outlive the interpreter.  A worker still releasing a finished all-reduce when
+    Python finalises must take the GIL to free the tensor's Python object; ``take_gil`` ends the thread
+    with ``pthread_exit``, whose unwinding through the work's (noexcept) destructor calls
+    ``std::terminate``: the rank aborts with "terminate called without an active exception" after
+    its work is done (seen under load, when that thread is descheduled between finishing the work
+    and dropping it).  Imported first, the defaults are ``None`` (the default group at call time).
+    """
+    import torch.distributed.nn.functional  # noqa: F401
+
+
 def shutdown() -> None:
-    """Leave the process group (if :func:`context` joined one)."""
+    """Leave the process group (if :func:`context` joined one), and check that it was freed: a process
+    group that something still references keeps its backend's threads past the interpreter's end
+    (see :func:`_bind_world_defaults_before_init`)."""
     global _CURRENT
     if _CURRENT is not None and dist.is_initialized():
+        world = weakref.ref(dist.group.WORLD)
         dist.destroy_process_group()
+        if world() is not None:
+            gc.collect()
+        if world() is not None:
+            warnings.warn(
+                "the default process group is still referenced after destroy_process_group, so its backend's "
+                "threads outlive it and can abort the process at exit; keep no reference to dist.group.WORLD "
+                "and create process groups through metaloss.distributed.context()",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     _CURRENT = None
 
 

@@ -10,6 +10,7 @@ Rank 0 (or the single process) saves the final state dicts of the three networks
 
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
@@ -89,6 +90,24 @@ def main(out: str, batch_size: int, backend: str) -> None:
     if ctx is None or ctx.is_main:
         torch.save({role: getattr(problem, role).state_dict() for role in ("learner", "generator", "objective")}, out)
     distributed.shutdown()
+    left = backend_threads()
+    if left:  # they would outlive the interpreter, and one releasing a work at exit aborts the rank
+        sys.exit(f"rank {os.environ.get('RANK', '-')}: process-group threads left after shutdown: {left}")
+
+
+def backend_threads() -> list[str]:
+    """Names of this process's gloo threads (Linux; none elsewhere)."""
+    tasks = f"/proc/{os.getpid()}/task"
+    if not os.path.isdir(tasks):
+        return []
+    names = []
+    for tid in os.listdir(tasks):
+        try:
+            with open(f"{tasks}/{tid}/comm") as f:
+                names.append(f.read().strip())
+        except OSError:  # the thread ended meanwhile
+            continue
+    return sorted(n for n in names if "gloo" in n)
 
 
 if __name__ == "__main__":
