@@ -23,9 +23,17 @@ from metaloss.cli import main
 from metaloss.config import load_config
 from metaloss.distributed import DistributedContext, ShardedBatches, convert_batchnorm
 from metaloss.experiment import load_checkpoint
+from metaloss.utils.numerics import adam_run_tolerance
 
 HERE = Path(__file__).resolve().parent
-TOLERANCE = 1e-5  # the issue's tolerance on every parameter and buffer
+#: the data-parallel requirement (docs/distributed.md): every parameter and buffer of the two runs within this
+REQUIREMENT = 1e-5
+
+
+def run_tolerance(dtype: torch.dtype, terms: int, steps: int, lr: float) -> float:
+    """:func:`~metaloss.utils.numerics.adam_run_tolerance`, never looser than the requirement (in float32 the
+    worst case is looser: the requirement then holds because the worst case is not reached)."""
+    return min(REQUIREMENT, adam_run_tolerance(dtype, terms, steps, lr))
 
 
 def env(**extra: str) -> dict[str, str]:
@@ -54,7 +62,7 @@ def metaloss(*args: str | Path, **kwargs) -> subprocess.CompletedProcess:
     return sh(sys.executable, "-m", "metaloss", *args, **kwargs)
 
 
-def assert_same_networks(a: dict, b: dict, tol: float = TOLERANCE) -> float:
+def assert_same_networks(a: dict, b: dict, tol: float) -> float:
     """Every tensor of the three networks within ``tol`` (absolute); returns the largest difference."""
     worst = 0.0
     for role in ("learner", "generator", "objective"):
@@ -146,7 +154,8 @@ def test_engine_two_processes_equal_one_process_with_double_batch(tmp_path, back
     sh(sys.executable, script, tmp_path / "one.pt", "4", backend)
     torchrun(script, tmp_path / "two.pt", "2", backend)
     one, two = (torch.load(tmp_path / f"{n}.pt") for n in ("one", "two"))
-    assert_same_networks(one, two, tol=1e-10)  # float64: only rounding differs
+    # float64; sums of up to 4 samples × 4 batch-norm channels × 2; 2 epochs of 3 meta and 3 learner steps at lr 1e-2
+    assert_same_networks(one, two, tol=run_tolerance(torch.float64, 32, steps=12, lr=1e-2))
     assert not torch.equal(one["generator"]["linear.weight"], Toy_initial_generator_weight())
 
 
@@ -216,7 +225,8 @@ def test_tdfusion_segmentation_two_processes_equal_one_with_double_batch_and_onl
     assert sorted(p.name for p in work.rglob("*") if p.is_file()) == sorted(
         ["config.toml", "log.jsonl", "summary.json", "epoch_001.pt", "last.pt"]
     )
-    worst = assert_same_networks(trainer_state(one), trainer_state(two))
+    # float64, global batch 2 × 24² pixels, 2 meta and 4 learner steps at lr 1e-3
+    worst = assert_same_networks(trainer_state(one), trainer_state(two), run_tolerance(torch.float64, 2 * 24 * 24, 6, 1e-3))
     print(f"largest difference: {worst:.3g}")
     records = [json.loads(line) for line in (two / "log.jsonl").read_text().splitlines()]
     phases = [r["phase"] for r in records]
@@ -241,7 +251,8 @@ def test_refusion_two_processes_equal_one_with_double_batch_in_float32(tmp_path)
     one, two = tmp_path / "one", tmp_path / "two"
     metaloss("run", write_config(tmp_path / "one.toml", with_batch(REFUSION, 4)), "--out", one, "--quiet")
     metaloss("run", write_config(tmp_path / "two.toml", with_batch(REFUSION, 2)), "--out", two, "--quiet", "--nproc", "2")
-    worst = assert_same_networks(trainer_state(one), trainer_state(two))
+    # float32, global batch 4 × 24² pixels, 2 meta and 3 learner steps at lr 1e-3
+    worst = assert_same_networks(trainer_state(one), trainer_state(two), run_tolerance(torch.float32, 4 * 24 * 24, 5, 1e-3))
     print(f"largest difference: {worst:.3g}")
     assert json.loads((two / "summary.json").read_text())["distributed"]["world_size"] == 2
 
@@ -259,7 +270,8 @@ def test_two_processes_resume_from_one_checkpoint(tmp_path):
     assert trainer_state(two)["epoch"] == 1
     metaloss("run", "--resume", two, "--quiet", "--nproc", "2", "--set", "meta.epochs=2")
     assert trainer_state(two)["epoch"] == 2
-    assert_same_networks(trainer_state(one), trainer_state(two))
+    # float64, global batch 2 × 24² pixels, 2 epochs of 2 meta and 5 learner steps at lr 1e-3
+    assert_same_networks(trainer_state(one), trainer_state(two), run_tolerance(torch.float64, 2 * 24 * 24, 14, 1e-3))
     phases = [json.loads(line)["phase"] for line in (two / "log.jsonl").read_text().splitlines()]
     assert phases.count("resume") == 1 and phases.count("epoch") == 2
 

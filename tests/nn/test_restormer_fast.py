@@ -6,9 +6,26 @@ import torch
 from metaloss.models.restormer import RestormerFusion
 from metaloss.nn.restormer import DualStreamRestormer
 from metaloss.nn.restormer_fast import FastRestormer, fast_forward, supports_fast
+from metaloss.utils.numerics import reordering_tolerance
 
-#: float32 tolerance of the fast engine against the eager forward (outputs in [0, 1] / weights)
-ATOL32 = 1e-5
+
+@pytest.fixture(autouse=True)
+def seeded():
+    """Networks are built from the global random stream: seed it, so that a test builds the same network
+    whichever tests ran before it in this process (under pytest-xdist that depends on the scheduling)."""
+    torch.manual_seed(0)
+
+
+def split_tolerance(out: torch.Tensor, sum_length: int) -> float:
+    """Bound on the difference between two float32 evaluations of a Restormer whose channel-attention
+    sums (``Σ q kᵀ``, ``Σ q²``, ``Σ k²`` over at most ``sum_length`` pixels, in float32) were added in
+    another order: another band split, or the eager forward's sums over the whole image.
+
+    The attention logits are cosines ``Σ q k / (‖q‖ ‖k‖)``, so a relative error ``γₙ`` of the sums is an
+    absolute error of the logits of the same order, and it reaches the output (in [0, 1] here) without
+    being magnified: amplification 1 (over 30 random networks, the largest difference between two band
+    splits was 0.19 of this bound)."""
+    return reordering_tolerance(torch.float32, sum_length, magnitude=float(out.detach().abs().max()), amplification=1.0)
 
 
 def randomise(m: torch.nn.Module, seed: int = 0, scale: float = 0.2) -> torch.nn.Module:
@@ -98,7 +115,8 @@ def test_unsupported_modules_and_weights_taken_at_build_time():
     before = fast(ir, vi)
     with torch.no_grad():
         net.backbone.head_in.weight.mul_(2)
-    torch.testing.assert_close(FastRestormer(net.backbone)(ir, vi), net.backbone(ir, vi), atol=ATOL32, rtol=0)
+    expected = net.backbone(ir, vi)  # one band of 16·16 pixels against the eager sums over the whole image
+    torch.testing.assert_close(FastRestormer(net.backbone)(ir, vi), expected, atol=split_tolerance(expected, 16 * 16), rtol=0)
     assert not torch.allclose(before, FastRestormer(net.backbone)(ir, vi))
 
 
@@ -159,20 +177,32 @@ def test_pool_serves_a_free_piece_only_to_a_map_of_its_size():
     assert b.shape == (9, 10) and len(pool.slabs) == 2 and a.shape == (10, 10)
 
 
-def test_band_workers_match_bands_in_turn():
-    """Bands run side by side compute what they compute in turn: bit for bit when the band split is
-    the same (an even number of 16-row bands), to rounding when the workers' split differs."""
+def test_band_workers_match_bands_in_turn(monkeypatch):
+    """Bands run side by side compute what they compute in turn: bit for bit when the band split is the
+    same (an even number of 16-row bands).  When the workers' split differs (83 rows: six bands of 16
+    rows in turn, six of 14 side by side), only the float32 attention sums of each band cover other
+    pixels, so the results differ within :func:`split_tolerance` of the longer band, and with those sums
+    in float64 they are bit-identical again: nothing else depends on the split."""
     net = randomise(RestormerFusion())
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        for h in (96, 83):  # six bands; five bands, which two workers split into six
-            ir, vi = pair(1, h, 40)
-            in_turn = fast_forward(net, ir, vi, band_pixels=1, workers=1)
-            side_by_side = fast_forward(net, ir, vi, band_pixels=1, workers=2)
-            if h == 96:
-                assert torch.equal(side_by_side, in_turn)
-            torch.testing.assert_close(side_by_side, in_turn, atol=ATOL32, rtol=0)
+        ir, vi = pair(1, 96, 40)
+        assert torch.equal(fast_forward(net, ir, vi, band_pixels=1, workers=2), fast_forward(net, ir, vi, band_pixels=1, workers=1))
+        ir, vi = pair(1, 83, 40)
+        in_turn = fast_forward(net, ir, vi, band_pixels=1, workers=1)
+        side_by_side = fast_forward(net, ir, vi, band_pixels=1, workers=2)
+        torch.testing.assert_close(side_by_side, in_turn, atol=split_tolerance(in_turn, 16 * 40), rtol=0)
+
+        import metaloss.nn.restormer_fast as fast_module
+
+        def add_in_float64(self, band, q, k, squares):
+            self.grams[band] = q.double().t() @ k.double()
+            self.squares[band] = torch.cat([q.double().square().sum(0), k.double().square().sum(0)])
+
+        monkeypatch.setattr(fast_module._Sums, "add", add_in_float64)
+        exact_sums = [fast_forward(net, ir, vi, band_pixels=1, workers=w) for w in (1, 2)]
+        assert torch.equal(*exact_sums)
     finally:
         torch.set_num_threads(threads)
 
