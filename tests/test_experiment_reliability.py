@@ -255,6 +255,9 @@ DRIVER = textwrap.dedent(
     # over checkpoints/last.pt, i.e. during a checkpoint write).
     import os, signal, sys
     import metaloss.meta.trainer as trainer_mod
+    # Ctrl-C in a terminal raises KeyboardInterrupt; a process started in the background of a
+    # non-interactive shell inherits SIGINT ignored, and Python then leaves it ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     import metaloss.utils.io as io_mod
     from metaloss.cli import main
 

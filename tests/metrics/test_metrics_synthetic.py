@@ -13,8 +13,24 @@ import torch
 from metaloss.metrics import PROFILES, evaluate, get_profile
 from metaloss.metrics import _ops, cddfuse, vifb
 from metaloss.metrics.api import MIN_SIZE
+from metaloss.utils.numerics import reordering_tolerance
 
 H, W = 64, 80
+
+#: metrics whose images pass through float32 FFTs (vifb.py: Qcb's and Qcv's frequency-domain filters)
+FLOAT32_FFT = {"Qcb", "Qcv"}
+
+
+def batch_tolerance(metric: str, value: float) -> float:
+    """How far one image's metric may move when it is computed in a batch rather than alone: the
+    libraries may then add its sums in another order (a batched FFT takes other vectorised paths on
+    some CPUs).  Float64 metrics: sums over the H·W pixels.  Qcb and Qcv: a float32 FFT of H·W points
+    errs by at most about γ_(log₂ HW) relative per output (Higham, *Accuracy and Stability*, §24.1), and
+    the metric, a weighted mean of ratios of filtered values, carries that relative error over
+    (measured batch-vs-single on an AVX-512 machine: 1.1e-8 relative, bound 1.4e-6)."""
+    if metric in FLOAT32_FFT:
+        return reordering_tolerance(torch.float32, math.ceil(math.log2(H * W)), magnitude=abs(value))
+    return reordering_tolerance(torch.float64, H * W, magnitude=max(abs(value), 1.0))
 
 
 def _img(seed: int, c: int = 1, b: int = 1, h: int = H, w: int = W, smooth: bool = True) -> torch.Tensor:
@@ -116,8 +132,9 @@ def test_batch_equals_single_and_shared_sources(profile):
         single = evaluate(f[i : i + 1], a, b, profile)
         for k in batched:
             assert batched[k].shape == (3,)
-            assert batched[k][i].item() == pytest.approx(single[k].item(), rel=1e-12, abs=1e-12), k
-            assert expanded[k][i].item() == pytest.approx(single[k].item(), rel=1e-12, abs=1e-12), k
+            tol = batch_tolerance(k, single[k].item())
+            assert batched[k][i].item() == pytest.approx(single[k].item(), rel=0, abs=tol), k
+            assert expanded[k][i].item() == pytest.approx(single[k].item(), rel=0, abs=tol), k
 
 
 def test_chunking_does_not_change_results(monkeypatch):
@@ -127,7 +144,8 @@ def test_chunking_does_not_change_results(monkeypatch):
     monkeypatch.setattr("metaloss.metrics.api.CPU_CHUNK_PIXELS", 1)  # one image per chunk
     chunked = evaluate(f, a, b)
     for k in whole:
-        torch.testing.assert_close(whole[k], chunked[k], rtol=1e-12, atol=1e-12)
+        for w, c in zip(whole[k].tolist(), chunked[k].tolist()):
+            assert c == pytest.approx(w, rel=0, abs=batch_tolerance(k, w)), k
 
 
 def test_input_validation():
