@@ -7,7 +7,8 @@
 ``--ir``/``--vi`` are two files (one pair) or two folders; in folders, images (by extension) are
 paired by file name without extension, and files without a partner are listed on stderr.  Each
 fused image is written as an 8-bit PNG ``DIR/<name>.png`` (``<name>``: the source's file name
-without extension; for a single pair with two different names, the visible image's).  See
+without extension; for a single pair with two different names, the visible image's).  ``DIR``
+may not be the folder of a source image: that is refused before anything is written.  See
 ``docs/fuse.md``.  Also runnable as ``python -m metaloss.fuse_cli``.
 """
 
@@ -149,6 +150,26 @@ def pair_jobs(ir: Path, vi: Path) -> tuple[list[Job], list[Path]]:
     raise PairingError(f"--ir and --vi must both be files or both be folders: {ir}, {vi}")
 
 
+def overwrite_risk(out: Path, sources: Sequence[Path]) -> str | None:
+    """Why fusing into ``out`` could replace a source image, or None when it cannot.  Every output is
+    ``out/<name>...png``, so a source is safe unless ``out`` is its folder, as given or where its link
+    points; such a folder is refused whatever the names, as fused images in it would also be taken
+    for sources by the next run on that folder."""
+    from metaloss.utils.io import clashing_input
+
+    folders: dict[Path, Path] = {}  # folder -> a source image in it
+    for source in sources:
+        for image in (source, source.resolve()):
+            folders.setdefault(image.parent, image)
+    folder = clashing_input(out, folders)
+    if folder is None:
+        return None
+    return (
+        f"--out {out} is the folder of the source image {folders[folder]}, which fused images could "
+        "overwrite; choose another folder"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``metaloss fuse`` with parsed ``args``; returns the exit status."""
     from metaloss.data.images import ImageReadError, ImageSizeError, load_pair
@@ -177,6 +198,9 @@ def run(args: argparse.Namespace) -> int:
         jobs, unpaired = pair_jobs(Path(args.ir), Path(args.vi))
     except PairingError as err:
         return _fail(str(err), EXIT_USAGE)
+    risk = overwrite_risk(Path(args.out), [p for job in jobs for p in (job.ir, job.vi)] + unpaired)
+    if risk is not None:
+        return _fail(risk, EXIT_USAGE)
     if unpaired:
         print(f"metaloss fuse: {len(unpaired)} file(s) without a partner, not fused:", file=sys.stderr)
         for p in unpaired:

@@ -276,3 +276,48 @@ def test_threads_option(tmp_path, monkeypatch, capsys):
     assert np.abs(one - two).max() <= 1
     assert main([*args, "--out", str(tmp_path / "x"), "--threads", "0"]) == 2
     assert "--threads must be at least 1" in capsys.readouterr().err
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_out_holding_a_source_is_refused_before_writing(tmp_path, ckpt, folders, capsys):
+    """No --out that could replace a source: the folder of a single pair, a source folder (also
+    spelled with '..' or through a link), or the folder a linked source points into."""
+    ir, vi = folders
+    d, elsewhere = tmp_path / "d", tmp_path / "elsewhere"
+    d.mkdir()
+    elsewhere.mkdir()
+    cv2.imwrite(str(d / "ok_ir.png"), _gray(0))
+    cv2.imwrite(str(d / "ok_vi.png"), _gray(1))
+    cv2.imwrite(str(elsewhere / "ok_ir.png"), _gray(0))
+    (elsewhere / "ok_vi.png").symlink_to(d / "ok_vi.png")
+    (tmp_path / "link").symlink_to(vi)
+    before = {f: _snapshot(f) for f in (ir, vi, d)}
+    pair = ["--ir", str(d / "ok_ir.png"), "--vi", str(d / "ok_vi.png")]
+    linked_pair = ["--ir", str(elsewhere / "ok_ir.png"), "--vi", str(elsewhere / "ok_vi.png")]
+    both = ["--ir", str(ir), "--vi", str(vi)]
+    cases = [
+        (pair, d, d / "ok_ir.png"),
+        (both, vi, vi / "a.png"),
+        (both, ir / ".." / "vi", vi / "a.png"),
+        (both, tmp_path / "link", vi / "a.png"),
+        (linked_pair, d, (d / "ok_vi.png").resolve()),  # where the link points
+    ]
+    for args, out, source in cases:
+        assert main(["-c", str(ckpt), *args, "--out", str(out), "-q"]) == 2
+        assert capsys.readouterr().err == (
+            f"metaloss fuse: error: --out {out} is the folder of the source image {source}, which fused images "
+            "could overwrite; choose another folder\n"
+        )
+    assert {f: _snapshot(f) for f in (ir, vi, d)} == before
+
+
+def test_out_elsewhere_with_the_sources_names_is_fine(tmp_path, ckpt, folders):
+    ir, vi = folders
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.png").write_bytes(b"an older result")
+    assert main(["-c", str(ckpt), "--ir", str(ir), "--vi", str(vi), "--out", str(out), "-q"]) == 0
+    assert _read(out / "a.png").shape == (H, W, 3)  # replaced: it was an output, not a source

@@ -6,7 +6,10 @@
 Prints, under a header naming the profile, a table per fused folder (one row per image, then the
 means) with the problems found (missing partner, unreadable file, size mismatch) listed per
 file; with several fused folders, a comparison table of the means with the best value of each
-metric marked ``*``. ``configure_parser`` and ``run`` are what the ``metaloss`` command wires in.
+metric marked ``*``.  Source pairs that a fused folder has no image for are named in a warning on
+stderr (its means leave them out).  ``--json``/``--csv`` naming an input (a source or fused image,
+or a folder) is refused before scoring.  ``configure_parser`` and ``run`` are what the ``metaloss``
+command wires in.
 """
 
 from __future__ import annotations
@@ -18,10 +21,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from metaloss.metrics.folders import FolderEvaluation, MethodResult, evaluate_folders
+from metaloss.metrics.folders import FolderEvaluation, MethodResult, evaluate_folders, list_images
 from metaloss.metrics.profiles import DEFAULT_PROFILE, PROFILES
+from metaloss.utils.io import clashing_input
 
-__all__ = ["configure_parser", "run", "main", "format_table", "format_evaluation"]
+__all__ = ["configure_parser", "run", "main", "format_table", "format_evaluation", "format_missing"]
+
+#: Source pairs named per fused folder in the warning about missing fused images; the rest are counted.
+MISSING_SHOWN = 10
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -73,9 +80,28 @@ def _split_metrics(values: Sequence[str] | None) -> list[str] | None:
     return out or None
 
 
+def _result_file_error(args: argparse.Namespace) -> str | None:
+    """Why ``--json``/``--csv`` cannot be written, or None: it names an input of this evaluation (a
+    source or fused image, or one of their folders), which it would replace, or another folder, or a
+    file in a folder that does not exist, where writing would fail after all the scoring."""
+    folders = [args.ir, args.vi, *args.fused]
+    inputs = [*folders, *(p for d in folders for p in list_images(d))]
+    for option, target in (("--json", args.json), ("--csv", args.csv)):
+        if target is None:
+            continue
+        clash = clashing_input(target, inputs)
+        if clash is not None:
+            return f"{option} {str(target)!r} is the input {str(clash)!r}; write the results to another file"
+        if target.is_dir():
+            return f"{option} {str(target)!r} is a folder; give a file name"
+        if not target.parent.is_dir():
+            return f"{option} {str(target)!r}: the folder {str(target.parent)!r} does not exist"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``metaloss eval``. Returns 0 when at least one image was evaluated, 1 when none was,
-    2 for a usage error (unknown metric, missing folder)."""
+    2 for a usage error (unknown metric, missing folder, ``--json``/``--csv`` naming an input)."""
     out: TextIO = sys.stdout
     err: TextIO = sys.stderr
     profile = PROFILES[args.profile]
@@ -93,6 +119,10 @@ def run(args: argparse.Namespace) -> int:
         if not Path(d).is_dir():
             print(f"error: {what} {str(d)!r} is not a directory", file=err)
             return 2
+    problem = _result_file_error(args)
+    if problem is not None:
+        print(f"error: {problem}", file=err)
+        return 2
     workers = max(1, int(args.workers))
     threads = None
     if workers > 1:
@@ -120,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
         if threads is not None:
             torch.set_num_threads(threads[0])
             cv2.setNumThreads(threads[1])
+    err.write(format_missing(res))
     out.write(format_evaluation(res, per_image=not args.summary))
     if args.json:
         res.write_json(args.json)
@@ -177,6 +208,22 @@ def _method_table(res: FolderEvaluation, mr: MethodResult) -> str:
     return format_table(["image", *_header_cells(res)], rows)
 
 
+def format_missing(res: FolderEvaluation) -> str:
+    """The warning, one line per fused folder, naming the source pairs it has no fused image for
+    (the first ``MISSING_SHOWN``, then a count): its means leave them out, so they are not comparable
+    with those of a folder that has them."""
+    lines = []
+    for mr in res.methods:
+        if mr.missing:
+            names = ", ".join(mr.missing[:MISSING_SHOWN])
+            more = f" and {len(mr.missing) - MISSING_SHOWN} more" if len(mr.missing) > MISSING_SHOWN else ""
+            lines.append(
+                f"warning: {mr.label}: {len(mr.missing)} source pair(s) have no fused image in "
+                f"{str(mr.fused_dir)!r} and are left out of its means: {names}{more}\n"
+            )
+    return "".join(lines)
+
+
 def format_evaluation(res: FolderEvaluation, per_image: bool = True) -> str:
     """The text ``metaloss eval`` prints for ``res``."""
     parts = [
@@ -186,7 +233,8 @@ def format_evaluation(res: FolderEvaluation, per_image: bool = True) -> str:
     ]
     for mr in res.methods:
         n_ok, n_err = len(mr.evaluated), len(mr.errors)
-        parts.append(f"\n== {mr.label}: {mr.fused_dir}  ({n_ok} evaluated, {n_err} with problems)\n")
+        absent = f", {len(mr.missing)} source pair(s) without a fused image" if mr.missing else ""
+        parts.append(f"\n== {mr.label}: {mr.fused_dir}  ({n_ok} evaluated, {n_err} with problems{absent})\n")
         if per_image:
             if mr.evaluated:
                 parts.append(_method_table(res, mr))

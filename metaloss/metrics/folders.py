@@ -3,8 +3,9 @@
 Files are paired by name: ``fused/x.png`` goes with ``ir/x.png`` and ``vi/x.png``, or, failing
 an exact match, with the source of the same stem and another image extension (``x.jpg``).
 Problems are reported per fused file (missing partner, unreadable file, size mismatch) and do not
-stop the evaluation. All fused images of one source pair (one per method) are evaluated as one
-batch, so the per-source work is done once per pair.
+stop the evaluation; source pairs with no fused image in a folder are listed as that folder's
+``missing``, since its means leave them out. All fused images of one source pair (one per method)
+are evaluated as one batch, so the per-source work is done once per pair.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor
 
 from metaloss.data.io import IMAGE_EXTENSIONS, ImageReadError, read_gray_cddfuse, read_image
-from metaloss.metrics.api import MIN_SIZE, evaluate
+from metaloss.metrics.api import evaluate, min_size
 from metaloss.metrics.profiles import DEFAULT_PROFILE, Profile, get_profile
 
 __all__ = [
@@ -36,6 +37,8 @@ __all__ = [
 
 #: At most this many fused pixels (B·H·W) in one batch, to bound memory.
 MAX_BATCH_PIXELS = 8_000_000
+#: The ``error`` of a CSV row for a source pair that has no fused image.
+NO_FUSED_IMAGE = "no fused image"
 
 
 @dataclass
@@ -53,11 +56,13 @@ class ImageRecord:
 
 @dataclass
 class MethodResult:
-    """All fused files of one folder (one fusion method)."""
+    """All fused files of one folder (one fusion method), and the source pairs it has no fused image
+    for (``missing``: infrared file names), which its means do not cover."""
 
     label: str
     fused_dir: Path
     records: list[ImageRecord]
+    missing: list[str] = field(default_factory=list)
 
     @property
     def errors(self) -> list[ImageRecord]:
@@ -127,6 +132,7 @@ class FolderEvaluation:
                     "fused_dir": str(mr.fused_dir),
                     "images": {r.name: {k: clean(v) for k, v in r.values.items()} for r in mr.evaluated},
                     "errors": {r.name: r.error for r in mr.errors},
+                    "missing": list(mr.missing),
                     "mean": {k: clean(v) for k, v in mr.mean(self.metrics).items()},
                     "n_images": len(mr.evaluated),
                 }
@@ -139,7 +145,8 @@ class FolderEvaluation:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
     def write_csv(self, path: str | os.PathLike[str]) -> None:
-        """One row per (method, image) plus a ``mean`` row per method; an ``error`` column."""
+        """One row per (method, image) plus a ``mean`` row per method; an ``error`` column.  A source
+        pair with no fused image gets a row under its infrared file name, without values."""
         with open(path, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
             w.writerow(["profile", "method", "image", *self.metrics, "error"])
@@ -147,6 +154,8 @@ class FolderEvaluation:
                 for r in mr.records:
                     vals = [("" if r.error else _csv_num(r.values.get(m, float("nan")))) for m in self.metrics]
                     w.writerow([self.profile.name, mr.label, r.name, *vals, r.error or ""])
+                for name in mr.missing:
+                    w.writerow([self.profile.name, mr.label, name, *[""] * len(self.metrics), NO_FUSED_IMAGE])
                 means = mr.mean(self.metrics)
                 w.writerow([self.profile.name, mr.label, "mean", *[_csv_num(means[m]) for m in self.metrics], ""])
 
@@ -180,6 +189,12 @@ class _Partners:
             return self.by_name[name]
         cands = self.by_stem.get(Path(name).stem, [])
         return cands[0] if cands else None
+
+
+def _source_pairs(ir: _Partners, vi: _Partners) -> list[Path]:
+    """The infrared images that have a visible partner (found as a fused file of the same name
+    would find it): the pairs a fused folder is expected to cover."""
+    return [ip for ip in ir.files if vi.find(ip.name) is not None]
 
 
 def load_image_tensor(path: str | os.PathLike[str], profile: str | Profile = DEFAULT_PROFILE) -> Tensor:
@@ -243,7 +258,8 @@ def evaluate_folders(
             ``torch.set_num_threads(1)`` uses them better than one worker with ``n`` torch threads.
 
     Returns:
-        A :class:`FolderEvaluation` with per-image values, per-file errors and means.
+        A :class:`FolderEvaluation` with per-image values, per-file errors, means, and per folder
+        the source pairs (infrared images with a visible partner) it has no fused image for.
     """
     prof = get_profile(profile)
     specs = prof.resolve([metrics] if isinstance(metrics, str) else metrics)
@@ -260,21 +276,25 @@ def evaluate_folders(
     ir_p = _Partners(Path(ir_dir))
     vi_p = _Partners(Path(vi_dir))
 
-    # Plan: fused files grouped by their (ir, vi) pair.
+    # Plan: fused files grouped by their (ir, vi) pair; the source pairs left without one, per folder.
     results = [MethodResult(lab, d, []) for lab, d in zip(labels, fdirs)]
     groups: dict[tuple[Path, Path], list[tuple[int, ImageRecord, Path]]] = {}
+    expected = _source_pairs(ir_p, vi_p)
     for mi, d in enumerate(fdirs):
+        covered: set[Path] = set()
         for fp in list_images(d):
             rec = ImageRecord(fp.name)
             results[mi].records.append(rec)
             ip, vp = ir_p.find(fp.name), vi_p.find(fp.name)
-            missing = [f"no infrared partner in {ir_p.folder}" if ip is None else "",
-                       f"no visible partner in {vi_p.folder}" if vp is None else ""]
-            missing = [m for m in missing if m]
-            if missing:
-                rec.error = "; ".join(missing)
+            no_partner = [f"no infrared partner in {ir_p.folder}" if ip is None else "",
+                          f"no visible partner in {vi_p.folder}" if vp is None else ""]
+            no_partner = [m for m in no_partner if m]
+            if no_partner:
+                rec.error = "; ".join(no_partner)
                 continue
             groups.setdefault((ip, vp), []).append((mi, rec, fp))  # type: ignore[arg-type]
+            covered.add(ip)  # type: ignore[arg-type]
+        results[mi].missing = [ip.name for ip in expected if ip not in covered]
 
     total = sum(len(v) for v in groups.values())
     bar = None
@@ -331,9 +351,10 @@ def _evaluate_group(
             )
         return
     h, w = ir.shape[-2:]
-    if min(h, w) < MIN_SIZE:
+    need = min_size(prof, names)
+    if min(h, w) < need:
         for _, rec, _ in items:
-            rec.error = f"image too small ({h}x{w}; the metrics need at least {MIN_SIZE}x{MIN_SIZE})"
+            rec.error = f"image too small ({h}x{w}; the metrics need at least {need}x{need})"
         return
     ready: list[tuple[ImageRecord, Tensor]] = []
     for _, rec, fp in items:

@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash mid-write never leaves a half-written file under the final name."""
+"""Safe file writes: atomic (a crash mid-write never leaves a half-written file under the final name),
+and :func:`clashing_input`, which finds the input an output path would overwrite."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,23 @@ def default_file_mode() -> int:
     return 0o666 & ~umask
 
 
+def same_path(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether ``a`` and ``b`` name one file or folder: equal resolved paths (``..`` and links
+    followed, so this holds for paths that do not exist yet), or ``os.path.samefile`` when both exist
+    (hard links, bind mounts)."""
+    if Path(a).resolve() == Path(b).resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
+
+
+def clashing_input(output: str | os.PathLike[str], inputs: Iterable[Path]) -> Path | None:
+    """The first of ``inputs`` that ``output`` names (see :func:`same_path`), or None.  Commands check
+    their outputs with it before any work, so that a mistyped path never replaces a source."""
+    return next((p for p in inputs if same_path(output, p)), None)
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over ``path``; the file gets
@@ -42,6 +61,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
+    except OSError as err:  # write() and fsync() name no file; a full disk must say which
+        Path(tmp).unlink(missing_ok=True)
+        if err.filename is None:
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

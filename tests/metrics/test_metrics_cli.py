@@ -199,3 +199,63 @@ def test_nan_means_skip_nan(folders):
     res.methods[0].evaluated[1].values["EN"] = float("nan")
     assert math.isnan(res.means()["m1"]["EN"])
     assert res.best()["EN"] == []
+
+
+def test_results_file_naming_an_input_is_refused_before_scoring(folders, tmp_path, capsys, monkeypatch):
+    import metaloss.metrics.cli as cli
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("scored before the results file was checked")
+
+    monkeypatch.setattr(cli, "evaluate_folders", no_scoring)
+    (tmp_path / "link").symlink_to(folders["m2"])
+    base = ["--ir", str(folders["ir"]), "--vi", str(folders["vi"]), "--fused", str(folders["m1"]),
+            "--fused", str(folders["m2"]), "--no-progress"]  # fmt: skip
+    before = {p: p.read_bytes() for d in ("ir", "vi", "m1", "m2") for p in folders[d].iterdir()}
+    cases = [
+        ("--json", folders["ir"] / "a.png", folders["ir"] / "a.png"),  # a source image
+        ("--csv", tmp_path / "link" / "a.jpg", folders["m2"] / "a.jpg"),  # a fused image, through a link
+        ("--json", folders["vi"] / ".." / "m1", folders["m1"]),  # a fused folder
+    ]
+    for option, target, clash in cases:
+        assert main([*base, option, str(target)]) == 2
+        assert capsys.readouterr() == ("", (
+            f"error: {option} {str(target)!r} is the input {str(clash)!r}; write the results to another file\n"
+        ))
+    assert main([*base, "--csv", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"error: --csv {str(tmp_path)!r} is a folder; give a file name\n"
+    assert {p: p.read_bytes() for d in ("ir", "vi", "m1", "m2") for p in folders[d].iterdir()} == before
+
+
+def test_source_pairs_without_a_fused_image_are_warned_and_recorded(folders, tmp_path, capsys):
+    js, cs = tmp_path / "r.json", tmp_path / "r.csv"
+    rc = main(["--ir", str(folders["ir"]), "--vi", str(folders["vi"]), "--fused", str(folders["m1"]),
+               "--fused", str(folders["m2"]), "--metrics", "EN", "--json", str(js), "--csv", str(cs), "--no-progress"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert rc == 0
+    assert err == (
+        f"warning: m2: 1 source pair(s) have no fused image in {str(folders['m2'])!r} and are left out of its means: "
+        "c.png\n"
+    )
+    assert "(2 evaluated, 0 with problems, 1 source pair(s) without a fused image)" in out
+    methods = json.loads(js.read_text())["methods"]
+    assert (methods["m1"]["missing"], methods["m2"]["missing"]) == ([], ["c.png"])
+    with open(cs, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["method"] == "m2"]
+    assert [(r["image"], r["EN"], r["error"]) for r in rows if r["image"] == "c.png"] == [("c.png", "", "no fused image")]
+
+
+def test_missing_warning_names_ten_pairs_then_counts(tmp_path):
+    from metaloss.metrics.cli import format_missing
+
+    d = {k: tmp_path / k for k in ("ir", "vi", "fused")}
+    for p in d.values():
+        p.mkdir()
+    names = [f"{i:02d}.png" for i in range(12)]
+    for n in names:
+        cv2.imwrite(str(d["ir"] / n), _scene(0, h=8, w=8))
+        cv2.imwrite(str(d["vi"] / n), _scene(1, h=8, w=8))
+    cv2.imwrite(str(d["ir"] / "ir_only.png"), _scene(0, h=8, w=8))  # not a pair: never missing
+    res = evaluate_folders(d["ir"], d["vi"], d["fused"], progress=False)
+    assert res.methods[0].missing == names
+    assert format_missing(res).endswith(f": {', '.join(names[:10])} and 2 more\n")

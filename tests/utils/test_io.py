@@ -66,3 +66,24 @@ def test_atomic_writes_get_the_umask_permissions_not_mkstemps_0600(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o644
+
+
+def test_same_path_sees_through_dots_and_links(tmp_path):
+    import os
+
+    from metaloss.utils.io import clashing_input, same_path
+
+    (tmp_path / "src").mkdir()
+    image = tmp_path / "src" / "a.png"
+    image.write_bytes(b"x")
+    (tmp_path / "link").symlink_to(tmp_path / "src")
+    os.link(image, tmp_path / "hard.png")
+    assert same_path(tmp_path / "other" / ".." / "src", tmp_path / "src")  # '..' over a folder that does not exist
+    assert same_path(tmp_path / "link" / "a.png", image)
+    assert same_path(tmp_path / "hard.png", image)  # only os.path.samefile sees a hard link
+    assert not same_path(tmp_path / "new.png", image)
+    assert not same_path(tmp_path / "out" / "a.png", image)  # same name, other folder
+    inputs = [tmp_path / "src", image]
+    assert clashing_input(tmp_path / "link", inputs) == tmp_path / "src"
+    assert clashing_input(tmp_path / "link" / "a.png", inputs) == image
+    assert clashing_input(tmp_path / "results.json", inputs) is None
