@@ -106,7 +106,7 @@ def generate(builtin_only: bool = True) -> str:
         for info in infos:
             if builtin_only and info.distribution != "metaloss":
                 continue
-            obj = registry.load(group, info.name)
+            obj = registry.load(group, info.config_name)
             model = registry.config_model(obj)
             doc = (obj.__doc__ or "").strip().splitlines()
             lines += [f"### `{registry.GROUPS[group]}`: `{info.name}`", "", f"`{info.value}`" + (f": {doc[0]}" if doc else ""), ""]

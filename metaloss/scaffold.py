@@ -71,9 +71,10 @@ def _taken(names: PluginNames) -> list[str]:
 
     clashes = []
     for group in registry.GROUPS:
-        ep = registry._entry_points(group).get(names.entry)
-        if ep is not None and registry._dist_name(ep) != names.distribution:
-            clashes.append(f"{registry.GROUPS[group]} (by {registry._dist_name(ep)})")
+        others = [registry._dist_name(ep) for ep in registry.registrations(group).get(names.entry, [])]
+        others = [d for d in others if d != names.distribution]
+        if others:
+            clashes.append(f"{registry.GROUPS[group]} (by {', '.join(others)})")
     return clashes
 
 

@@ -975,8 +975,8 @@ def check_distribution(
     through its first fusion network and task (or the defaults of ``check_meta_gradient``).  Plugins named
     in ``skip`` (``"group:name"``) are left out.  Returns the ``"group:name"`` checked.
 
-    Also checks that each name resolves to this distribution's object (not shadowed by another package
-    that registers the same name)."""
+    Also checks that no other package registers the same name (a bare name two distributions register
+    is refused by configs, see ``metaloss.registry``)."""
     from metaloss import registry
 
     try:
@@ -984,7 +984,7 @@ def check_distribution(
     except md.PackageNotFoundError:
         raise PluginContractError(f"distribution {distribution!r} is not installed (pip install -e <its folder>)") from None
     skipped = set(skip)
-    by_value = {ep.value: ep for ep in dist.entry_points}
+    by_value = {ep.value for ep in dist.entry_points}
     built: dict[str, list[Any]] = {}
     checked = []
     for short, full in registry.GROUPS.items():
@@ -994,9 +994,11 @@ def check_distribution(
                 obj = ep.load()
             except Exception as err:
                 _fail(label, f"entry point {ep.value!r} does not import: {_error_text(err)}")
-            winner = registry._entry_points(short).get(ep.name)
-            if winner is not None and winner.value != ep.value and winner.value not in by_value:
-                _fail(label, f"the name is shadowed by {winner.value} of {registry._dist_name(winner)}; pick another entry-point name")
+            others = [e for e in registry.registrations(short).get(ep.name, []) if e.value != ep.value and e.value not in by_value]
+            if others:
+                by = ", ".join(f"{e.value} of {registry._dist_name(e)}" for e in others)
+                _fail(label, f"the name is also registered by {by}, so a config must say "
+                      f"{registry.qualified_name(distribution, ep.name)!r}; pick another entry-point name")
             key = f"{short}:{ep.name}"
             if key in skipped:
                 continue

@@ -1,4 +1,5 @@
 import importlib.metadata as md
+import json
 
 import pytest
 
@@ -25,8 +26,15 @@ def test_unknown_name_lists_available():
 
 
 class FakeDist:
-    metadata = {"Name": "broken-plugin"}
-    version = "9.9"
+    """What ``registry`` reads of an installed distribution: its name and version."""
+
+    def __init__(self, name: str, version: str = "9.9"):
+        self.metadata, self.version = {"Name": name}, version
+
+
+def task_ep(name: str, value: str, dist: str) -> md.EntryPoint:
+    """A ``metaloss.tasks`` entry point of the (fake) installed distribution ``dist``."""
+    return md.EntryPoint(name, value, "metaloss.tasks")._for(FakeDist(dist))
 
 
 def fake_entry_points(monkeypatch, extra):
@@ -92,3 +100,98 @@ def test_a_plugin_that_raises_on_import_is_a_clear_error_everywhere(monkeypatch,
     out = capsys.readouterr().out
     assert "exploding" in out and "ERROR: RuntimeError: boom at import" in out  # the others still listed
     assert "segmentation" in out
+
+
+SEGMENTATION = "metaloss_tdfusion.segmentation:SegmentationTask"
+RECONSTRUCTION = "metaloss_refusion.reconstruction:ReconstructionTask"
+
+
+def test_a_name_two_distributions_register_is_refused_until_the_config_names_one(monkeypatch, tmp_path, capsys):
+    from metaloss.cli import main
+    from metaloss.config import ConfigError, load_config
+
+    fake_entry_points(monkeypatch, [task_ep("edges", SEGMENTATION, "metaloss-edges"), task_ep("edges", RECONSTRUCTION, "Other_Plugins")])
+    with pytest.raises(registry.AmbiguousPluginError) as info:
+        registry.load("tasks", "edges")
+    message = str(info.value)
+    assert "metaloss-edges, Other_Plugins" in message
+    assert 'name = "metaloss-edges:edges" or name = "other-plugins:edges"' in message
+    assert registry.load("tasks", "metaloss-edges:edges").__name__ == "SegmentationTask"
+    assert registry.load("tasks", "other_plugins:edges").__name__ == "ReconstructionTask"  # as pip compares names
+    for wrong in ("nobody:edges", ":edges"):
+        with pytest.raises(registry.UnknownPluginError, match=rf"'{wrong}'; available: metaloss-edges:edges, other-plugins:edges$"):
+            registry.load("tasks", wrong)
+
+    with pytest.raises(ConfigError, match=r"task\.name: tasks plugin 'edges' is registered by 2 distributions"):
+        load_config({"task": {"name": "edges"}})
+    cfg = load_config({"task": {"name": "other-plugins:edges"}})
+    assert 'name = "other-plugins:edges"' in cfg.to_toml()
+    path = tmp_path / "exp.toml"
+    path.write_text("[task]\nname = 'edges'\n")
+    assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "task.name" in err and "metaloss-edges:edges" in err and "other-plugins:edges" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_plugin_cannot_replace_a_builtin(monkeypatch):
+    fake_entry_points(monkeypatch, [task_ep("segmentation", RECONSTRUCTION, "metaloss-edges")])
+    with pytest.raises(registry.AmbiguousPluginError, match=r'\(metaloss, metaloss-edges\).*name = "metaloss:segmentation"'):
+        registry.load("tasks", "segmentation")
+    assert registry.load("tasks", "metaloss:segmentation").__name__ == "SegmentationTask"
+    assert registry.load("tasks", "metaloss-edges:segmentation").__name__ == "ReconstructionTask"
+    assert registry.load("tasks", "metaloss:reconstruction").__name__ == "ReconstructionTask"  # unshared names too
+    shared = [i for i in registry.list_plugins()["tasks"] if i.name == "segmentation"]
+    assert [(i.distribution, i.config_name, i.shared_with) for i in shared] == [
+        ("metaloss", "metaloss:segmentation", ("metaloss-edges",)),
+        ("metaloss-edges", "metaloss-edges:segmentation", ("metaloss",)),
+    ]
+
+
+def test_plugins_command_lists_every_registration_of_a_shared_name(monkeypatch, capsys):
+    from metaloss.cli import main
+
+    fake_entry_points(monkeypatch, [task_ep("segmentation", RECONSTRUCTION, "metaloss-edges")])
+    assert main(["plugins"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("segmentation ")]
+    assert len(lines) == 2
+    assert "metaloss 0.1.0" in lines[0] and 'AMBIGUOUS: also registered by metaloss-edges; use name = "metaloss:segmentation"' in lines[0]
+    assert "metaloss-edges 9.9" in lines[1] and 'use name = "metaloss-edges:segmentation"' in lines[1]
+    assert main(["plugins", "--json"]) == 0
+    tasks = json.loads(capsys.readouterr().out)["tasks"]
+    assert [(e["distribution"], e["object"]) for e in tasks if e["name"] == "segmentation"] == [
+        ("metaloss", SEGMENTATION), ("metaloss-edges", RECONSTRUCTION)
+    ]
+
+
+@pytest.mark.parametrize(
+    "module,source,reason",
+    [
+        ("exit_3_plugin", "import sys\nsys.exit(3)\n", "SystemExit: 3"),
+        ("exit_plugin", "import sys\nsys.exit()\n", "SystemExit"),
+        ("stop_plugin", "class Stop(BaseException): pass\nraise Stop('gone')\n", "stop_plugin.Stop: gone"),
+    ],
+    ids=["sys.exit(3)", "sys.exit()", "BaseException"],
+)
+def test_a_plugin_that_exits_on_import_is_reported_like_any_broken_plugin(monkeypatch, tmp_path, capsys, module, source, reason):
+    from metaloss.cli import main
+
+    (tmp_path / f"{module}.py").write_text(source + "class Task: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fake_entry_points(monkeypatch, [task_ep("exiting", f"{module}:Task", "exiting-plugin")])
+    with pytest.raises(registry.PluginImportError) as info:
+        registry.load("tasks", "exiting")
+    assert str(info.value) == f"tasks plugin 'exiting' ({module}:Task) failed to import: {reason}"
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert f"ERROR: {reason}" in out and "segmentation" in out
+
+
+def test_ctrl_c_during_a_plugin_import_still_stops_the_program(monkeypatch, tmp_path):
+    (tmp_path / "interrupted_plugin.py").write_text("raise KeyboardInterrupt\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fake_entry_points(monkeypatch, [task_ep("interrupted", "interrupted_plugin:Task", "slow-plugin")])
+    with pytest.raises(KeyboardInterrupt):
+        registry.load("tasks", "interrupted")
+    with pytest.raises(KeyboardInterrupt):
+        registry.list_plugins()

@@ -4,6 +4,12 @@ Decoding goes through :mod:`metaloss.data.io` (OpenCV, as the reference evaluato
 JPEG, BMP and TIFF files with 1, 3 or 4 channels and 8 or 16 bits per sample are read; anything else
 raises :class:`~metaloss.data.io.ImageReadError`, whose message names the file.
 
+Memory: an image whose header claims more pixels than the budget is refused before it is decoded.
+The budget is :func:`max_image_pixels`: ``set_max_image_pixels(n)`` in this process, else the
+environment variable ``METALOSS_MAX_IMAGE_PIXELS``, else 2**26 (67 M pixels, 8192×8192; LLVIP's
+1280×1024 is the largest benchmark image).  A JPEG cut short that OpenCV still decodes gives a
+:class:`CorruptImageWarning` naming the file.
+
 Normalisation rule (stored sample type → float32 in [0, 1]):
 
 * ``uint8``: ``v / 255``;  ``uint16``: ``v / 65535`` (the full 16-bit range, whatever bits the
@@ -34,9 +40,10 @@ from torch import Tensor
 
 from metaloss.data import io
 from metaloss.data.color import fuse_chroma, rgb_to_ycbcr, ycbcr_to_rgb
-from metaloss.data.io import ImageReadError
+from metaloss.data.io import CorruptImageWarning, ImageReadError, max_image_pixels, set_max_image_pixels
 
 __all__ = [
+    "CorruptImageWarning",
     "ImagePair",
     "ImageReadError",
     "ImageSizeError",
@@ -44,8 +51,10 @@ __all__ = [
     "compose",
     "load_image",
     "load_pair",
+    "max_image_pixels",
     "normalise",
     "read_any",
+    "set_max_image_pixels",
 ]
 
 

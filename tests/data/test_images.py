@@ -1,11 +1,16 @@
 """Loading images for fusion: every supported format, depth and channel count, refusals, colour rules."""
 
+import struct
+import time
+import zlib
+
 import cv2
 import numpy as np
 import pytest
 import torch
 
 from metaloss.data.color import fuse_chroma, rgb_to_ycbcr
+from metaloss.data import images
 from metaloss.data.images import ImageReadError, ImageSizeError, compose, load_image, load_pair, normalise
 
 H, W = 12, 10
@@ -159,3 +164,79 @@ def test_compose_round_trips_a_colour_image(tmp_path):
     assert np.abs(out.astype(int) - rgb).max() <= 1
     gray = compose(torch.tensor([[[0.0, 0.5, 1.2, -0.1]]]), None)
     assert gray.tolist() == [[0, 128, 255, 0]]
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A valid 8-bit grey PNG header claiming ``width``×``height`` with a tiny compressed IDAT."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(width + 1))) + chunk(b"IEND", b"")
+
+
+class Decoded(Exception):
+    """cv2.imdecode was reached."""
+
+
+@pytest.fixture
+def no_decoding(monkeypatch):
+    """cv2.imdecode raises ``Decoded``: a refusal must come before any pixel memory is allocated."""
+
+    def imdecode(*args, **kwargs):
+        raise Decoded
+
+    monkeypatch.setattr(cv2, "imdecode", imdecode)
+
+
+@pytest.fixture
+def budget():
+    """``images.set_max_image_pixels``, put back to the environment's budget after the test."""
+    yield images.set_max_image_pixels
+    images.set_max_image_pixels(None)
+
+
+def test_a_png_claiming_30000x30000_is_refused_before_decoding(tmp_path, monkeypatch, no_decoding, budget):
+    monkeypatch.delenv("METALOSS_MAX_IMAGE_PIXELS", raising=False)
+    path = tmp_path / "bomb.png"
+    path.write_bytes(_png_claiming(30000, 30000))
+    assert path.stat().st_size < 200
+    start = time.perf_counter()
+    with pytest.raises(ImageReadError) as info:
+        load_image(path)
+    assert time.perf_counter() - start < 1
+    assert str(info.value) == (
+        f"cannot read image {str(path)!r}: 30000×30000 pixels (900,000,000) is over the pixel budget of "
+        "67,108,864 (set METALOSS_MAX_IMAGE_PIXELS to raise it)"
+    )
+    assert images.max_image_pixels() == 2**26
+    budget(30000 * 30000)  # within budget, the file goes on to the decoder
+    with pytest.raises(Decoded):
+        load_image(path)
+
+
+@pytest.mark.parametrize("ext", ["png", "jpg", "bmp", "tif"])
+def test_the_budget_is_checked_from_the_header_of_each_format(tmp_path, monkeypatch, ext):
+    path = _write(tmp_path / f"x.{ext}", _rgb(np.uint8, 3))
+    monkeypatch.setenv("METALOSS_MAX_IMAGE_PIXELS", str(H * W))
+    assert load_image(path).width == W  # at the budget: read
+    monkeypatch.setenv("METALOSS_MAX_IMAGE_PIXELS", str(H * W - 1))
+    monkeypatch.setattr(cv2, "imdecode", lambda *a, **k: pytest.fail("decoded an image over the budget"))
+    with pytest.raises(ImageReadError, match=rf"x\.{ext}.*{W}×{H} pixels \(120\) is over the pixel budget of 119"):
+        load_image(path)
+
+
+def test_the_budget_setting_and_its_errors(tmp_path, monkeypatch, budget):
+    path = _write(tmp_path / "x.png", _rgb(np.uint8, 1))
+    monkeypatch.setenv("METALOSS_MAX_IMAGE_PIXELS", "many")
+    with pytest.raises(ImageReadError, match=r"x\.png.*METALOSS_MAX_IMAGE_PIXELS must be a positive whole number of pixels, got 'many'"):
+        load_image(path)
+    budget(H * W)  # the process's setting wins over the environment
+    assert images.max_image_pixels() == H * W and load_image(path).width == W
+    for bad in (0, -5, 1.5, True):
+        with pytest.raises(ValueError, match="positive whole number"):
+            budget(bad)
+    budget(None)
+    monkeypatch.setenv("METALOSS_MAX_IMAGE_PIXELS", "1_000")
+    assert images.max_image_pixels() == 1000

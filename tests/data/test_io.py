@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from metaloss.data.io import ImageReadError, read_gray_cddfuse, read_image
+from metaloss.data.io import CorruptImageWarning, ImageReadError, image_size, read_gray_cddfuse, read_image
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
@@ -118,3 +118,64 @@ def test_real_images():
     assert ir.ndim == 2
     g = read_gray_cddfuse(DATA / "vifb" / "vi" / "carLight.jpg")
     assert g.shape == (460, 630) and float(g.max()) <= 255
+
+
+@pytest.mark.parametrize(
+    "ext,params",
+    [
+        (".png", []),
+        (".jpg", []),
+        (".jpg", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]),
+        (".bmp", []),
+        (".tif", []),
+        (".webp", [cv2.IMWRITE_WEBP_QUALITY, 80]),
+        (".webp", [cv2.IMWRITE_WEBP_QUALITY, 101]),
+        (".ppm", []),
+    ],
+    ids=["png", "jpeg", "progressive-jpeg", "bmp", "tiff", "webp-lossy", "webp-lossless", "ppm"],
+)
+def test_image_size_reads_the_header(rng, ext, params):
+    bgr = rng.integers(0, 256, (13, 21, 3), dtype=np.uint8)
+    ok, buf = cv2.imencode(ext, bgr, params)
+    assert ok and image_size(buf.tobytes()) == (21, 13)
+
+
+def test_image_size_of_other_headers(tmp_path, rng):
+    ok, buf = cv2.imencode(".webp", rng.integers(0, 256, (13, 21, 4), dtype=np.uint8), [cv2.IMWRITE_WEBP_QUALITY, 80])
+    assert ok and buf.tobytes()[12:16] == b"VP8X" and image_size(buf.tobytes()) == (21, 13)  # lossy with alpha
+    assert image_size(b"P5\n# a comment\n21 13\n255\n" + bytes(273)) == (21, 13)
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(tmp_path / "big.tif", np.zeros((13, 21), np.uint16), bigtiff=True)
+    assert image_size((tmp_path / "big.tif").read_bytes()) == (21, 13)
+    assert image_size(b"\x89PNG\r\n\x1a\n\x00\x00") is None  # header cut short: left to OpenCV
+    assert image_size(b"GIF89a") is None
+
+
+def _jpeg(rng) -> bytes:
+    ok, buf = cv2.imencode(".jpg", rng.integers(0, 256, (64, 48, 3), dtype=np.uint8))
+    assert ok and buf.tobytes().endswith(b"\xff\xd9")
+    return buf.tobytes()
+
+
+def test_a_truncated_jpeg_is_reported_with_its_name(tmp_path, rng):
+    data = _jpeg(rng)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(data[: len(data) // 2])
+    if cv2.imdecode(np.fromfile(str(cut), np.uint8), cv2.IMREAD_UNCHANGED) is None:  # OpenCV 5 refuses it
+        with pytest.raises(ImageReadError, match=r"cut\.jpg.*truncated JPEG: the file ends before its end-of-image marker"):
+            read_image(cut)
+    else:  # older OpenCV decodes what is there
+        with pytest.warns(CorruptImageWarning, match=r"cut\.jpg.*truncated JPEG"):
+            read_image(cut)
+
+
+def test_a_jpeg_that_decodes_without_its_end_marker_gives_a_warning(tmp_path, rng, recwarn):
+    data = _jpeg(rng)
+    padded = tmp_path / "padded.jpg"
+    padded.write_bytes(data[:-2] + bytes(16))  # e.g. a preallocated file whose copy stopped at the end
+    with pytest.warns(CorruptImageWarning, match=r"image '.*padded\.jpg' is a truncated JPEG \(it ends before its end-of-image marker\)"):
+        read_gray_cddfuse(padded)
+    good = tmp_path / "good.jpg"
+    good.write_bytes(data + b"trailing bytes")  # data after the end marker is not damage
+    read_image(good)
+    assert not [w for w in recwarn if issubclass(w.category, CorruptImageWarning)]
