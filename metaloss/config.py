@@ -8,12 +8,16 @@ reason, and is raised before any work starts.
 
 from __future__ import annotations
 
+import functools
+import json
+import re
 import tomllib
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from metaloss import registry
 
@@ -144,8 +148,39 @@ class OptimConfig(_Strict):
 class EvalConfig(_Strict):
     every: int = Field(1, ge=0, description="evaluate every n epochs (and at the end); 0 = only at the end")
     num_images: int = Field(8, ge=0, description="validation pairs to fuse and score; 0 = all")
-    metrics: list[str] = Field(default_factory=lambda: ["EN", "SD", "SF", "AG", "SCD", "VIF", "Qabf", "SSIM"])
-    profile: str = "cddfuse"
+    profile: str = Field("cddfuse", description="metric conventions: 'cddfuse', 'vifb' or 'tdfusion' (docs/metrics.md)")
+    metrics: list[str] = Field(
+        default_factory=lambda: ["EN", "SD", "SF", "AG", "SCD", "VIF", "Qabf", "SSIM"],
+        description="fusion metrics of the profile to score the validation images with; [] = none",
+    )
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, v: str) -> str:
+        """An unknown profile would only fail at the first evaluation, after an epoch of training."""
+        from metaloss.metrics.profiles import PROFILES
+
+        if v not in PROFILES:
+            raise ValueError(f"unknown profile {v!r}; known: {', '.join(PROFILES)}")
+        return v
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        """Checked against the profile (validated before: it is declared first); skipped when the
+        profile itself is refused."""
+        from metaloss.metrics.profiles import PROFILES
+
+        profile = info.data.get("profile")
+        if profile is None:
+            return v
+        unknown = [m for m in v if m not in PROFILES[profile]]
+        if unknown:
+            raise ValueError(
+                f"profile {profile!r} has no metric {', '.join(map(repr, unknown))}; "
+                f"known: {', '.join(PROFILES[profile].metrics)}"
+            )
+        return v
 
 
 class GuardConfig(_Strict):
@@ -209,7 +244,9 @@ class CheckpointConfig(_Strict):
 class ExperimentConfig(_Strict):
     """A whole experiment.  Every key has a default, so ``[section]`` tables list only what differs."""
 
-    name: str = Field("experiment", description="run name; the default run directory is runs/<name>-<time>")
+    name: str = Field(
+        "experiment", description="run name, without '/' or '\\'; the default run directory is runs/<name>-<time>"
+    )
     seed: int = Field(0, description="seeds python, numpy and torch; each epoch re-seeds from (seed, epoch)")
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     deterministic: bool = Field(True, description="torch.use_deterministic_algorithms for repeatable runs")
@@ -230,8 +267,34 @@ class ExperimentConfig(_Strict):
     guard: GuardConfig = Field(default_factory=GuardConfig)
     performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        """The run directory is runs/<name>-<time>: a separator would put it elsewhere (``../../x``, ``/x``)."""
+        if not v.strip() or "/" in v or "\\" in v:
+            raise ValueError(
+                f"must be a plain name without '/' or '\\' (the run directory is runs/<name>-<time>); got {v!r}"
+            )
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        """A mistyped device would only fail when the networks are moved to it."""
+        forms = _device_forms()
+        if not (v in forms or re.fullmatch(r"cuda:\d+", v)):
+            raise ValueError(f"unknown device {v!r}; valid: {', '.join(forms)}, or cuda:N (N = 0, 1, ...)")
+        return v
+
     def to_toml(self) -> str:
         return tomli_w.dumps(_drop_none(self.model_dump(mode="json")))
+
+
+def _device_forms() -> list[str]:
+    """The device names a config may give besides cuda:N; mps only where torch was built with it."""
+    import torch
+
+    return ["auto", "cpu", "cuda"] + (["mps"] if torch.backends.mps.is_built() else [])
 
 
 #: The plugin group of each plugin section.
@@ -255,6 +318,28 @@ def _drop_none(d: Any) -> Any:
 def _key_path(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-after"))]
     return ".".join(parts)
+
+
+def _problems(err: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    """(key path, reason) of each error; a validator's own message, without pydantic's "Value error, "."""
+    return [
+        (prefix + _key_path(e["loc"]), str(e["ctx"]["error"]) if e["type"] == "value_error" else e["msg"])
+        for e in err.errors()
+    ]
+
+
+def _bools_as_numbers(raw: Any, resolved: Any, key: str = "") -> list[tuple[str, str]]:
+    """Keys given true/false whose validated value is a number: pydantic reads true as 1, so
+    ``epochs = true`` would run one epoch instead of being refused.  Covers the plugins' options too."""
+    if isinstance(raw, bool):
+        return [] if isinstance(resolved, bool) else [(key, f"expected a number, got {str(raw).lower()}")]
+    if isinstance(raw, dict) and isinstance(resolved, dict):
+        pairs = [(f"{key}.{k}" if key else str(k), v, resolved[k]) for k, v in raw.items() if k in resolved]
+    elif isinstance(raw, list) and isinstance(resolved, list):
+        pairs = [(f"{key}.{i}", v, r) for i, (v, r) in enumerate(zip(raw, resolved))]
+    else:
+        return []
+    return [problem for k, v, r in pairs for problem in _bools_as_numbers(v, r, k)]
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -293,7 +378,8 @@ def load_config(
     """Read, override, validate.  ``source`` is a TOML path or an already-parsed dict.
 
     With ``check_plugins`` every plugin name is resolved and its options validated and filled with
-    the plugin's defaults, so the returned config is fully resolved.
+    the plugin's defaults, so the returned config is fully resolved, and the networks are built once
+    (:func:`check_networks`).
     """
     if isinstance(source, dict):
         label, data = "<config>", dict(source)
@@ -316,9 +402,14 @@ def load_config(
     try:
         cfg = ExperimentConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(label, [(_key_path(e["loc"]), e["msg"]) for e in err.errors()]) from None
+        raise ConfigError(label, _problems(err)) from None
     if check_plugins:
         cfg = resolve_plugins(cfg, label)
+    problems = _bools_as_numbers(data, cfg.model_dump(mode="json"))
+    if problems:
+        raise ConfigError(label, problems)
+    if check_plugins:
+        check_networks(cfg, label)
     return cfg
 
 
@@ -338,7 +429,7 @@ def resolve_plugins(cfg: ExperimentConfig, label: str = "<config>") -> Experimen
         try:
             validated = model.model_validate(sec.options)
         except ValidationError as err:
-            problems.extend((f"{section}.{_key_path(e['loc'])}", e["msg"]) for e in err.errors())
+            problems.extend(_problems(err, f"{section}."))
             continue
         assert sec.model_extra is not None
         sec.model_extra.update(validated.model_dump(mode="json"))
@@ -349,4 +440,95 @@ def resolve_plugins(cfg: ExperimentConfig, label: str = "<config>") -> Experimen
 
 def plugin_options(section: PluginSection, obj: Any) -> dict[str, Any]:
     """The keyword arguments to build ``obj`` from ``section`` (validated, python-typed)."""
-    return registry.config_model(obj).model_validate(section.options).model_dump()
+    return _plugin_kwargs(obj, section.options)
+
+
+def _plugin_kwargs(obj: Any, options: dict[str, Any]) -> dict[str, Any]:
+    return registry.config_model(obj).model_validate(options).model_dump()
+
+
+#: The plugin sections whose networks :func:`check_networks` builds (the task's needs the dataset).
+NETWORK_SECTIONS: dict[str, str] = {"fusion": "fusion", "loss_generator": "loss_generators"}
+#: Side of the image pair the networks are run on once: small, and any H, W is in their contract.
+PROBE_SIZE = 32
+
+
+def check_networks(cfg: ExperimentConfig, label: str = "<config>") -> None:
+    """Build the fusion network and the loss generator and run each once on a small pair.
+
+    Their option models allow values the networks cannot have (``fusion.dim = 0``, a width of 0): found
+    here, the error names the key at fault, instead of a torch message at the first training step.
+    """
+    problems = []
+    for section, group in NETWORK_SECTIONS.items():
+        sec: PluginSection = getattr(cfg, section)
+        factory = registry.load(group, sec.name)
+        failure = _network_failure(factory, sec.name, json.dumps(sec.options, sort_keys=True))
+        if failure is not None:
+            key, reason = failure
+            problems.append((f"{section}.{key}" if key else section, reason))
+    if problems:
+        raise ConfigError(label, problems)
+
+
+@functools.lru_cache(maxsize=64)
+def _network_failure(factory: Any, name: str, options_json: str) -> tuple[str, str] | None:
+    """None if the network builds and runs, else (the option at fault or "", why).  The option at
+    fault is the first one that, set back to its default alone, makes the network work.  Cached: a
+    config is loaded many times (tests, resumes) and the answer depends only on these arguments."""
+    options = json.loads(options_json)
+    error = _probe_network(factory, options)
+    if error is None:
+        return None
+    fields = registry.config_model(factory).model_fields
+    defaults = {k: f.get_default(call_default_factory=True) for k, f in fields.items() if not f.is_required()}
+    changed = [k for k in options if k in defaults and options[k] != _plain(defaults[k])]
+    for key in changed:
+        if _probe_network(factory, {**options, key: defaults[key]}) is None:
+            reason = f"the {name!r} network fails with {key} = {options[key]!r} ({error})"
+            return key, f"{reason}; the default is {defaults[key]!r}"
+    return "", f"the {name!r} network cannot be built and run with these options ({error})"
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as the resolved (JSON-mode) options hold it, to compare with them."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _probe_network(factory: Any, options: dict[str, Any]) -> str | None:
+    """Build with ``options`` and run on a [2, 1, PROBE_SIZE, PROBE_SIZE] pair on the CPU; None if that
+    works, else the error in one line.  The global random state and thread count are left as they
+    were; the probe runs on one thread (on a busy machine, waking the pool for these tiny tensors
+    took seconds) and its warnings are dropped (the run's own build gives them)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.set_num_threads(1)
+            net = factory(**_plugin_kwargs(factory, options))
+            pair = torch.linspace(0, 1, 2 * PROBE_SIZE * PROBE_SIZE).reshape(2, 1, PROBE_SIZE, PROBE_SIZE)
+            net(pair, pair.flip(-1))
+    except Exception as err:  # any failure of third-party code is reported, not raised
+        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    finally:
+        torch.set_num_threads(threads)
+    return None
+
+
+def check_eval_size(cfg: ExperimentConfig, height: int, width: int, label: str = "<config>") -> None:
+    """Refuse validation images smaller than the selected metrics need (VIF: 41 x 41), which would
+    otherwise fail at the first evaluation, after a whole epoch.  ``height`` x ``width``: the size of
+    the validation images (the metrics score whole images, not crops)."""
+    from metaloss.metrics.profiles import PROFILES
+
+    short = [s for s in PROFILES[cfg.eval.profile].resolve(list(cfg.eval.metrics)) if min(height, width) < s.min_size]
+    if short:
+        needs = ", ".join(f"{s.name} needs at least {s.min_size}x{s.min_size}" for s in short)
+        source = "[val_data]" if cfg.val_data is not None else "[data], split 'val'"
+        raise ConfigError(label, [(
+            "eval.metrics",
+            f"{needs}, but the validation images ({source}) are {height}x{width}; "
+            "use larger validation images or leave these metrics out",
+        )])

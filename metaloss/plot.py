@@ -27,7 +27,7 @@ def read_log(run_dir: str | Path) -> list[dict]:
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Meta-phase losses (inner, outer), learner-phase losses (fusion, task) and validation metrics
-    against the global step; written to ``out`` (default ``RUN_DIR/curves.png``)."""
+    against the global step; written to ``out`` (see :func:`_png_path`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,6 +50,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
             epochs.append({**r, "_step": step})
     if not series:
         raise PlotError(f"{Path(run_dir) / 'log.jsonl'} has no step records to plot")
+    out_path = _png_path(run_dir, out)
     val_keys = sorted({k for e in epochs for k in e if k.startswith("val/")})
     fig, axes = plt.subplots(1, 3 if val_keys else 2, figsize=(15 if val_keys else 10, 4), squeeze=False)
     for ax, phase in zip(axes[0], ("meta", "learner")):
@@ -70,10 +71,22 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         ax.legend(fontsize=7)
     fig.suptitle(Path(run_dir).name)
     fig.tight_layout()
-    out_path = Path(out) if out else Path(run_dir) / "curves.png"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.tmp.png")
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     tmp.replace(out_path)
     return out_path
+
+
+def _png_path(run_dir: str | Path, out: str | Path | None) -> Path:
+    """Where the PNG goes: ``out``; ``out/curves.png`` when ``out`` is a folder (as ``cp`` puts a file
+    into a folder); by default ``RUN_DIR/curves.png``.  Its folder is made now, before the plotting;
+    a file in the way is a PlotError naming it."""
+    path = Path(out) if out else Path(run_dir)
+    if path.is_dir():
+        path = path / "curves.png"
+    in_the_way = next((p for p in path.parents if p.is_file()), None)
+    if in_the_way is not None:
+        raise PlotError(f"cannot write {path}: {in_the_way} is a file, not a folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path

@@ -92,3 +92,135 @@ def test_defaults_are_the_papers():
     assert (cfg.optim.fusion_lr, cfg.optim.lr_step, cfg.optim.lr_gamma) == (1e-4, 10, 0.1)
     assert cfg.data.crop_size == 256 and cfg.data.swap_modalities and cfg.loss.alpha == 1.0
     assert cfg.loss.weight_form == "linear"
+
+
+# -- checked before work: what used to fail after training began, or as a traceback ------------------------
+@pytest.mark.parametrize(
+    "section,options,key,reason",
+    [  # sizes the option models refuse, then sizes they allow but the network cannot have
+        ("fusion", {"name": "restormer", "dim": 0}, "fusion.dim", "greater than or equal to 1"),
+        ("fusion", {"name": "restormer", "blocks_per_modality": -1}, "fusion.blocks_per_modality", "greater than or equal to 0"),
+        ("fusion", {"name": "dense", "width": 0}, "fusion.width", "greater than or equal to 1"),
+        ("fusion", {"name": "dense", "layers": -1}, "fusion.layers", "greater than or equal to 0"),
+        ("loss_generator", {"name": "conv", "width": 0}, "loss_generator.width", "greater than or equal to 1"),
+        ("loss_generator", {"name": "tdfusion", "dim": 0}, "loss_generator.dim", "greater than or equal to 1"),
+        ("fusion", {"name": "restormer", "heads": 3}, "fusion.heads", "the 'restormer' network fails with heads = 3 ("),
+    ],
+)
+def test_network_sizes_the_network_cannot_have_are_refused_naming_the_key(section, options, key, reason):
+    with pytest.raises(ConfigError) as info:
+        load_config({section: options})
+    message = str(info.value)
+    assert f"<config>: {key}: " in message and reason in message
+    if "network fails" in reason:
+        assert "the default is" in message
+
+
+def test_building_the_networks_leaves_the_random_state_and_threads_alone():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    load_config({"fusion": {"name": "dense", "width": 3, "growth": 5, "layers": 2}})  # options seen nowhere else
+    assert torch.equal(torch.rand(3), expected) and torch.get_num_threads() == threads
+
+
+@pytest.mark.parametrize("device", ["tpu:7", "gpu", "cuda1", "cuda:x", "CPU"])
+def test_unknown_devices_are_refused_listing_the_valid_forms(device):
+    with pytest.raises(ConfigError) as info:
+        load_config({"device": device}, check_plugins=False)
+    assert f"<config>: device: unknown device {device!r}; valid: auto, cpu, cuda" in str(info.value)
+    assert "cuda:N" in str(info.value)
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:12"])
+def test_valid_device_forms_pass_the_config(device):
+    assert load_config({"device": device}, check_plugins=False).device == device
+
+
+@pytest.mark.parametrize(
+    "eval_section,key,reason",
+    [
+        ({"metrics": ["VIF", "XX"]}, "eval.metrics", "profile 'cddfuse' has no metric 'XX'; known: EN, SD, SF, AG, MI"),
+        ({"profile": "vifb", "metrics": ["SCD"]}, "eval.metrics", "profile 'vifb' has no metric 'SCD'; known: EN, MI"),
+        ({"profile": "nope"}, "eval.profile", "unknown profile 'nope'; known: cddfuse, vifb, tdfusion"),
+    ],
+)
+def test_unknown_metrics_and_profiles_are_refused_listing_the_known_ones(eval_section, key, reason):
+    with pytest.raises(ConfigError) as info:
+        load_config({"eval": eval_section}, check_plugins=False)
+    assert f"<config>: {key}: {reason}" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "text,key",
+    [
+        ("[meta]\nepochs = true\n", "meta.epochs"),
+        ("[meta]\ninner_lr = true\n", "meta.inner_lr"),
+        ("[loss]\nalpha = false\n", "loss.alpha"),
+        ("[data]\nbatch_size = true\n", "data.batch_size"),
+        ("[fusion]\nname = 'restormer'\ndim = true\n", "fusion.dim"),
+    ],
+)
+def test_a_bool_is_not_taken_as_a_number(tmp_path, text, key):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert f"{path}: {key}: expected a number, got " in str(info.value)
+
+
+def test_bool_keys_still_take_bools():
+    cfg = load_config({"deterministic": False, "data": {"swap_modalities": False}}, check_plugins=False)
+    assert cfg.deterministic is False and cfg.data.swap_modalities is False
+
+
+@pytest.mark.parametrize("name", ["../../..", "/tmp/x", "a/b", "a\\b", "", " "])
+def test_a_run_name_that_would_leave_runs_is_refused(name):
+    with pytest.raises(ConfigError) as info:
+        load_config({"name": name}, check_plugins=False)
+    reason = f"must be a plain name without '/' or '\\' (the run directory is runs/<name>-<time>); got {name!r}"
+    assert f"<config>: name: {reason}" in str(info.value)
+
+
+def test_validation_images_smaller_than_the_metrics_need_are_refused():
+    from metaloss.config import check_eval_size
+
+    cfg = load_config({"eval": {"metrics": ["EN", "VIF", "SSIM"]}}, check_plugins=False)
+    with pytest.raises(ConfigError) as info:
+        check_eval_size(cfg, 24, 64)
+    assert str(info.value).endswith(
+        "<config>: eval.metrics: VIF needs at least 41x41, but the validation images ([data], split 'val') are 24x64; "
+        "use larger validation images or leave these metrics out"
+    )
+    check_eval_size(cfg, 41, 41)
+    check_eval_size(load_config({"eval": {"metrics": ["EN", "SSIM"]}}, check_plugins=False), 24, 24)
+    check_eval_size(load_config({"eval": {"metrics": []}}, check_plugins=False), 2, 2)
+    vifb = load_config({"eval": {"profile": "vifb", "metrics": ["SSIM"]}}, check_plugins=False)
+    with pytest.raises(ConfigError, match="SSIM needs at least 11x11"):
+        check_eval_size(vifb, 10, 10)
+
+
+def _metric_is_finite(profile, spec, size: int) -> bool:
+    import torch
+
+    g = torch.Generator().manual_seed(size)
+    f, a, b = ((torch.rand(1, 1, size, size, generator=g, dtype=torch.float64) * 255).round() for _ in range(3))
+    try:
+        return bool(torch.isfinite(spec.fn(*profile.prepare(f, a, b, spec.sources), None)).all())
+    except (ValueError, RuntimeError):
+        return False
+
+
+def test_each_metric_s_minimum_size_is_the_smallest_it_works_on():
+    from metaloss.metrics.profiles import PROFILES
+
+    wrong = [
+        (profile.name, spec.name, spec.min_size)
+        for profile in PROFILES.values()
+        for spec in profile.specs
+        if not _metric_is_finite(profile, spec, spec.min_size)
+        or (spec.min_size > 1 and _metric_is_finite(profile, spec, spec.min_size - 1))
+    ]
+    assert not wrong

@@ -401,3 +401,41 @@ def test_sigint_saves_a_resumable_state_prints_the_command_and_exits_130(tmp_pat
     done = metaloss_run("--resume", str(out))
     assert done.returncode == 0, done.stderr
     assert_same_parameters(trainer_state(out), expected)
+
+
+# -- checked before work ---------------------------------------------------------------------------------------------
+def test_validation_images_too_small_for_the_metrics_are_refused_before_training(tmp_path, capsys):
+    cfg = write_config(tmp_path / "exp.toml", eval={"metrics": ["EN", "VIF"]})  # the validation scenes are 24x24
+    out = tmp_path / "run"
+    assert main(["run", str(cfg), "--out", str(out), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "eval.metrics: VIF needs at least 41x41, but the validation images ([val_data]) are 24x24" in err
+    assert not (out / "checkpoints").exists() and not (out / "log.jsonl").exists()
+
+
+def test_a_full_disk_is_one_clear_line_naming_the_file_and_last_pt_stays_whole(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import metaloss.utils.io as io_mod
+
+    class Os:  # the first epoch's checkpoint does not fit on the disk; the global os module is left alone
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        @staticmethod
+        def fsync(fd):
+            if ".epoch_001.pt." in os.readlink(f"/proc/self/fd/{fd}"):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as write() and fsync() raise it: no file name
+            return os.fsync(fd)
+
+    monkeypatch.setattr(io_mod, "os", Os())
+    out = tmp_path / "run"
+    assert main(["run", str(write_config(tmp_path / "exp.toml")), "--out", str(out), "-q"]) == 1
+    err = capsys.readouterr().err
+    last = out / "checkpoints" / "last.pt"
+    assert "Traceback" not in err and err.splitlines() == [
+        f"metaloss: error: the disk is full: cannot write {out / 'checkpoints' / 'epoch_001.pt'} "
+        f"(No space left on device); {last} holds the last completed epoch: once that is fixed, "
+        f"resume with metaloss run --resume {out}"
+    ]
+    assert trainer_state(out)["epoch"] == 0 and not temporary_files(out)

@@ -9,10 +9,16 @@ from torch import Tensor
 
 from metaloss.metrics.profiles import DEFAULT_PROFILE, Profile, get_profile
 
-__all__ = ["evaluate", "MIN_SIZE"]
+__all__ = ["evaluate", "MIN_SIZE", "min_size"]
 
-#: Smallest image side the metrics accept (the 4-scale VIF needs 41 pixels).
+#: Smallest image side every metric accepts (the 4-scale VIF needs 41 pixels); each metric's own
+#: is ``MetricSpec.min_size``.
 MIN_SIZE = 41
+
+
+def min_size(profile: str | Profile, metrics: Sequence[str] | None = None) -> int:
+    """The smallest image side that all of ``metrics`` (default: the profile's) give a value for."""
+    return max((s.min_size for s in get_profile(profile).resolve(metrics)), default=1)
 
 
 def _as_4d(x: Tensor, what: str) -> Tensor:
@@ -74,8 +80,10 @@ def evaluate(
     for name, x in (("fused", fused), ("ir", ir), ("vi", vi)):
         if x.shape[1] not in (1, 3, 4):
             raise ValueError(f"{name} has {x.shape[1]} channels; expected 1 (grey), 3 (RGB) or 4 (RGBA)")
-    if min(h, w) < MIN_SIZE:
-        raise ValueError(f"images must be at least {MIN_SIZE}x{MIN_SIZE} (the 4-scale VIF); got {h}x{w}")
+    small = [s.name for s in specs if min(h, w) < s.min_size]
+    if small:
+        need = max(s.min_size for s in specs)
+        raise ValueError(f"images must be at least {need}x{need} for {', '.join(small)}; got {h}x{w}")
 
     with torch.no_grad():
         f64 = fused.detach().to(torch.float64)

@@ -37,6 +37,8 @@ class MetricSpec:
     ``fn(fused, ir, vi, cache)`` takes the profile-prepared float64 tensors ``[B, C, H, W]``
     (sources may have batch 1) and a cache for source-only work (or None) and returns ``[B]``. ``sources`` names the preparation variant the metric needs
     (only the ``vifb`` profile has more than one: MATLAB's ``rgb2gray`` rounds for uint8 input).
+    ``min_size``: the smallest image side the metric gives a finite value for (its window, its
+    differences or its scales need that many pixels); a run checks its validation images against it.
     """
 
     name: str
@@ -44,6 +46,7 @@ class MetricSpec:
     higher_is_better: bool
     description: str
     sources: str = "default"
+    min_size: int = 1
 
     @property
     def direction(self) -> str:
@@ -187,14 +190,14 @@ def _per_channel(kernel: Callable[..., Tensor], uses_sources: bool = True) -> Me
 _CDDFUSE_SPECS = (
     MetricSpec("EN", _grey(_cdd.entropy, False), True, "entropy of the fused image (bits)"),
     MetricSpec("SD", _grey(_cdd.std, False), True, "standard deviation of the fused image"),
-    MetricSpec("SF", _grey(_cdd.spatial_frequency, False), True, "spatial frequency"),
-    MetricSpec("AG", _grey(_cdd.average_gradient, False), True, "average gradient"),
+    MetricSpec("SF", _grey(_cdd.spatial_frequency, False), True, "spatial frequency", min_size=2),
+    MetricSpec("AG", _grey(_cdd.average_gradient, False), True, "average gradient", min_size=2),
     MetricSpec("MI", _grey(_cdd.mutual_information), True, "mutual information, MI(F,A)+MI(F,B), nats"),
-    MetricSpec("SCD", _grey(_cdd.scd), True, "sum of the correlations of differences"),
-    MetricSpec("VIF", _grey(_cdd.vif), True, "pixel-domain VIF, VIFp(A,F)+VIFp(B,F)"),
-    MetricSpec("Qabf", _grey(_cdd.qabf), True, "edge-information preservation (Xydeas–Petrović)"),
-    MetricSpec("SSIM", _grey(_cdd.ssim), True, "SSIM(F,A)+SSIM(F,B), 7×7 uniform window, data_range=2"),
-    MetricSpec("CC", _grey(_cdd.cc), True, "correlation coefficient, mean over the sources"),
+    MetricSpec("SCD", _grey(_cdd.scd), True, "sum of the correlations of differences", min_size=2),
+    MetricSpec("VIF", _grey(_cdd.vif), True, "pixel-domain VIF, VIFp(A,F)+VIFp(B,F)", min_size=41),
+    MetricSpec("Qabf", _grey(_cdd.qabf), True, "edge-information preservation (Xydeas–Petrović)", min_size=2),
+    MetricSpec("SSIM", _grey(_cdd.ssim), True, "SSIM(F,A)+SSIM(F,B), 7×7 uniform window, data_range=2", min_size=7),
+    MetricSpec("CC", _grey(_cdd.cc), True, "correlation coefficient, mean over the sources", min_size=2),
     MetricSpec("PSNR", _grey(_cdd.psnr), True, "10·log10(max(F)²/MSE), dB"),
     MetricSpec("MSE", _grey(_cdd.mse), False, "mean squared error, mean over the sources"),
 )
@@ -206,24 +209,24 @@ def _replace(specs: tuple[MetricSpec, ...], **new: MetricSpec) -> tuple[MetricSp
 
 _TDFUSION_SPECS = _replace(
     _CDDFUSE_SPECS,
-    VIF=MetricSpec("VIF", _grey(_td.vif), True, "pixel-domain VIF, mean of VIFp(A,F) and VIFp(B,F)"),
-    SSIM=MetricSpec("SSIM", _grey(_td.ssim), True, "mean of SSIM(F,A), SSIM(F,B) on uint8, data_range=255"),
+    VIF=MetricSpec("VIF", _grey(_td.vif), True, "pixel-domain VIF, mean of VIFp(A,F) and VIFp(B,F)", min_size=41),
+    SSIM=MetricSpec("SSIM", _grey(_td.ssim), True, "mean of SSIM(F,A), SSIM(F,B) on uint8, data_range=255", min_size=7),
 )
 
 _VIFB_SPECS = (
     MetricSpec("EN", _per_channel(_vifb.entropy, False), True, "entropy (bits)"),
     MetricSpec("MI", _per_channel(_vifb.mutual_information), True, "MI(VI,F)+MI(IR,F), min–max normalised, nats", "uint8"),
-    MetricSpec("AG", _per_channel(_vifb.average_gradient, False), True, "average gradient, Σ/((M−1)(N−1))"),
+    MetricSpec("AG", _per_channel(_vifb.average_gradient, False), True, "average gradient, Σ/((M−1)(N−1))", min_size=2),
     MetricSpec("SD", _per_channel(_vifb.std, False), True, "standard deviation (VIFB's 'Variance')"),
     MetricSpec("SF", lambda f, ir, vi, cache=None: _vifb.spatial_frequency(f), True, "spatial frequency, denominators M·N"),
     MetricSpec("EI", _per_channel(_vifb.edge_intensity, False), True, "edge intensity (mean Sobel magnitude)"),
     MetricSpec("CE", _per_channel(_vifb.cross_entropy), False, "cross entropy, mean over the sources (bits)", "uint8"),
-    MetricSpec("Qabf", _per_channel(_vifb.qabf), True, "edge-information preservation (Xydeas–Petrović)", "double"),
-    MetricSpec("SSIM", _per_channel(_vifb.ssim), True, "SSIM(VI,F)+SSIM(IR,F), 11×11 Gaussian window", "uint8"),
+    MetricSpec("Qabf", _per_channel(_vifb.qabf), True, "edge-information preservation (Xydeas–Petrović)", "double", min_size=2),
+    MetricSpec("SSIM", _per_channel(_vifb.ssim), True, "SSIM(VI,F)+SSIM(IR,F), 11×11 Gaussian window", "uint8", min_size=11),
     MetricSpec("PSNR", _per_channel(_vifb.psnr), True, "20·log10(255/sqrt(e)), e as in RMSE, dB", "double"),
     MetricSpec("RMSE", _per_channel(_vifb.rmse), False, "mean over the sources of sqrt(Σ(S−F)²)/(M·N)", "double"),
-    MetricSpec("Qcb", _per_channel(_vifb.qcb), True, "Chen–Blum perceptual quality", "double"),
-    MetricSpec("Qcv", _per_channel(_vifb.qcv), False, "Chen–Varshney regional distortion", "double"),
+    MetricSpec("Qcb", _per_channel(_vifb.qcb), True, "Chen–Blum perceptual quality", "double", min_size=2),
+    MetricSpec("Qcv", _per_channel(_vifb.qcv), False, "Chen–Varshney regional distortion", "double", min_size=2),
 )
 
 #: Our metric name → VIFB's (``metrics<Name>.m``; the keys of ``matlab_metrics.json``).

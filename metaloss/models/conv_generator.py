@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 
 class ConvLossGenerator(nn.Module):
     """(ir, vi) -> 3 conv layers -> 2 logits -> softmax over the sources: maps["intensity"] = (w_a, w_b)."""
 
-    def __init__(self, width: int = 16):
+    def __init__(self, width: Annotated[int, Field(ge=1)] = 16):
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(2, width, 3, padding=1),

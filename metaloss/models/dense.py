@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 
@@ -10,7 +13,12 @@ class DenseFusion(nn.Module):
     """Concat(ir, vi) -> 3x3 conv -> ``layers`` densely connected 3x3 convs (each sees all earlier
     features) -> 1x1 conv -> sigmoid.  About 12 k parameters at the defaults."""
 
-    def __init__(self, width: int = 16, growth: int = 16, layers: int = 3):
+    def __init__(
+        self,
+        width: Annotated[int, Field(ge=1)] = 16,
+        growth: Annotated[int, Field(ge=1)] = 16,
+        layers: Annotated[int, Field(ge=0)] = 3,
+    ):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(2, width, 3, padding=1), nn.LeakyReLU(0.2))
         self.dense = nn.ModuleList(

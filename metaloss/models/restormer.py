@@ -15,7 +15,9 @@ in any convolution.  See ``metaloss.nn.restormer`` for the blocks and their form
 # constructor's signature, and real (not string) annotations keep that independent of namespaces.
 
 from collections.abc import Mapping
+from typing import Annotated
 
+from pydantic import Field
 from torch import Tensor, nn
 
 from metaloss.nn.restormer import DualStreamRestormer, LayerNormKind, convert_reference_keys
@@ -59,11 +61,11 @@ class RestormerFusion(nn.Module):
 
     def __init__(
         self,
-        dim: int = 16,
-        heads: int = 8,
-        blocks_per_modality: int = 2,
-        fused_blocks: int = 2,
-        ffn_expansion: float = 2.0,
+        dim: Annotated[int, Field(ge=1)] = 16,
+        heads: Annotated[int, Field(ge=1)] = 8,
+        blocks_per_modality: Annotated[int, Field(ge=0)] = 2,
+        fused_blocks: Annotated[int, Field(ge=0)] = 2,
+        ffn_expansion: Annotated[float, Field(gt=0)] = 2.0,
         bias: bool = False,
         layernorm: LayerNormKind = "with_bias",
     ) -> None:

@@ -19,7 +19,10 @@ Default sizes: 45,105 trainable parameters.
 # No ``from __future__ import annotations``: the registry builds a pydantic config from the
 # constructor's signature (see metaloss.registry.config_model).
 
+from typing import Annotated
+
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from metaloss.losses import sobel
@@ -44,11 +47,11 @@ class ReFusionLossGenerator(nn.Module):
 
     def __init__(
         self,
-        dim: int = 16,
-        heads: int = 8,
-        blocks_per_modality: int = 2,
-        fused_blocks: int = 2,
-        ffn_expansion: float = 2.0,
+        dim: Annotated[int, Field(ge=1)] = 16,
+        heads: Annotated[int, Field(ge=1)] = 8,
+        blocks_per_modality: Annotated[int, Field(ge=0)] = 2,
+        fused_blocks: Annotated[int, Field(ge=0)] = 2,
+        ffn_expansion: Annotated[float, Field(gt=0)] = 2.0,
         bias: bool = False,
         layernorm: LayerNormKind = "with_bias",
         gradient_weights: bool = True,
