@@ -120,8 +120,6 @@ def score(checkpoint: Path, data: Path, ir: str, vi: str, out: Path) -> dict[str
 def ship(checkpoint: Path, name: str) -> Path:
     """Copy the fusion network and loss generator of a run checkpoint (no optimizer states) into
     ``metaloss/pretrained/NAME`` in the format ``metaloss fuse`` loads."""
-    import torch
-
     from metaloss.experiment import load_checkpoint
     from metaloss.inference import build_network, write_checkpoint
 
@@ -133,7 +131,7 @@ def ship(checkpoint: Path, name: str) -> Path:
     generator.load_state_dict(trainer["generator"])
     target = ROOT / "metaloss" / "pretrained" / name
     write_checkpoint(target, fusion, cfg["fusion"], generator, cfg["loss_generator"])
-    torch.load(target, weights_only=False)  # readable
+    load_checkpoint(target)  # readable as data
     return target
 
 

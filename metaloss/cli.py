@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import shlex
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process that SIGTERM ended
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
 
     plot = sub.add_parser("plot", help="draw the loss curves of a run to a PNG", description="Plot a run's log.")
     plot.add_argument("run_dir", help="a run directory (with log.jsonl)")
-    plot.add_argument("--out", "-o", help="PNG path (default: RUN_DIR/curves.png)")
+    plot.add_argument("--out", "-o", help="PNG path, or a folder to write curves.png in (default: RUN_DIR/curves.png)")
     return parser
 
 
@@ -79,10 +81,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"run": _run, "eval": _eval, "fuse": _fuse, "export": _export, "plugins": _plugins, "plot": _plot, "new-plugin": _new_plugin}[args.command]
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, not as an error Python prints at exit
+        return code
     except KeyboardInterrupt:
         print("metaloss: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (`metaloss plugins | head`): nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # or the flush at exit fails again
+        return EXIT_ERROR
+    except OSError as err:  # a file a command could not read or write: one line, not a traceback
+        return _fail(_os_error_line(err))
+
+
+def _os_error_line(err: OSError) -> str:
+    """A failed read or write in one line, naming the file where the error does; a full disk says so."""
+    reason = err.strerror or str(err)
+    if err.errno == errno.ENOSPC:
+        return f"the disk is full: cannot write {err.filename or 'a file'} ({reason})"
+    return f"{err.filename}: {reason}" if err.filename else reason
+
+
+def _unusable_run_dir(path: Path, option: str) -> str | None:
+    """Why the run directory ``path`` cannot be made or written (a file in the way, no permission), or
+    None; checked before any work, where a run used to fail with a traceback after building everything."""
+    if path.exists() and not path.is_dir():
+        return f"{option} {path}: is a file, not a folder"
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        return f"{option} {path}: {existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{option} {path}: no permission to write in {existing}"
+    return None
 
 
 def _fail(message: str, code: int = EXIT_ERROR) -> int:
@@ -93,7 +123,7 @@ def _fail(message: str, code: int = EXIT_ERROR) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from metaloss.config import ConfigError, load_config
-    from metaloss.experiment import RunError, RunInterrupted, run
+    from metaloss.experiment import RunError, RunInterrupted, default_run_dir, run
     from metaloss.registry import PluginError
 
     if args.resume:
@@ -109,25 +139,36 @@ def _run(args: argparse.Namespace) -> int:
         cfg = load_config(config_path, args.overrides)
     except ConfigError as err:
         return _fail(str(err), EXIT_USAGE)
+    run_dir = Path(out) if out else default_run_dir(cfg)  # named here: checked now, and named in errors
+    problem = _unusable_run_dir(run_dir, "--resume" if args.resume else "--out" if out else "run directory")
+    if problem:
+        return _fail(problem, EXIT_USAGE)
     if args.check:
         print(cfg.to_toml(), end="")
         return EXIT_OK
     if args.nproc != 1:
-        return _launch(args, cfg, out)
+        return _launch(args, run_dir)
     from metaloss import distributed
 
     try:
-        summary = run(cfg, out, quiet=args.quiet, resume=bool(args.resume))
-    except RunInterrupted as err:  # Ctrl-C: last.pt holds the last completed epoch
+        summary = run(cfg, run_dir, quiet=args.quiet, resume=bool(args.resume))
+    except RunInterrupted as err:  # Ctrl-C or SIGTERM: last.pt holds the last completed epoch
+        code = EXIT_TERMINATED if err.signal == "SIGTERM" else EXIT_INTERRUPTED
         if not distributed.is_main_process():
-            return EXIT_INTERRUPTED  # rank 0 prints the resume command
-        command = ["metaloss", "run", "--resume", str(err.run_dir)]
-        for item in args.overrides if args.resume else []:  # a resume's overrides are not in config.toml
-            command += ["--set", item]
+            return code  # rank 0 prints the resume command
+        command = ["metaloss", "run", "--resume", str(err.run_dir)]  # a resume's changes are in its config.toml
         print(f"metaloss: {err}\nresume with:\n  {shlex.join(command)}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return code
+    except ConfigError as err:  # found when the data is read (the validation images' size)
+        return _fail(str(err), EXIT_USAGE)
     except (RunError, PluginError, FileNotFoundError, ValueError, distributed.DistributedError) as err:
         return _fail(str(err))
+    except OSError as err:  # a full disk, a lost mount: checkpoints are replaced atomically, never half-written
+        last = run_dir / "checkpoints" / "last.pt"
+        resume = f"; {last} holds the last completed epoch: once that is fixed, resume with " + shlex.join(
+            ["metaloss", "run", "--resume", str(run_dir)]
+        )
+        return _fail(_os_error_line(err) + (resume if last.is_file() else ""))
     finally:
         distributed.shutdown()
     if not distributed.is_main_process():
@@ -140,10 +181,10 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _launch(args: argparse.Namespace, cfg: object, out: str | None) -> int:
-    """``metaloss run --nproc N``: the same command on N local processes through torchrun's launcher."""
+def _launch(args: argparse.Namespace, out: Path) -> int:
+    """``metaloss run --nproc N``: the same command on N local processes through torchrun's launcher;
+    ``out``: the run directory, named before the start so that every rank and the user know it."""
     from metaloss import distributed
-    from metaloss.experiment import default_run_dir
 
     if args.nproc < 1:
         return _fail(f"--nproc must be >= 1, got {args.nproc}", EXIT_USAGE)
@@ -151,9 +192,8 @@ def _launch(args: argparse.Namespace, cfg: object, out: str | None) -> int:
         return _fail("--nproc starts processes itself; under torchrun leave it out", EXIT_USAGE)
     if args.resume:
         command = ["run", "--resume", args.resume]
-    else:  # named here, so that every rank and the user know it
-        out = str(out or default_run_dir(cfg))  # type: ignore[arg-type]
-        command = ["run", args.config, "--out", out]
+    else:
+        command = ["run", args.config, "--out", str(out)]
     for item in args.overrides:
         command += ["--set", item]
     if args.quiet:
@@ -194,6 +234,8 @@ def _plugins(args: argparse.Namespace) -> int:
             print("  (none)")
         for info in infos:
             status = f"  ERROR: {info.error}" if info.error else ""
+            if info.shared_with:  # the bare name is refused; say which spelling picks this one
+                status += f"  AMBIGUOUS: also registered by {', '.join(info.shared_with)}; use name = \"{info.config_name}\""
             print(f"  {info.name:16s} {info.distribution} {info.version}  ({info.value}){status}")
     return EXIT_OK
 

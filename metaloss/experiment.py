@@ -11,11 +11,16 @@ exactly as an uninterrupted run.  Ctrl-C (SIGINT) raises :class:`RunInterrupted`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import pickle
 import platform
+import re
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,13 +32,14 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 import metaloss
 from metaloss import distributed, registry
-from metaloss.config import ExperimentConfig, PluginSection, load_config, plugin_options
+from metaloss.config import ExperimentConfig, PluginSection, check_eval_size, load_config, plugin_options
 from metaloss.data.collate import collate_pairs
 from metaloss.meta.guard import NonFiniteStop
 from metaloss.meta.trainer import AlternatingTrainer, TrainerHooks, seed_everything
 from metaloss.problem import FusionProblem
 from metaloss.utils.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from metaloss.utils.memory import set_allocator_policy
+from metaloss.utils.runlock import LOCK_NAME, RunLock, RunLocked
 
 CHECKPOINT_FORMAT = 1
 
@@ -43,14 +49,38 @@ class RunError(RuntimeError):
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C (SIGINT) stopped a run.  ``run_dir``: its directory; ``epoch``: the epoch whose completed
-    state ``checkpoints/last.pt`` holds (0: the initial state), from which ``--resume`` continues."""
+    """Ctrl-C (SIGINT) or SIGTERM stopped a run.  ``run_dir``: its directory; ``epoch``: the epoch whose
+    completed state ``checkpoints/last.pt`` holds (0: the initial state), from which ``--resume``
+    continues; ``signal``: the signal's name."""
 
-    def __init__(self, run_dir: Path, epoch: int, epochs: int):
-        self.run_dir, self.epoch, self.epochs = run_dir, epoch, epochs
+    def __init__(self, run_dir: Path, epoch: int, epochs: int, signal: str = "SIGINT"):
+        self.run_dir, self.epoch, self.epochs, self.signal = run_dir, epoch, epochs, signal
         super().__init__(
-            f"interrupted; {run_dir / 'checkpoints' / 'last.pt'} holds the state after epoch {epoch} of {epochs}"
+            f"interrupted by {signal}; {run_dir / 'checkpoints' / 'last.pt'} holds the state after epoch {epoch} of {epochs}"
         )
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that it stops a run where Ctrl-C would (what SLURM and
+    Kubernetes send before they kill a job)."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`_Terminated` (main thread only: elsewhere Python cannot
+    install handlers, and the process's own handling is left as it is)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -97,21 +127,14 @@ class Experiment:
 def build_experiment(cfg: ExperimentConfig, device: torch.device | None = None) -> Experiment:
     """``device``: where to build (a rank's own GPU, say); default: ``cfg.device`` resolved."""
     device = device if device is not None else resolve_device(cfg.device)
-    if cfg.eval.metrics:  # unknown metric or profile names fail before any work
-        from metaloss import metrics as fusion_metrics
-
-        if cfg.eval.profile not in fusion_metrics.PROFILES:
-            raise RunError(f"eval.profile {cfg.eval.profile!r} is unknown; profiles: {', '.join(fusion_metrics.PROFILES)}")
-        try:
-            fusion_metrics.PROFILES[cfg.eval.profile].resolve(list(cfg.eval.metrics))
-        except (KeyError, ValueError) as err:
-            raise RunError(f"eval.metrics: {err}") from None
     set_allocator_policy(cfg.performance.allocator)
     seed_everything(cfg.seed)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     train_set = build_dataset(cfg.data, "train")
     val_set = build_dataset(cfg.val_data or cfg.data, "val")
+    if cfg.eval.metrics and len(val_set):  # type: ignore[arg-type]  # too small for the metrics: found now, not after an epoch
+        check_eval_size(cfg, *val_set[0]["ir"].shape[-2:])
     fusion = build_plugin("fusion", cfg.fusion)
     generator = build_plugin("loss_generators", cfg.loss_generator)
     task = build_task(cfg.task, train_set)
@@ -180,14 +203,29 @@ class RunDirectory:
     def log_path(self) -> Path:
         return self.path / "log.jsonl"
 
-    def create(self, cfg: ExperimentConfig, resume: bool = False) -> None:
-        if not resume and self.path.exists() and any(self.path.iterdir()):
+    def check_new(self) -> None:
+        """A new run goes into a missing or empty directory (its own lock file aside)."""
+        if self.path.exists() and any(p.name != LOCK_NAME for p in self.path.iterdir()):
             raise RunError(f"run directory {self.path} already exists and is not empty; use --resume or another --out")
+
+    def lock(self) -> RunLock:
+        """Hold the directory for this process (one writer per run; utils/runlock.py)."""
+        try:
+            return RunLock(self.path).acquire()
+        except RunLocked as err:
+            raise RunError(f"{err}; a run directory has one writer at a time (wait for it, or stop it first)") from None
+
+    def create(self, cfg: ExperimentConfig, resume: bool = False) -> None:
         if not resume:  # config.toml first: from then on the directory can be resumed
+            self.check_new()
             atomic_write_text(self.path / "config.toml", cfg.to_toml())
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         if resume:
             self.repair()
+
+    def update_config(self, cfg: ExperimentConfig) -> None:
+        """A resume changed the config: ``config.toml`` holds what the run continues with."""
+        atomic_write_text(self.path / "config.toml", cfg.to_toml())
 
     def repair(self) -> None:
         """After a crash: remove temporary files of interrupted atomic writes, and a last log line cut
@@ -202,8 +240,14 @@ class RunDirectory:
                     f.truncate(data.rfind(b"\n") + 1)
 
     def log(self, record: dict[str, Any]) -> None:
-        with self.log_path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps({"time": round(time.time(), 3), **record}, default=float) + "\n")
+        line = json.dumps({"time": round(time.time(), 3), **record}, default=float) + "\n"
+        try:
+            with self.log_path.open("a", encoding="utf-8") as f:
+                f.write(line)
+        except OSError as err:  # write() names no file; a full disk must say which
+            if err.filename is None:
+                raise OSError(err.errno, err.strerror, str(self.log_path)) from err
+            raise
 
     def save_checkpoint(self, state: dict[str, Any], epoch: int, every: int) -> None:
         """``epoch_XXX.pt`` (every ``every`` epochs), then ``last.pt``: ``last.pt`` changes last, so a
@@ -243,14 +287,67 @@ def _config_differences(saved: Any, cfg: ExperimentConfig) -> str:
     return "; ".join(parts)
 
 
+def _checkpoint_globals() -> list[Any]:
+    """The only classes a checkpoint may name besides torch's own tensors and plain containers: numpy's
+    array reconstruction, for the numpy random state a run saves (``np.random.get_state()``).  Each
+    builds data; none runs code."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"fusion_lr": 1e-3}}`` -> ``{"optim.fusion_lr": 1e-3}``."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _apply_config_changes(
+    saved: Any, cfg: ExperimentConfig, trainer: AlternatingTrainer, run_dir: RunDirectory, quiet: bool
+) -> None:
+    """A resume with a changed config (``--resume RUN --set KEY=VALUE``): the restored learning rates and
+    schedule take the new values (:meth:`AlternatingTrainer.reschedule`), every changed key is logged
+    (``"phase": "config_change"``) and written to the run's ``config.toml``, and the user is told."""
+    applied = trainer.reschedule()
+    before, now = _flat(saved if isinstance(saved, dict) else {}), _flat(cfg.model_dump(mode="json"))
+    changes = {k: [before.get(k), v] for k, v in now.items() if k in before and before[k] != v}
+    changes.update(applied)
+    if not changes:
+        return
+    run_dir.log({"phase": "config_change", "epoch": trainer.epoch, "changes": changes, "applied": sorted(applied)})
+    run_dir.update_config(cfg)
+    if not quiet:
+        lines = [f"  {k}: {old} -> {new}" + (" (applied to the restored optimizer and schedule)" if k in applied else "")
+                 for k, (old, new) in sorted(changes.items())]
+        print("resuming with a changed config:\n" + "\n".join(lines), file=sys.stderr)
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint as data: ``torch.load(weights_only=True)`` with :func:`_checkpoint_globals`, so
+    a crafted file cannot run code (a pickle names the function to call; anything not allowed is refused
+    before it is called).  docs/reliability.md lists what the format holds."""
     path = Path(path)
     if not path.is_file():
         raise RunError(f"no checkpoint at {path}")
     if path.stat().st_size == 0:
         raise RunError(f"cannot read checkpoint {path}: empty file (0 bytes)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(_checkpoint_globals()):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)|Unsupported operand[^\n.]*", str(err))
+        if found is None:
+            raise RunError(f"cannot read checkpoint {path} (truncated, corrupt or not a torch file): UnpicklingError: {err}") from err
+        raise RunError(
+            f"refused to load checkpoint {path}: it names code to run ({found.group(1) or found.group(0)}), and a "
+            "metaloss checkpoint holds only tensors, numbers, strings and containers of them; do not use a file of "
+            "unknown origin"
+        ) from None
     except Exception as err:
         reason = str(err).splitlines()[0] if str(err) else ""
         raise RunError(
@@ -305,6 +402,38 @@ def run(
         out = parallel.broadcast_object(str(out or default_run_dir(cfg)))
     run_dir = RunDirectory(out or default_run_dir(cfg)) if main else _NonWritingRunDirectory(out)  # type: ignore[arg-type]
 
+    held: list[RunLock] = []
+    made: list[Path] = []  # folders the lock created, removed again if the run leaves them empty
+
+    def take_directory() -> None:  # before reading or writing anything in it
+        if not resume:
+            run_dir.check_new()  # first: no lock file is left in a folder the run may not use
+        elif not run_dir.path.is_dir():
+            raise RunError(f"no run directory at {run_dir.path} to resume (no checkpoint at {run_dir.checkpoints / 'last.pt'})")
+        made.extend(p for p in (run_dir.path, *run_dir.path.parents) if not p.exists())
+        held.append(run_dir.lock())
+
+    if parallel is not None:
+        parallel.on_main(take_directory)
+    else:
+        take_directory()
+    try:
+        with _sigterm_as_interrupt():
+            return _train(cfg, run_dir, parallel, quiet=quiet, resume=resume)
+    finally:
+        for lock in held:
+            lock.release()
+        for folder in made:  # deepest first: a run that failed before writing leaves nothing behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def _train(
+    cfg: ExperimentConfig, run_dir: RunDirectory, parallel: distributed.DistributedContext | None, *, quiet: bool, resume: bool
+) -> dict[str, Any]:
+    """:func:`run` once the run directory is held."""
+    main = parallel is None or parallel.is_main
+
     def resume_state() -> dict[str, Any] | None:
         last_pt = run_dir.checkpoints / "last.pt"
         # a run directory with its config but no checkpoint yet was stopped before its first write of
@@ -347,6 +476,7 @@ def run(
                 f"checkpoint {run_dir.checkpoints / 'last.pt'} does not fit this config"
                 + (f" ({differences})" if differences else "") + f": {err}"
             ) from err
+        _apply_config_changes(state.get("config"), cfg, trainer, run_dir, quiet or not main)
     n_train = len(exp.train_set)  # type: ignore[arg-type]
     learner_steps = cfg.meta.learner_steps or math.ceil(n_train / trainer.global_batch_size)
     progress = _Progress(cfg, cfg.meta.meta_steps + learner_steps, trainer.epoch, quiet or not main)
@@ -383,9 +513,10 @@ def run(
         if state is None:
             checkpoint(0, False)  # the initial state: a resume from here ends exactly as a full run
         history = trainer.fit()
-    except KeyboardInterrupt:
-        run_dir.log({"phase": "interrupted", "epoch": trainer.epoch, "saved_epoch": saved["epoch"]})
-        raise RunInterrupted(run_dir.path, saved["epoch"], cfg.meta.epochs) from None
+    except KeyboardInterrupt as err:
+        name = "SIGTERM" if isinstance(err, _Terminated) else "SIGINT"
+        run_dir.log({"phase": "interrupted", "signal": name, "epoch": trainer.epoch, "saved_epoch": saved["epoch"]})
+        raise RunInterrupted(run_dir.path, saved["epoch"], cfg.meta.epochs, name) from None
     except NonFiniteStop as err:
         raise RunError(
             f"{err}.\n{run_dir.checkpoints / 'last.pt'} holds the last good state (epoch {saved['epoch']}); "
@@ -421,6 +552,9 @@ class _NonWritingRunDirectory(RunDirectory):
         pass
 
     def repair(self) -> None:
+        pass
+
+    def update_config(self, cfg: ExperimentConfig) -> None:
         pass
 
     def log(self, record: dict[str, Any]) -> None:

@@ -117,9 +117,10 @@ def test_cli_progress_bar_and_quiet(tmp_path, capsys):
 
 
 def test_unknown_metric_fails_before_work(tmp_path):
-    with pytest.raises(RunError, match="NOPE"):
-        run(tiny(eval={"num_images": 2, "metrics": ["NOPE"]}), tmp_path / "run", quiet=True)
-    assert not (tmp_path / "run").exists()
+    from metaloss.config import ConfigError
+
+    with pytest.raises(ConfigError, match="eval.metrics: profile 'cddfuse' has no metric 'NOPE'"):
+        tiny(eval={"num_images": 2, "metrics": ["NOPE"]})  # the config itself: before any run starts
 
 
 def test_performance_switches_reach_the_problem():
@@ -130,3 +131,120 @@ def test_performance_switches_reach_the_problem():
     cfg = tiny(performance={"meta_gradient": "double_backward", "recompute_generator": True, "recompute_outer": True})
     problem = build_experiment(cfg).problem
     assert problem.meta_gradient_method == "double_backward" and problem.recompute_generator and problem.recompute_outer
+
+
+# -- checkpoints are data, not code ----------------------------------------------------------------------
+class _RunsCode:
+    """Unpickling this calls ``open(marker, "w")``: the payload a crafted checkpoint could carry."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _evil_checkpoint(path, marker, like=None):
+    state = dict(like) if like is not None else {"format": 1}
+    state["payload"] = _RunsCode(marker)
+    torch.save(state, path)
+    return path
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "ran"
+    evil = _evil_checkpoint(tmp_path / "evil.pt", marker)
+    with pytest.raises(RunError, match="refused to load checkpoint .*evil.pt: it names code to run") as err:
+        load_checkpoint(evil)
+    assert "(io.open)" in str(err.value)  # the function the file names
+    assert not marker.exists()
+
+
+def test_fuse_and_resume_refuse_a_crafted_checkpoint(tmp_path, capsys):
+    import cv2
+    import numpy as np
+
+    marker = tmp_path / "ran"
+    d = tmp_path / "run"
+    run(tiny(meta={"epochs": 1, "meta_steps": 1, "learner_steps": 1}), d, quiet=True)
+    last = d / "checkpoints" / "last.pt"
+    assert load_checkpoint(last)["trainer"]["rng"]["numpy"][0] == "MT19937"  # numpy's state loads as data
+    _evil_checkpoint(last, marker, like=load_checkpoint(last))
+    img = np.full((48, 48), 128, np.uint8)
+    for name in ("ir.png", "vi.png"):
+        cv2.imwrite(str(tmp_path / name), img)
+    fuse_args = ["--ir", str(tmp_path / "ir.png"), "--vi", str(tmp_path / "vi.png"), "--out", str(tmp_path / "out"), "-q"]
+    for source in (last, d):  # a checkpoint file, and a run directory (its last.pt)
+        assert main(["fuse", "-c", str(source), *fuse_args]) != 0
+        assert "refused to load checkpoint" in capsys.readouterr().err
+    with pytest.raises(RunError, match="refused to load checkpoint .*last.pt"):
+        run(load_config(d / "config.toml"), d, quiet=True, resume=True)
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+# -- resumes that honour what they are told; one writer per run; SIGTERM ------------------------------------
+def test_resume_applies_a_lower_learning_rate_after_the_nan_guard_stopped_the_run(tmp_path, capsys):
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(tiny().to_toml())
+    d = tmp_path / "run"
+    assert main(["run", str(cfg), "--out", str(d), "-q", "--set", "optim.fusion_lr=1e30"]) == 1
+    assert "non-finite" in capsys.readouterr().err
+    assert main(["run", "--resume", str(d), "--set", "optim.fusion_lr=1e-3", "--set", "meta.outer_lr=2e-3"]) == 0
+    err = capsys.readouterr().err
+    assert "optim.fusion_lr: 1e+30 -> 0.001 (applied to the restored optimizer and schedule)" in err
+    state = params(d / "checkpoints" / "last.pt")
+    assert state["epoch"] == 2
+    assert all(torch.isfinite(t).all() for t in state["learner"].values())
+    fusion_opt, _, outer_opt = state["optimizers"]
+    assert fusion_opt["param_groups"][0]["initial_lr"] == 1e-3 and outer_opt["param_groups"][0]["initial_lr"] == 2e-3
+    change = [json.loads(line) for line in (d / "log.jsonl").read_text().splitlines() if '"config_change"' in line]
+    assert change[0]["changes"]["optim.fusion_lr"] == [1e30, 1e-3] and change[0]["applied"] == ["meta.outer_lr", "optim.fusion_lr"]
+    assert load_config(d / "config.toml").optim.fusion_lr == 1e-3  # the run's config says what it ran with
+
+
+def test_rescheduled_rate_is_where_the_schedule_had_reached(tmp_path):
+    d = tmp_path / "run"
+    run(tiny(optim={"lr_step": 1, "lr_gamma": 0.5}, meta={"epochs": 1}), d, quiet=True)
+    run(tiny(optim={"lr_step": 1, "lr_gamma": 0.5, "fusion_lr": 4e-3}, meta={"epochs": 2}), d, quiet=True, resume=True)
+    group = params(d / "checkpoints" / "last.pt")["optimizers"][0]["param_groups"][0]
+    assert group["lr"] == pytest.approx(4e-3 * 0.5**2)  # base 4e-3, decayed after epochs 1 and 2
+
+
+def test_a_run_directory_in_use_is_refused_naming_its_holder(tmp_path):
+    import os
+
+    from metaloss.utils.runlock import RunLock
+
+    d = tmp_path / "run"
+    run(tiny(meta={"epochs": 1}), d, quiet=True)
+    with RunLock(d):
+        with pytest.raises(RunError, match=f"in use by PID {os.getpid()}"):
+            run(tiny(meta={"epochs": 2}), d, quiet=True, resume=True)
+    assert params(d / "checkpoints" / "last.pt")["epoch"] == 1  # untouched
+
+
+def test_sigterm_stops_a_run_resumably_like_ctrl_c(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(tiny(meta={"epochs": 200}).to_toml())
+    d = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "metaloss", "run", str(cfg), "--out", str(d), "-q"],
+                            stderr=subprocess.PIPE, text=True)
+    log = d / "log.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.is_file() and '"epoch"' in log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "interrupted by SIGTERM" in err and f"metaloss run --resume {d}" in err
+    last = json.loads(log.read_text().splitlines()[-1])
+    assert last["phase"] == "interrupted" and last["signal"] == "SIGTERM"
+    assert not (d / ".lock").exists()
+    saved = params(d / "checkpoints" / "last.pt")["epoch"]
+    assert main(["run", "--resume", str(d), "-q", "--set", f"meta.epochs={saved + 1}"]) == 0
+    assert params(d / "checkpoints" / "last.pt")["epoch"] == saved + 1

@@ -383,6 +383,45 @@ class AlternatingTrainer:
             np.random.set_state(rng["numpy"])
             random.setstate(rng["python"])
 
+    def reschedule(self) -> dict[str, list[float]]:
+        """Make restored optimizers and schedulers follow this trainer's config.
+
+        ``load_state_dict`` brings back the learning rates the run was started with; a resume whose config
+        sets others (``--set optim.fusion_lr=...``, say after the NaN guard stopped a run) continues with
+        the new base rates and decay, at the point of the schedule the run reached:
+        ``lr = base · gamma^(epoch // lr_step)`` (StepLR's closed form).  Returns the changed settings as
+        ``{key: [old, new]}``; nothing is touched when there are none (a plain resume stays bit-exact).
+        """
+        bases = [
+            ("optim.fusion_lr", self.learner_opt, self.optim.fusion_lr),
+            ("optim.task_lr", self.objective_opt, self.optim.task_lr),
+            ("meta.outer_lr", self.outer_opt, self.meta.outer_lr),
+        ]
+        changes: dict[str, list[float]] = {}
+        schedules = []
+        for key, opt, base in bases:
+            if opt is None:
+                continue
+            scheduler = self.schedulers[self.optimizers.index(opt)]
+            schedules.append((opt, scheduler, float(base)))
+            old = scheduler.base_lrs[0]
+            if old != base:
+                changes[key] = [old, float(base)]
+            if scheduler.step_size != self.optim.lr_step:
+                changes["optim.lr_step"] = [scheduler.step_size, self.optim.lr_step]
+            if scheduler.gamma != self.optim.lr_gamma:
+                changes["optim.lr_gamma"] = [scheduler.gamma, self.optim.lr_gamma]
+        if not changes:
+            return {}
+        for opt, scheduler, base in schedules:
+            scheduler.step_size, scheduler.gamma = self.optim.lr_step, self.optim.lr_gamma
+            scheduler.base_lrs = [base] * len(opt.param_groups)
+            lr = base * self.optim.lr_gamma ** (scheduler.last_epoch // self.optim.lr_step)
+            for group in opt.param_groups:
+                group["initial_lr"], group["lr"] = base, lr
+            scheduler._last_lr = [lr] * len(opt.param_groups)  # what get_last_lr() reports
+        return changes
+
 
 def _terms(problem: Any, prefix: str) -> Record:
     """Named components of the last loss computed, if the problem reports them (``problem.terms``)."""
