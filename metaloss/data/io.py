@@ -22,8 +22,9 @@ decoded.  Files of other formats are left to OpenCV's limit.
 A JPEG whose data stops before its end-of-image marker (a cut-short copy or download) is refused
 as truncated when OpenCV cannot decode it, and decoded with a :class:`CorruptImageWarning` naming the
 file when it can (older OpenCV releases do not check that the data is complete).  Damage inside the
-data that leaves the markers in place is not detected: libjpeg prints its own ``Corrupt JPEG data``
-line on stderr, without the file name.
+data that leaves the markers in place decodes too, with libjpeg's own ``Corrupt JPEG data: ...`` line
+on stderr, which does not name the file: JPEGs are decoded with file descriptor 2 captured, and that
+line becomes a :class:`CorruptImageWarning` naming the file.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from __future__ import annotations
 import os
 import re
 import struct
+import sys
+import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -285,17 +289,56 @@ def _check_pixel_budget(path: str | os.PathLike[str], data: bytes) -> None:
         )
 
 
+#: One decode at a time while file descriptor 2 is redirected (it is the process's, not the thread's).
+_STDERR_LOCK = threading.Lock()
+
+
+def _imdecode_capturing_stderr(buf: np.ndarray, flags: int) -> tuple[np.ndarray | None, list[str]]:
+    """``cv2.imdecode`` with what libjpeg writes to file descriptor 2 during it: its warnings on damaged
+    data (``Corrupt JPEG data: 1909 extraneous bytes before marker 0xd9``) do not name the file.  Lines
+    that are not libjpeg's (another thread's output in that moment) are written back."""
+    with _STDERR_LOCK, tempfile.TemporaryFile() as sink:
+        sys.stderr.flush()
+        try:
+            saved = os.dup(2)
+        except OSError:  # no standard error to capture
+            return cv2.imdecode(buf, flags), []
+        os.dup2(sink.fileno(), 2)
+        try:
+            img = cv2.imdecode(buf, flags)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        sink.seek(0)
+        lines = sink.read().decode("utf-8", "replace").splitlines(keepends=True)
+    jpeg = [line.strip() for line in lines if "JPEG" in line]
+    others = "".join(line for line in lines if "JPEG" not in line)
+    if others:
+        os.write(2, others.encode())
+    return img, jpeg
+
+
 def _decode(path: str | os.PathLike[str], flags: int) -> np.ndarray:
     buf = read_bytes(path)
     data = buf.tobytes()
     if data.startswith(_PNG_SIGNATURE):
         _check_png_chunks(buf, path)
     _check_pixel_budget(path, data)
-    cut_short = data.startswith(_JPEG_SIGNATURE) and _jpeg_is_cut_short(data)
+    is_jpeg = data.startswith(_JPEG_SIGNATURE)
+    cut_short = is_jpeg and _jpeg_is_cut_short(data)
+    libjpeg: list[str] = []
     try:
-        img = cv2.imdecode(buf, flags)
+        if is_jpeg:
+            img, libjpeg = _imdecode_capturing_stderr(buf, flags)
+        else:
+            img = cv2.imdecode(buf, flags)
     except cv2.error as exc:
         raise ImageReadError(path, f"OpenCV could not decode it ({exc})") from exc
+    if libjpeg and not cut_short and img is not None and img.size:
+        warnings.warn(
+            CorruptImageWarning(f"image {str(path)!r} has damaged JPEG data ({'; '.join(libjpeg)}): the decoded image may be wrong"),
+            stacklevel=3,
+        )
     if img is None or img.size == 0:
         if cut_short:
             raise ImageReadError(path, "truncated JPEG: the file ends before its end-of-image marker")

@@ -179,3 +179,22 @@ def test_a_jpeg_that_decodes_without_its_end_marker_gives_a_warning(tmp_path, rn
     good.write_bytes(data + b"trailing bytes")  # data after the end marker is not damage
     read_image(good)
     assert not [w for w in recwarn if issubclass(w.category, CorruptImageWarning)]
+
+
+def test_a_jpeg_with_damaged_data_that_decodes_is_reported_with_its_name(tmp_path, rng, recwarn, capfd):
+    """Bit flips inside the scan keep every marker: OpenCV decodes the file and libjpeg only prints
+    'Corrupt JPEG data: ...' on file descriptor 2, without the file's name; that line becomes a warning
+    naming the file, and other output written meanwhile is kept."""
+    data = bytearray(_jpeg(rng))
+    for i in range(len(data) // 2, len(data) // 2 + 40, 7):
+        data[i] ^= 0xFF
+    damaged = tmp_path / "damaged.jpg"
+    damaged.write_bytes(bytes(data))
+    with pytest.warns(CorruptImageWarning, match=r"image '.*damaged\.jpg' has damaged JPEG data \(Corrupt JPEG data: "):
+        img = read_image(damaged)
+    assert img.shape == (64, 48, 3)
+    assert "Corrupt JPEG data" not in capfd.readouterr().err  # reported once, by the warning
+    good = tmp_path / "good.jpg"
+    good.write_bytes(_jpeg(rng))
+    read_image(good)
+    assert not [w for w in recwarn if "good.jpg" in str(w.message)]
