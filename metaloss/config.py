@@ -85,6 +85,9 @@ class LossConfig(_Strict):
     weight_form: Literal["linear", "squared"] = Field(
         "linear", description="'linear': mean(w*(If-I)^2) as the paper; 'squared': mse(w*(If-I)) as the reference code"
     )
+    intensity_norm: Literal["l2", "l1"] = Field(
+        "l2", description="'l2': (If-I)^2 in the intensity term; 'l1': |If-I| (with the max rule: SeAFusion's |If-max(Ia,Ib)|)"
+    )
 
 
 class MetaConfig(_Strict):

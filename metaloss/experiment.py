@@ -144,6 +144,7 @@ def build_experiment(cfg: ExperimentConfig, device: torch.device | None = None) 
         task,
         alpha=cfg.loss.alpha,
         weight_form=cfg.loss.weight_form,
+        intensity_norm=cfg.loss.intensity_norm,
         crop_size=cfg.data.crop_size,
         task_size=cfg.data.task_size,
         task_from_crop=cfg.data.task_from_crop,

@@ -3,6 +3,8 @@
     L_f    = L_int + alpha * L_grad
     L_int  = mean(w_a * (I_f - I_a)^2) + mean(w_b * (I_f - I_b)^2)              weight_form="linear" (paper)
            = mean((w_a * (I_f - I_a))^2) + mean((w_b * (I_f - I_b))^2)          weight_form="squared" (reference code)
+           = mean(w_a * |I_f - I_a|) + mean(w_b * |I_f - I_b|)                  intensity_norm="l1"
+             (with w_a = [I_a >= I_b], w_b = 1 - w_a: mean|I_f - max(I_a, I_b)|, SeAFusion's intensity loss)
     L_grad = mean|Gx(I_f) - max_x| + mean|Gy(I_f) - max_y|                        max rule (TDFusion)
              max_x = Gx(I_a) where |Gx(I_a)| >= |Gx(I_b)| else Gx(I_b)   (sign kept; ties go to I_a)
            = sum_k mean(v_k * |Gx(I_f) - Gx(I_k)|) + (same for y)                 with gradient weights V (ReFusion)
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 WeightForm = Literal["linear", "squared"]
+IntensityNorm = Literal["l2", "l1"]
 
 _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 
@@ -66,15 +69,19 @@ def fusion_loss(
     maps: Mapping[str, Tensor],
     alpha: float = 1.0,
     weight_form: WeightForm = "linear",
+    intensity_norm: IntensityNorm = "l2",
 ) -> FusionLoss:
     """L_f of the module docstring; ``fused``, ``ir``, ``vi``: ``[B, 1, H, W]``; maps: ``[B, 2, H, W]``."""
+    if intensity_norm not in ("l2", "l1"):
+        raise ValueError(f"unknown intensity_norm {intensity_norm!r}; choose 'l2' or 'l1'")
     if "intensity" not in maps:
         raise KeyError("loss generator output lacks 'intensity' weights")
     w = maps["intensity"]
     if w.shape[1] != 2 or w.shape[-2:] != fused.shape[-2:]:
         raise ValueError(f"intensity weights must be [B, 2, H, W] matching the image, got {tuple(w.shape)}")
-    intensity = _weighted_mean(w[:, 0:1], (fused - ir).square(), weight_form) + _weighted_mean(
-        w[:, 1:2], (fused - vi).square(), weight_form
+    residual = (lambda d: d.square()) if intensity_norm == "l2" else (lambda d: d.abs())
+    intensity = _weighted_mean(w[:, 0:1], residual(fused - ir), weight_form) + _weighted_mean(
+        w[:, 1:2], residual(fused - vi), weight_form
     )
     fx, fy = sobel(fused)
     ax, ay = sobel(ir)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
-from metaloss.losses import WeightForm, fusion_loss
+from metaloss.losses import IntensityNorm, WeightForm, fusion_loss
 from metaloss.protocols import Batch, ParamDict
 
 
@@ -42,6 +42,7 @@ class FusionProblem(nn.Module):
         *,
         alpha: float = 1.0,
         weight_form: WeightForm = "linear",
+        intensity_norm: IntensityNorm = "l2",
         crop_size: int = 256,
         task_size: tuple[int, int] | None = None,
         task_from_crop: bool = False,
@@ -60,7 +61,7 @@ class FusionProblem(nn.Module):
         #: read by metaloss.meta.meta_gradient when it is given no method ("auto", "double_backward", "jvp")
         self.meta_gradient_method = meta_gradient_method
         self.learner, self.generator, self.objective = fusion, generator, task
-        self.alpha, self.weight_form = alpha, weight_form
+        self.alpha, self.weight_form, self.intensity_norm = alpha, weight_form, intensity_norm
         self.crop_size, self.task_size, self.swap_modalities = crop_size, task_size, swap_modalities
         self.task_from_crop = task_from_crop
         self.device, self.dtype = torch.device(device), dtype
@@ -131,7 +132,7 @@ class FusionProblem(nn.Module):
             maps = checkpoint(self.generator, ir, vi, use_reentrant=False)
         else:
             maps = self.generator(ir, vi)
-        loss = fusion_loss(fused, ir, vi, maps, alpha=self.alpha, weight_form=self.weight_form)
+        loss = fusion_loss(fused, ir, vi, maps, alpha=self.alpha, weight_form=self.weight_form, intensity_norm=self.intensity_norm)
         self.terms = loss.terms()
         return loss.total
 

@@ -117,3 +117,24 @@ def test_fixed_generator_gradient_weights() -> None:
     assert "gradient" not in FixedLossGenerator(0.5)(ir, vi)
     with pytest.raises(ValueError, match="ir_gradient_weight"):
         FixedLossGenerator(0.5, ir_gradient_weight=-0.1)
+
+
+def test_max_rule_with_the_l1_norm_is_the_max_intensity_loss() -> None:
+    """FixedLossGenerator(intensity_rule="max") with intensity_norm="l1": L_int = mean|I_f - max(I_a, I_b)|
+    (SeAFusion, PIAFusion); with "l2" the squared distance to the maximum."""
+    from metaloss.models.conv_generator import FixedLossGenerator
+
+    g = torch.Generator().manual_seed(0)
+    ir, vi, fused = (torch.rand(2, 1, 6, 7, generator=g, dtype=torch.float64) for _ in range(3))
+    vi[0, 0, 0, 0] = ir[0, 0, 0, 0]  # a tie goes to the infrared image
+    maps = FixedLossGenerator(intensity_rule="max")(ir, vi)
+    assert maps["intensity"][0, :, 0, 0].tolist() == [1.0, 0.0]
+    target = torch.maximum(ir, vi)
+    l1 = fusion_loss(fused, ir, vi, maps, alpha=0.0, intensity_norm="l1")
+    l2 = fusion_loss(fused, ir, vi, maps, alpha=0.0)
+    torch.testing.assert_close(l1.intensity, (fused - target).abs().mean() * 1.0, rtol=1e-12, atol=0)
+    torch.testing.assert_close(l2.intensity, (fused - target).square().mean(), rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="intensity_norm"):
+        fusion_loss(fused, ir, vi, maps, intensity_norm="l3")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="intensity_rule"):
+        FixedLossGenerator(intensity_rule="min")  # type: ignore[arg-type]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 from pydantic import Field
@@ -27,22 +27,34 @@ class ConvLossGenerator(nn.Module):
 
 
 class FixedLossGenerator(nn.Module):
-    """Constant weights, the hand-made baseline: w_a = ``ir_weight``, w_b = 1 - ``ir_weight`` everywhere;
-    with ``ir_gradient_weight`` set, also constant gradient weights v_a = ``ir_gradient_weight``,
-    v_b = 1 - v_a (ReFusion's per-source gradient term) instead of the max rule.
+    """Hand-made weights, the baselines of a learned loss.
+
+    ``intensity_rule = "constant"``: w_a = ``ir_weight``, w_b = 1 - ``ir_weight`` everywhere.
+    ``intensity_rule = "max"``: w_a = 1 where I_a >= I_b, else 0 (w_b = 1 - w_a), so the intensity term
+    pulls I_f to max(I_a, I_b) (with ``loss.intensity_norm = "l1"``: SeAFusion's and PIAFusion's
+    mean|I_f - max(I_a, I_b)|).  With ``ir_gradient_weight`` set, also constant gradient weights
+    v_a = ``ir_gradient_weight``, v_b = 1 - v_a (ReFusion's per-source gradient term) instead of the max rule.
 
     It has no parameters, so a run with it has no meta phase (set ``meta.meta_steps = 0``)."""
 
-    def __init__(self, ir_weight: float = 0.5, ir_gradient_weight: float | None = None):
+    def __init__(
+        self,
+        ir_weight: float = 0.5,
+        ir_gradient_weight: float | None = None,
+        intensity_rule: Literal["constant", "max"] = "constant",
+    ):
         super().__init__()
         for key, value in (("ir_weight", ir_weight), ("ir_gradient_weight", ir_gradient_weight)):
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"{key} must be in [0, 1], got {value}")
+        if intensity_rule not in ("constant", "max"):
+            raise ValueError(f"intensity_rule must be 'constant' or 'max', got {intensity_rule!r}")
         self.ir_weight = ir_weight
         self.ir_gradient_weight = ir_gradient_weight
+        self.intensity_rule = intensity_rule
 
     def forward(self, ir: Tensor, vi: Tensor) -> dict[str, Tensor]:
-        w = torch.full_like(ir, self.ir_weight)
+        w = (ir >= vi).to(ir.dtype) if self.intensity_rule == "max" else torch.full_like(ir, self.ir_weight)
         maps = {"intensity": torch.cat([w, 1 - w], dim=1)}
         if self.ir_gradient_weight is not None:
             v = torch.full_like(ir, self.ir_gradient_weight)

@@ -41,7 +41,10 @@ class ReFusionLossGenerator(nn.Module):
     """ReFusion's loss proposal module: ``forward(ir, vi) -> {"intensity": W, "gradient": V}``.
 
     W and V are ``[B, 2, H, W]``, channel 0 infrared (a), channel 1 visible (b); each pair sums to 1
-    per pixel (softmax over the two sources).  ``gradient_weights=False``: W only (max-rule gradient term).  The Sobel magnitudes of both sources are computed
+    per pixel (softmax over the two sources).  ``prior_sharpness = s > 0``: W = softmax(s·[I_a, I_b] + Δ),
+    a learned correction Δ (its last convolution starts at zero) around a soft max-intensity rule
+    (W_a = sigmoid(s·(I_a − I_b))), so that meta-learning starts from a strong hand-made loss, not from
+    0.5 everywhere.  ``gradient_weights=False``: W only (max-rule gradient term).  The Sobel magnitudes of both sources are computed
     inside ``forward``.  45,105 trainable parameters at the default sizes.
     """
 
@@ -55,9 +58,11 @@ class ReFusionLossGenerator(nn.Module):
         bias: bool = False,
         layernorm: LayerNormKind = "with_bias",
         gradient_weights: bool = True,
+        prior_sharpness: Annotated[float, Field(ge=0)] = 0.0,
     ) -> None:
         super().__init__()
         self.gradient_weights = gradient_weights
+        self.prior_sharpness = prior_sharpness
         self.backbone = DualStreamRestormer(
             in_channels=2,
             out_channels=4 if gradient_weights else 2,
@@ -72,10 +77,18 @@ class ReFusionLossGenerator(nn.Module):
             activation="prelu",
         )
 
+        if prior_sharpness > 0:  # a correction around the prior, none at first
+            nn.init.zeros_(self.backbone.head_out.weight)
+            if self.backbone.head_out.bias is not None:
+                nn.init.zeros_(self.backbone.head_out.bias)
+
     def forward(self, ir: Tensor, vi: Tensor) -> dict[str, Tensor]:
         a = torch.cat([ir, sobel_magnitude(ir)], dim=1)
         b = torch.cat([vi, sobel_magnitude(vi)], dim=1)
         logits = self.backbone(a, b)  # [B, 4, H, W] = [W_a, W_b, V_a, V_b]  ([W_a, W_b] without V)
+        if self.prior_sharpness > 0:  # W = softmax(s·[I_a, I_b] + learned correction): a soft max rule first
+            prior = self.prior_sharpness * torch.cat([ir, vi], dim=1)
+            logits = torch.cat([logits[:, :2] + prior, logits[:, 2:]], dim=1)
         if not self.gradient_weights:
             return {"intensity": logits.softmax(dim=1)}
         w, v = logits.split(2, dim=1)

@@ -198,3 +198,19 @@ def test_refusion_without_gradient_weights_proposes_intensity_weights_only() -> 
     assert set(maps) == {"intensity"}  # the fusion loss's gradient term then keeps the max rule
     torch.testing.assert_close(maps["intensity"].sum(dim=1), torch.ones(2, 9, 11))
     assert sum(p.numel() for p in generator.parameters()) < sum(p.numel() for p in ReFusionLossGenerator().parameters())
+
+
+def test_refusion_prior_starts_at_the_soft_max_rule_and_learns_a_correction() -> None:
+    """prior_sharpness = s: W = softmax(s·[I_a, I_b]) before any training (W_a = sigmoid(s (I_a − I_b))),
+    and the correction's last convolution receives a gradient, so meta-learning can move away from it."""
+    from metaloss_refusion.loss_generator import ReFusionLossGenerator
+
+    torch.manual_seed(0)
+    gen = ReFusionLossGenerator(dim=4, heads=2, blocks_per_modality=1, fused_blocks=1, gradient_weights=False, prior_sharpness=20.0)
+    ir, vi = torch.rand(2, 1, 12, 10), torch.rand(2, 1, 12, 10)
+    w = gen(ir, vi)["intensity"]
+    torch.testing.assert_close(w[:, :1], torch.sigmoid(20.0 * (ir - vi)))
+    w[:, :1].square().sum().backward()
+    assert gen.backbone.head_out.weight.grad.abs().sum() > 0
+    plain = ReFusionLossGenerator(dim=4, heads=2, blocks_per_modality=1, fused_blocks=1, gradient_weights=False)
+    assert plain.backbone.head_out.weight.abs().sum() > 0  # without a prior: the usual initialisation
