@@ -37,7 +37,7 @@ from metaloss.data.collate import collate_pairs
 from metaloss.meta.guard import NonFiniteStop
 from metaloss.meta.trainer import AlternatingTrainer, TrainerHooks, seed_everything
 from metaloss.problem import FusionProblem
-from metaloss.utils.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from metaloss.utils.io import atomic_torch_save, atomic_write_json, atomic_write_text, naming_the_file
 from metaloss.utils.memory import set_allocator_policy
 from metaloss.utils.runlock import LOCK_NAME, RunLock, RunLocked
 
@@ -242,13 +242,8 @@ class RunDirectory:
 
     def log(self, record: dict[str, Any]) -> None:
         line = json.dumps({"time": round(time.time(), 3), **record}, default=float) + "\n"
-        try:
-            with self.log_path.open("a", encoding="utf-8") as f:
-                f.write(line)
-        except OSError as err:  # write() names no file; a full disk must say which
-            if err.filename is None:
-                raise OSError(err.errno, err.strerror, str(self.log_path)) from err
-            raise
+        with naming_the_file(self.log_path), self.log_path.open("a", encoding="utf-8") as f:
+            f.write(line)
 
     def save_checkpoint(self, state: dict[str, Any], epoch: int, every: int) -> None:
         """``epoch_XXX.pt`` (every ``every`` epochs), then ``last.pt``: ``last.pt`` changes last, so a

@@ -3,11 +3,12 @@ and :func:`clashing_input`, which finds the input an output path would overwrite
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,18 @@ def clashing_input(output: str | os.PathLike[str], inputs: Iterable[Path]) -> Pa
     return next((p for p in inputs if same_path(output, p)), None)
 
 
+@contextlib.contextmanager
+def naming_the_file(path: str | os.PathLike[str]) -> Iterator[None]:
+    """An ``OSError`` raised inside that names no file is raised again naming ``path``: ``write()`` and
+    ``fsync()`` name none, and a full disk must say which file could not be written."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None:
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over ``path``; the file gets
     the permissions of a normally created one."""
@@ -55,17 +68,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except OSError as err:  # write() and fsync() name no file; a full disk must say which
-        Path(tmp).unlink(missing_ok=True)
-        if err.filename is None:
-            raise OSError(err.errno, err.strerror, str(path)) from err
-        raise
+        with naming_the_file(path):
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, default_file_mode())
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
