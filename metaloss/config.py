@@ -88,6 +88,11 @@ class LossConfig(_Strict):
     intensity_norm: Literal["l2", "l1"] = Field(
         "l2", description="'l2': (If-I)^2 in the intensity term; 'l1': |If-I| (with the max rule: SeAFusion's |If-max(Ia,Ib)|)"
     )
+    gradient_target: Literal["max", "intensity"] = Field(
+        "max",
+        description="gradient term's target: 'max': the sources' larger Sobel response per pixel; "
+        "'intensity': the Sobel response of the intensity term's target w_a*Ia + w_b*Ib",
+    )
 
 
 class MetaConfig(_Strict):
@@ -152,6 +157,12 @@ class EvalConfig(_Strict):
     every: int = Field(1, ge=0, description="evaluate every n epochs (and at the end); 0 = only at the end")
     num_images: int = Field(8, ge=0, description="validation pairs to fuse and score; 0 = all")
     profile: str = Field("cddfuse", description="metric conventions: 'cddfuse', 'vifb' or 'tdfusion' (docs/metrics.md)")
+    stretch: bool = Field(
+        True,
+        description="min-max stretch each fused image before scoring it, as the reference test scripts do; "
+        "also the default of `metaloss fuse` for this run's models (a network whose output is not "
+        "calibrated needs it; one that starts from the sources' mean is calibrated)",
+    )
     metrics: list[str] = Field(
         default_factory=lambda: ["EN", "SD", "SF", "AG", "SCD", "VIF", "Qabf", "SSIM"],
         description="fusion metrics of the profile to score the validation images with; [] = none",

@@ -34,6 +34,7 @@ import metaloss
 from metaloss import distributed, registry
 from metaloss.config import ExperimentConfig, PluginSection, check_eval_size, load_config, plugin_options
 from metaloss.data.collate import collate_pairs
+from metaloss.data.images import stretch
 from metaloss.meta.guard import NonFiniteStop
 from metaloss.meta.trainer import AlternatingTrainer, TrainerHooks, seed_everything
 from metaloss.problem import FusionProblem
@@ -145,6 +146,7 @@ def build_experiment(cfg: ExperimentConfig, device: torch.device | None = None) 
         alpha=cfg.loss.alpha,
         weight_form=cfg.loss.weight_form,
         intensity_norm=cfg.loss.intensity_norm,
+        gradient_target=cfg.loss.gradient_target,
         crop_size=cfg.data.crop_size,
         task_size=cfg.data.task_size,
         task_from_crop=cfg.data.task_from_crop,
@@ -179,6 +181,8 @@ def evaluate(exp: Experiment) -> dict[str, float]:
     for batch in _val_batches(exp):
         ir, vi = batch["ir"].to(exp.device), batch["vi"].to(exp.device)
         fused = problem.fuse(ir, vi).to(ir.dtype)  # metrics in the images' own type (dtype = float64 runs)
+        if cfg.eval.stretch:  # as `metaloss fuse` writes this run's images
+            fused = torch.stack([stretch(f) for f in fused])
         if cfg.eval.metrics:
             values = fusion_metrics.evaluate(
                 (fused * 255).round(), (ir * 255).round(), (vi * 255).round(), profile=cfg.eval.profile, metrics=cfg.eval.metrics

@@ -71,8 +71,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         help=f"blend tiling: minimum overlap of neighbouring tiles in pixels (default {DEFAULT_OVERLAP})",
     )
     parser.add_argument(
-        "--stretch", action=argparse.BooleanOptionalAction, default=True,
-        help="min-max stretch the fused Y channel of each image to [0, 1], as the reference test scripts do (default: on)",
+        "--stretch", action=argparse.BooleanOptionalAction, default=None,
+        help="min-max stretch the fused Y channel of each image to [0, 1], as the reference test scripts do "
+        "(default: the model's own setting, [eval] stretch of its run; on for the reference-style networks)",
     )
     parser.add_argument(
         "--save-weights", action="store_true",

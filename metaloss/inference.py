@@ -43,7 +43,7 @@ from torch import Tensor, nn
 import metaloss
 import metaloss.nn.restormer as restormer_nn
 from metaloss import pretrained, registry
-from metaloss.data.images import ImagePair, compose
+from metaloss.data.images import ImagePair, compose, stretch
 from metaloss.nn.restormer import (
     MDTA,
     CrossAttentionFusion,
@@ -124,6 +124,13 @@ class FusionModel:
         p = next(self.fusion.parameters(), None)
         return p.device if p is not None else torch.device("cpu")
 
+    @property
+    def stretch(self) -> bool:
+        """Whether this model's fused images are min–max stretched by default: its run's ``[eval]
+        stretch`` (on for checkpoints that predate the setting, as before)."""
+        section = self.config.get("eval")
+        return bool(section.get("stretch", True)) if isinstance(section, Mapping) else True
+
 
 def build_network(group: str, section: Mapping[str, Any]) -> nn.Module:
     """Build a registered plugin from a config section ``{"name": ..., **options}``."""
@@ -203,7 +210,7 @@ def load_model(
         if trainer.get("generator") is None:
             raise InferenceError(f"{source}: holds no loss generator weights (trainer.generator)")
         gen = build("loss_generators", "loss_generator", "generator")
-    sections = {k: dict(config[k]) for k in ("fusion", "loss_generator") if isinstance(config.get(k), Mapping)}
+    sections = {k: dict(config[k]) for k in ("fusion", "loss_generator", "eval") if isinstance(config.get(k), Mapping)}
     return FusionModel(fusion, gen, source, sections)
 
 
@@ -213,15 +220,18 @@ def write_checkpoint(
     fusion_config: Mapping[str, Any],
     generator: nn.Module | None = None,
     generator_config: Mapping[str, Any] | None = None,
+    *,
+    stretch: bool = True,
 ) -> Path:
     """Write a minimal checkpoint that :func:`load_model` (and ``metaloss fuse``) accepts.
 
-    ``fusion_config`` / ``generator_config``: ``{"name": registered plugin, **options}``.  This is
-    also the format of the package's default model (``metaloss/pretrained/default.pt``).
+    ``fusion_config`` / ``generator_config``: ``{"name": registered plugin, **options}``; ``stretch``:
+    whether the model's fused images are min–max stretched by default (``[eval] stretch`` of its run).
+    This is also the format of the package's default model (``metaloss/pretrained/default.pt``).
     """
     from metaloss.experiment import CHECKPOINT_FORMAT
 
-    config: dict[str, Any] = {"fusion": dict(fusion_config)}
+    config: dict[str, Any] = {"fusion": dict(fusion_config), "eval": {"stretch": stretch}}
     trainer: dict[str, Any] = {"learner": fusion.state_dict()}
     if generator is not None:
         if generator_config is None:
@@ -758,15 +768,6 @@ def _module_device(module: nn.Module) -> torch.device:
 
 
 # -- whole pairs ----------------------------------------------------------------------------------------
-def stretch(y: Tensor) -> Tensor:
-    """Per-image min–max stretch ``(y − min) / (max − min)`` (unchanged when the image is constant),
-    as the reference test scripts apply it to the fused Y channel."""
-    lo, hi = y.amin(), y.amax()
-    if float(hi - lo) <= 0:
-        return y
-    return (y - lo) / (hi - lo)
-
-
 #: Short names of the loss generator's maps in output file names: ``<name>_<short>_<source>.png``.
 MAP_NAMES = {"intensity": "w", "gradient": "v"}
 SOURCE_NAMES = ("ir", "vi")
@@ -788,17 +789,18 @@ def fuse_images(
     tile: int | None = None,
     mode: TilingMode = "auto",
     overlap: int = DEFAULT_OVERLAP,
-    stretch_y: bool = True,
+    stretch_y: bool | None = None,
     weights: bool = False,
     on_tile: Progress | None = None,
     engine: Engine = "torch",
 ) -> FusedImage:
     """Fuse one loaded pair: Y of both sources through the network, optional min–max stretch of the
-    fused Y, chroma by the colour rule; with ``weights`` also the loss generator's maps."""
+    fused Y (``stretch_y``; None: the model's own default, :attr:`FusionModel.stretch`), chroma by the
+    colour rule; with ``weights`` also the loss generator's maps."""
     fused = fuse_pair(
         model.fusion, pair.ir.y, pair.vi.y, tile=tile, mode=mode, overlap=overlap, on_tile=on_tile, engine=engine
     )
-    if stretch_y:
+    if model.stretch if stretch_y is None else stretch_y:
         fused = stretch(fused)
     result = FusedImage(compose(fused, pair.chroma))
     del fused

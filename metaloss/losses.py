@@ -7,6 +7,8 @@
              (with w_a = [I_a >= I_b], w_b = 1 - w_a: mean|I_f - max(I_a, I_b)|, SeAFusion's intensity loss)
     L_grad = mean|Gx(I_f) - max_x| + mean|Gy(I_f) - max_y|                        max rule (TDFusion)
              max_x = Gx(I_a) where |Gx(I_a)| >= |Gx(I_b)| else Gx(I_b)   (sign kept; ties go to I_a)
+           = mean|Gx(I_f) - Gx(T)| + mean|Gy(I_f) - Gy(T)|,  T = w_a I_a + w_b I_b   gradient_target="intensity"
+             (the gradient of the intensity term's own target, so the two terms ask for the same image)
            = sum_k mean(v_k * |Gx(I_f) - Gx(I_k)|) + (same for y)                 with gradient weights V (ReFusion)
 
 G = 3x3 Sobel with zero padding; (w_a, w_b) = maps["intensity"], (v_a, v_b) = maps["gradient"].
@@ -24,6 +26,7 @@ from torch import Tensor
 
 WeightForm = Literal["linear", "squared"]
 IntensityNorm = Literal["l2", "l1"]
+GradientTarget = Literal["max", "intensity"]
 
 _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 
@@ -70,10 +73,13 @@ def fusion_loss(
     alpha: float = 1.0,
     weight_form: WeightForm = "linear",
     intensity_norm: IntensityNorm = "l2",
+    gradient_target: GradientTarget = "max",
 ) -> FusionLoss:
     """L_f of the module docstring; ``fused``, ``ir``, ``vi``: ``[B, 1, H, W]``; maps: ``[B, 2, H, W]``."""
     if intensity_norm not in ("l2", "l1"):
         raise ValueError(f"unknown intensity_norm {intensity_norm!r}; choose 'l2' or 'l1'")
+    if gradient_target not in ("max", "intensity"):
+        raise ValueError(f"unknown gradient_target {gradient_target!r}; choose 'max' or 'intensity'")
     if "intensity" not in maps:
         raise KeyError("loss generator output lacks 'intensity' weights")
     w = maps["intensity"]
@@ -84,9 +90,15 @@ def fusion_loss(
         w[:, 1:2], residual(fused - vi), weight_form
     )
     fx, fy = sobel(fused)
+    v = maps.get("gradient")
+    if gradient_target == "intensity":
+        if v is not None:
+            raise ValueError("gradient_target 'intensity' takes no gradient weights V; use a generator without them")
+        tx, ty = sobel(w[:, 0:1] * ir + w[:, 1:2] * vi)
+        gradient = (fx - tx).abs().mean() + (fy - ty).abs().mean()
+        return FusionLoss(total=intensity + alpha * gradient, intensity=intensity, gradient=gradient)
     ax, ay = sobel(ir)
     bx, by = sobel(vi)
-    v = maps.get("gradient")
     if v is None:
         gradient = (fx - max_abs(ax, bx)).abs().mean() + (fy - max_abs(ay, by)).abs().mean()
     else:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
-from metaloss.losses import IntensityNorm, WeightForm, fusion_loss
+from metaloss.losses import GradientTarget, IntensityNorm, WeightForm, fusion_loss
 from metaloss.protocols import Batch, ParamDict
 
 
@@ -43,6 +43,7 @@ class FusionProblem(nn.Module):
         alpha: float = 1.0,
         weight_form: WeightForm = "linear",
         intensity_norm: IntensityNorm = "l2",
+        gradient_target: GradientTarget = "max",
         crop_size: int = 256,
         task_size: tuple[int, int] | None = None,
         task_from_crop: bool = False,
@@ -62,6 +63,7 @@ class FusionProblem(nn.Module):
         self.meta_gradient_method = meta_gradient_method
         self.learner, self.generator, self.objective = fusion, generator, task
         self.alpha, self.weight_form, self.intensity_norm = alpha, weight_form, intensity_norm
+        self.gradient_target = gradient_target
         self.crop_size, self.task_size, self.swap_modalities = crop_size, task_size, swap_modalities
         self.task_from_crop = task_from_crop
         self.device, self.dtype = torch.device(device), dtype
@@ -132,7 +134,8 @@ class FusionProblem(nn.Module):
             maps = checkpoint(self.generator, ir, vi, use_reentrant=False)
         else:
             maps = self.generator(ir, vi)
-        loss = fusion_loss(fused, ir, vi, maps, alpha=self.alpha, weight_form=self.weight_form, intensity_norm=self.intensity_norm)
+        loss = fusion_loss(fused, ir, vi, maps, alpha=self.alpha, weight_form=self.weight_form, intensity_norm=self.intensity_norm,
+                           gradient_target=self.gradient_target)
         self.terms = loss.terms()
         return loss.total
 

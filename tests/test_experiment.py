@@ -248,3 +248,13 @@ def test_sigterm_stops_a_run_resumably_like_ctrl_c(tmp_path):
     saved = params(d / "checkpoints" / "last.pt")["epoch"]
     assert main(["run", "--resume", str(d), "-q", "--set", f"meta.epochs={saved + 1}"]) == 0
     assert params(d / "checkpoints" / "last.pt")["epoch"] == saved + 1
+
+
+def test_eval_stretch_scores_the_images_as_fuse_writes_them(tmp_path):
+    """[eval] stretch: the validation images are min-max stretched before they are scored (as
+    `metaloss fuse` writes them for this run's models), so their spread (SD) only grows."""
+    one = {"meta": {"epochs": 1, "meta_steps": 0, "learner_steps": 1}}
+    raw = run(tiny(**one, eval={"stretch": False}), tmp_path / "raw", quiet=True)["metrics"]
+    stretched = run(tiny(**one, eval={"stretch": True}), tmp_path / "stretched", quiet=True)["metrics"]
+    assert stretched["fusion/SD"] > raw["fusion/SD"]
+    assert load_config(tmp_path / "raw" / "config.toml").eval.stretch is False

@@ -83,6 +83,27 @@ def test_stretch_is_an_option(tmp_path, ckpt):
     assert np.array_equal(s, compose(stretch(fused), None))  # the stretch is of the unquantised Y
 
 
+def test_stretch_default_is_the_models_own(tmp_path):
+    """A checkpoint written with stretch=False (a run with ``[eval] stretch = false``) is fused without
+    the stretch unless --stretch asks for it; older checkpoints without the setting keep it on."""
+    cv2.imwrite(str(tmp_path / "ir.png"), _gray(0))
+    cv2.imwrite(str(tmp_path / "vi.png"), _gray(1))
+    torch.manual_seed(0)
+    plain = write_checkpoint(tmp_path / "plain.pt", DenseFusion(width=4, growth=4, layers=2), DENSE, stretch=False)
+    assert load_model(plain).stretch is False
+    args = ["-c", str(plain), "--ir", str(tmp_path / "ir.png"), "--vi", str(tmp_path / "vi.png"), "-q"]
+    assert main([*args, "--out", str(tmp_path / "d")]) == 0
+    assert main([*args, "--out", str(tmp_path / "s"), "--stretch"]) == 0
+    d, s = _read(tmp_path / "d" / "vi.png"), _read(tmp_path / "s" / "vi.png")
+    pair = load_pair(tmp_path / "ir.png", tmp_path / "vi.png")
+    fused = fuse_pair(load_model(plain).fusion, pair.ir.y, pair.vi.y)
+    assert np.array_equal(d, compose(fused, None)) and np.array_equal(s, compose(stretch(fused), None))
+    old = torch.load(plain, weights_only=True)
+    del old["config"]["eval"]  # written before the setting existed
+    torch.save(old, tmp_path / "old.pt")
+    assert load_model(tmp_path / "old.pt").stretch is True
+
+
 def test_folders_pair_by_name_and_list_unpaired(folders, ckpt, tmp_path, capsys):
     ir, vi = folders
     out = tmp_path / "out"

@@ -251,12 +251,14 @@ def test_engine_resolution():
         resolve_engine(dense, "onnx")
 
 
-def test_fast_engine_equals_the_torch_engine_for_every_plan(monkeypatch):
+@pytest.mark.parametrize("base", ["none", "mean"])
+def test_fast_engine_equals_the_torch_engine_for_every_plan(monkeypatch, base):
     import metaloss.inference as inference
     from metaloss_tdfusion.loss_generator import TDFusionLossGenerator
 
     torch.manual_seed(0)
-    net = _sharpen(RestormerFusion(dim=8, heads=2)).eval()
+    net = _sharpen(RestormerFusion(dim=8, heads=2, base=base)).eval()
+    torch.nn.init.normal_(net.backbone.head_out.weight, std=0.1)  # "mean" starts it at zero: give it weight
     gen = _sharpen(TDFusionLossGenerator(dim=8, heads=2)).eval()
     ir, vi = _pair(90, 150)
     whole = fuse_pair(net, ir, vi, tile=0)

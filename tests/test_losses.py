@@ -138,3 +138,24 @@ def test_max_rule_with_the_l1_norm_is_the_max_intensity_loss() -> None:
         fusion_loss(fused, ir, vi, maps, intensity_norm="l3")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="intensity_rule"):
         FixedLossGenerator(intensity_rule="min")  # type: ignore[arg-type]
+
+
+def test_gradient_target_intensity_is_the_gradient_of_the_intensity_target() -> None:
+    """gradient_target="intensity": L_grad = mean|S_d I_f - S_d T| with T = w_a I_a + w_b I_b, by hand
+    (naive Sobel); zero when I_f is that target; refused with gradient weights V or a wrong name."""
+    g = torch.Generator().manual_seed(3)
+    f, a, b, wa = (torch.rand(5, 6, dtype=torch.float64, generator=g) for _ in range(4))
+    target = wa * a + (1 - wa) * b
+    (fx, fy), (tx, ty) = naive_sobel(f), naive_sobel(target)
+    expected = (fx - tx).abs().mean() + (fy - ty).abs().mean()
+    maps = {"intensity": torch.stack([wa, 1 - wa])[None]}
+    four = lambda x: x[None, None]
+    loss = fusion_loss(four(f), four(a), four(b), maps, alpha=3.0, gradient_target="intensity")
+    assert loss.gradient.item() == pytest.approx(expected.item(), rel=1e-12)
+    assert loss.total.item() == pytest.approx(loss.intensity.item() + 3.0 * expected.item(), rel=1e-12)
+    at_target = fusion_loss(four(target), four(a), four(b), maps, gradient_target="intensity")
+    assert at_target.gradient.item() == pytest.approx(0.0, abs=1e-15)
+    with pytest.raises(ValueError, match="gradient weights"):
+        fusion_loss(four(f), four(a), four(b), {**maps, "gradient": maps["intensity"]}, gradient_target="intensity")
+    with pytest.raises(ValueError, match="gradient_target"):
+        fusion_loss(four(f), four(a), four(b), maps, gradient_target="sum")  # type: ignore[arg-type]

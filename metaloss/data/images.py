@@ -187,6 +187,15 @@ def load_pair(ir_path: str | os.PathLike[str], vi_path: str | os.PathLike[str]) 
     return ImagePair(ir, vi, chroma)
 
 
+def stretch(y: Tensor) -> Tensor:
+    """Per-image min–max stretch ``(y − min) / (max − min)`` (unchanged when the image is constant),
+    as the reference test scripts apply it to the fused Y channel."""
+    lo, hi = y.amin(), y.amax()
+    if float(hi - lo) <= 0:
+        return y
+    return (y - lo) / (hi - lo)
+
+
 def compose(y: Tensor, chroma: Tensor | None) -> np.ndarray:
     """A fused luma ``[1, H, W]`` (or ``[H, W]``) in [0, 1] plus chroma → 8-bit image for writing.
 

@@ -7,6 +7,12 @@ Structure (all at full resolution, default sizes)::
     vi ─ conv3×3 1→16 ─ 2 × RestormerBlock(16, 8 heads) ─┘
        ─ 2 × RestormerBlock(32, 8 heads) ─ conv3×3 32→16 ─ LeakyReLU(0.01) ─ conv3×3 16→1 ─ sigmoid
 
+With ``base="mean"`` the network predicts a correction to the average of its inputs rather than the
+fused image outright: ``I_f = sigmoid(net(I_a, I_b) + logit((I_a + I_b) / 2))``, the last convolution
+starting at zero, so training starts from the average with every fine detail of both sources passed
+through.  A network that has to rebuild the detail from nothing blurs it at a CPU budget, and VIF
+punishes blur hard (docs/refusion.md).
+
 Restormer blocks: MDTA channel attention + GDFN (expansion 2), with-bias channel LayerNorm, no bias
 in any convolution.  See ``metaloss.nn.restormer`` for the blocks and their formulas.
 """
@@ -15,7 +21,9 @@ in any convolution.  See ``metaloss.nn.restormer`` for the blocks and their form
 # constructor's signature, and real (not string) annotations keep that independent of namespaces.
 
 from collections.abc import Mapping
-from typing import Annotated
+from typing import Annotated, Literal
+
+import torch
 
 from pydantic import Field
 from torch import Tensor, nn
@@ -57,7 +65,12 @@ class RestormerFusion(nn.Module):
         ffn_expansion: GDFN hidden-width factor.
         bias: bias terms in the convolutions (the reference has none).
         layernorm: ``"with_bias"`` (the reference) or ``"bias_free"`` channel LayerNorm.
+        base: ``"none"``: predict the fused image (the reference); ``"mean"``: predict a correction in
+            logit space to ``(I_a + I_b) / 2``, from zero at initialisation.
     """
+
+    #: inputs are clamped to [eps, 1 - eps] before the logit of their mean
+    eps = 1e-3
 
     def __init__(
         self,
@@ -68,6 +81,7 @@ class RestormerFusion(nn.Module):
         ffn_expansion: Annotated[float, Field(gt=0)] = 2.0,
         bias: bool = False,
         layernorm: LayerNormKind = "with_bias",
+        base: Literal["none", "mean"] = "none",
     ) -> None:
         super().__init__()
         self.backbone = DualStreamRestormer(
@@ -83,6 +97,14 @@ class RestormerFusion(nn.Module):
             merge="cross_attention",
             activation="leaky_relu",
         )
+        self.base = base
+        if base == "mean":  # a correction to the average, none at first
+            nn.init.zeros_(self.backbone.head_out.weight)
+            if self.backbone.head_out.bias is not None:
+                nn.init.zeros_(self.backbone.head_out.bias)
 
     def forward(self, ir: Tensor, vi: Tensor) -> Tensor:
-        return self.backbone(ir, vi).sigmoid()
+        out = self.backbone(ir, vi)
+        if self.base == "mean":
+            out = out + torch.logit(((ir + vi) / 2).clamp(self.eps, 1 - self.eps))
+        return out.sigmoid()

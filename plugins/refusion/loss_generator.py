@@ -44,7 +44,9 @@ class ReFusionLossGenerator(nn.Module):
     per pixel (softmax over the two sources).  ``prior_sharpness = s > 0``: W = softmax(s·[I_a, I_b] + Δ),
     a learned correction Δ (its last convolution starts at zero) around a soft max-intensity rule
     (W_a = sigmoid(s·(I_a − I_b))), so that meta-learning starts from a strong hand-made loss, not from
-    0.5 everywhere.  ``gradient_weights=False``: W only (max-rule gradient term).  The Sobel magnitudes of both sources are computed
+    0.5 everywhere.  ``symmetric=True``: one backbone scores each source against the other,
+    ``logit_a = net(a, b)``, ``logit_b = net(b, a)``, so swapping the inputs swaps the weights exactly
+    (no input-slot bias; twice the backbone's compute).  ``gradient_weights=False``: W only (max-rule gradient term).  The Sobel magnitudes of both sources are computed
     inside ``forward``.  45,105 trainable parameters at the default sizes.
     """
 
@@ -59,13 +61,16 @@ class ReFusionLossGenerator(nn.Module):
         layernorm: LayerNormKind = "with_bias",
         gradient_weights: bool = True,
         prior_sharpness: Annotated[float, Field(ge=0)] = 0.0,
+        symmetric: bool = False,
     ) -> None:
         super().__init__()
         self.gradient_weights = gradient_weights
         self.prior_sharpness = prior_sharpness
+        self.symmetric = symmetric
+        per_source = 2 if gradient_weights else 1  # logits of W (and V) for one source
         self.backbone = DualStreamRestormer(
             in_channels=2,
-            out_channels=4 if gradient_weights else 2,
+            out_channels=per_source if symmetric else 2 * per_source,
             dim=dim,
             heads=heads,
             blocks_per_source=blocks_per_modality,
@@ -85,7 +90,11 @@ class ReFusionLossGenerator(nn.Module):
     def forward(self, ir: Tensor, vi: Tensor) -> dict[str, Tensor]:
         a = torch.cat([ir, sobel_magnitude(ir)], dim=1)
         b = torch.cat([vi, sobel_magnitude(vi)], dim=1)
-        logits = self.backbone(a, b)  # [B, 4, H, W] = [W_a, W_b, V_a, V_b]  ([W_a, W_b] without V)
+        if self.symmetric:  # source k's logits from (I_k, the other): G(b, a) = swap(G(a, b)) exactly
+            own, other = self.backbone(torch.cat([a, b]), torch.cat([b, a])).chunk(2)
+            logits = torch.stack([own, other], dim=2).flatten(1, 2)  # [W_a, W_b(, V_a, V_b)]
+        else:
+            logits = self.backbone(a, b)  # [B, 4, H, W] = [W_a, W_b, V_a, V_b]  ([W_a, W_b] without V)
         if self.prior_sharpness > 0:  # W = softmax(s·[I_a, I_b] + learned correction): a soft max rule first
             prior = self.prior_sharpness * torch.cat([ir, vi], dim=1)
             logits = torch.cat([logits[:, :2] + prior, logits[:, 2:]], dim=1)

@@ -57,6 +57,7 @@ def test_config_model_from_signature() -> None:
         "ffn_expansion": 2.0,
         "bias": False,
         "layernorm": "with_bias",
+        "base": "none",
     }
     assert n_params(RestormerFusion(**cfg.model_dump())) < 59_856
     with pytest.raises(Exception):
@@ -138,3 +139,23 @@ def test_reference_checkpoint_keys_convert(prefix: str) -> None:
     torch.testing.assert_close(net.backbone.merge.gate_dwconv.weight, values["FM.project_E_d.weight"])
     torch.testing.assert_close(net.backbone.encoder2.blocks[1].norm2.bias, values["encoder2.1.norm2.body.bias"])
     torch.testing.assert_close(net.backbone.head_out.weight, values["project_out_1.weight"])
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_mean_base_starts_at_the_average_and_learns_a_correction(bias: bool) -> None:
+    """base="mean": I_f = sigmoid(net + logit((I_a + I_b)/2)) with the net's last convolution at zero,
+    so the untrained network outputs the average (inputs clamped to [eps, 1 - eps]); one optimiser step
+    on a loss that wants something else moves it off the average."""
+    torch.manual_seed(0)
+    net = RestormerFusion(base="mean", bias=bias).double()
+    ir, vi = torch.rand(2, 1, 24, 20, dtype=torch.float64), torch.rand(2, 1, 24, 20, dtype=torch.float64)
+    mean = ((ir + vi) / 2).clamp(net.eps, 1 - net.eps)
+    torch.testing.assert_close(net(ir, vi), mean, rtol=0, atol=1e-12)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(2):  # the first step reaches the zeroed head only; the second moves the output
+        opt.zero_grad()
+        (net(ir, vi) - torch.maximum(ir, vi)).square().mean().backward()
+        opt.step()
+    assert (net(ir, vi) - mean).abs().max() > 1e-3
+    with pytest.raises(ValueError):
+        config_model(RestormerFusion)(base="max")

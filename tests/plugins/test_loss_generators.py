@@ -214,3 +214,23 @@ def test_refusion_prior_starts_at_the_soft_max_rule_and_learns_a_correction() ->
     assert gen.backbone.head_out.weight.grad.abs().sum() > 0
     plain = ReFusionLossGenerator(dim=4, heads=2, blocks_per_modality=1, fused_blocks=1, gradient_weights=False)
     assert plain.backbone.head_out.weight.abs().sum() > 0  # without a prior: the usual initialisation
+
+
+@pytest.mark.parametrize("gradient_weights", [True, False])
+def test_refusion_symmetric_generator_is_swap_equivariant(gradient_weights: bool) -> None:
+    """symmetric=True: G(b, a) = swap(G(a, b)) for W (and V), exactly up to float rounding, for any
+    weights (the backbone scores each source against the other); the plain generator is not."""
+    torch.manual_seed(0)
+    ir, vi = images((13, 11), batch=2)
+    swap = lambda m: m.flip(1)  # [x_a, x_b] -> [x_b, x_a]
+    sym = ReFusionLossGenerator(**SMALL, gradient_weights=gradient_weights, symmetric=True, prior_sharpness=5.0)
+    torch.nn.init.normal_(sym.backbone.head_out.weight, std=0.5)  # the prior zeroed it: give it weight
+    ab, ba = sym(ir, vi), sym(vi, ir)
+    assert set(ab) == ({"intensity", "gradient"} if gradient_weights else {"intensity"})
+    for key in ab:
+        torch.testing.assert_close(ba[key], swap(ab[key]), rtol=0, atol=1e-6)
+        torch.testing.assert_close(ab[key].sum(1), torch.ones_like(ab[key][:, 0]))
+    assert (ab["intensity"] - torch.sigmoid(5.0 * torch.cat([ir - vi, vi - ir], 1))).abs().max() > 1e-2
+    plain = ReFusionLossGenerator(**SMALL, gradient_weights=gradient_weights)
+    assert (plain(vi, ir)["intensity"] - swap(plain(ir, vi)["intensity"])).abs().max() > 1e-4
+    assert n_params(sym) < n_params(plain)  # one source's logits out, not both
