@@ -122,6 +122,12 @@ def score(checkpoint: Path | None, data: Path, ir: str, vi: str, out: Path, stre
     return {m: float(v) for m, v in method["mean"].items()}
 
 
+def sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def write_average(ir: Path, vi: Path, out: Path) -> None:
     """The baseline every fusion table needs: round((I_a + I_b) / 2) of the grey images, per pair."""
     import cv2
@@ -235,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--no-ship", action="store_true", help="do not copy the model into metaloss/pretrained/")
         p.add_argument("--no-doc", action="store_true")
         p.add_argument("--reuse", action="store_true", help="do not train: use the finished (or resumed) run in runs/")
+        if name == "pretrained":
+            p.add_argument("--heldout", type=Path, help="heldout.json that `heldout` wrote for this run's checkpoint")
     p = sub.add_parser("ablation")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--no-doc", action="store_true")
@@ -254,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         result = held_out(args.checkpoint, args.out)
         for name, rows in result.items():
             print(f"{name}:\n{table(rows)}\n")
-        (args.out / "heldout.json").write_text(json.dumps(result, indent=2))
+        saved = {"checkpoint_sha256": sha256(args.checkpoint), "results": result}
+        (args.out / "heldout.json").write_text(json.dumps(saved, indent=2))
         return 0
 
     if args.command == "score":
@@ -286,7 +295,13 @@ def main(argv: list[str] | None = None) -> int:
                     "Targets (at least the official ReFusion model): "
                     + ", ".join(f"{m} >= {t} ({'met' if met[m] else 'NOT met'}: {values[m]:.3f})" for m, t in TNO_TARGET.items()))
             write_section(ROOT / "docs" / "pretrained.md", "TNO", body)
-            checked = held_out(ckpt, out / "heldout")
+            if args.heldout is not None:  # scores that `heldout` saved for this very checkpoint
+                saved = json.loads(args.heldout.read_text())
+                if saved.get("checkpoint_sha256") != sha256(ckpt):
+                    raise SystemExit(f"{args.heldout}: its scores are of another checkpoint than {ckpt}")
+                checked = saved["results"]
+            else:
+                checked = held_out(ckpt, out / "heldout")
             body = (f"_Measured by `python -m benchmarks.refusion pretrained` on {machine()}._ The same model on the "
                     "infrared-visible pairs of `../shared/data` that no shipped model trains on, `cddfuse` profile:\n\n"
                     + "\n\n".join(f"{name} ({len(list((DATA / HELD_OUT[name][0] / 'ir').iterdir()))} pairs):\n\n{table(rows)}"
