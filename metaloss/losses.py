@@ -82,7 +82,9 @@ def fusion_loss(
         raise ValueError(f"unknown gradient_target {gradient_target!r}; choose 'max' or 'intensity'")
     if "intensity" not in maps:
         raise KeyError("loss generator output lacks 'intensity' weights")
-    w = maps["intensity"]
+    w, v = maps["intensity"], maps.get("gradient")
+    if gradient_target == "intensity" and v is not None:
+        raise ValueError("gradient_target 'intensity' takes no gradient weights V; use a generator without them")
     if w.shape[1] != 2 or w.shape[-2:] != fused.shape[-2:]:
         raise ValueError(f"intensity weights must be [B, 2, H, W] matching the image, got {tuple(w.shape)}")
     residual = (lambda d: d.square()) if intensity_norm == "l2" else (lambda d: d.abs())
@@ -90,23 +92,19 @@ def fusion_loss(
         w[:, 1:2], residual(fused - vi), weight_form
     )
     fx, fy = sobel(fused)
-    v = maps.get("gradient")
     if gradient_target == "intensity":
-        if v is not None:
-            raise ValueError("gradient_target 'intensity' takes no gradient weights V; use a generator without them")
         tx, ty = sobel(w[:, 0:1] * ir + w[:, 1:2] * vi)
         gradient = (fx - tx).abs().mean() + (fy - ty).abs().mean()
-        return FusionLoss(total=intensity + alpha * gradient, intensity=intensity, gradient=gradient)
-    ax, ay = sobel(ir)
-    bx, by = sobel(vi)
-    if v is None:
-        gradient = (fx - max_abs(ax, bx)).abs().mean() + (fy - max_abs(ay, by)).abs().mean()
     else:
-        va, vb = v[:, 0:1], v[:, 1:2]
-        gradient = (
-            _weighted_mean(va, (fx - ax).abs(), weight_form)
-            + _weighted_mean(vb, (fx - bx).abs(), weight_form)
-            + _weighted_mean(va, (fy - ay).abs(), weight_form)
-            + _weighted_mean(vb, (fy - by).abs(), weight_form)
-        )
+        (ax, ay), (bx, by) = sobel(ir), sobel(vi)
+        if v is None:
+            gradient = (fx - max_abs(ax, bx)).abs().mean() + (fy - max_abs(ay, by)).abs().mean()
+        else:
+            va, vb = v[:, 0:1], v[:, 1:2]
+            gradient = (
+                _weighted_mean(va, (fx - ax).abs(), weight_form)
+                + _weighted_mean(vb, (fx - bx).abs(), weight_form)
+                + _weighted_mean(va, (fy - ay).abs(), weight_form)
+                + _weighted_mean(vb, (fy - by).abs(), weight_form)
+            )
     return FusionLoss(total=intensity + alpha * gradient, intensity=intensity, gradient=gradient)

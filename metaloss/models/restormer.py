@@ -99,9 +99,7 @@ class RestormerFusion(nn.Module):
         )
         self.base = base
         if base == "mean":  # a correction to the average, none at first
-            nn.init.zeros_(self.backbone.head_out.weight)
-            if self.backbone.head_out.bias is not None:
-                nn.init.zeros_(self.backbone.head_out.bias)
+            self.backbone.zero_output()
 
     def forward(self, ir: Tensor, vi: Tensor) -> Tensor:
         out = self.backbone(ir, vi)

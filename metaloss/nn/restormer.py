@@ -350,6 +350,13 @@ class DualStreamRestormer(nn.Module):
             raise ValueError(f"unknown activation {activation!r}; expected 'prelu' or 'leaky_relu'")
         self.head_out = conv3x3(dim, out_channels, bias=bias)
 
+    def zero_output(self) -> None:
+        """Set the last convolution to zero, so the output is 0 everywhere until training moves it:
+        for a network that learns a correction to something (a prior, a base image), none at first."""
+        nn.init.zeros_(self.head_out.weight)
+        if self.head_out.bias is not None:
+            nn.init.zeros_(self.head_out.bias)
+
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
         ea, eb = self.encoder1(a), self.encoder2(b)
         z = torch.cat([ea, eb], dim=1) if self.merge is None else self.merge(ea, eb)

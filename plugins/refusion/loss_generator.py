@@ -83,9 +83,7 @@ class ReFusionLossGenerator(nn.Module):
         )
 
         if prior_sharpness > 0:  # a correction around the prior, none at first
-            nn.init.zeros_(self.backbone.head_out.weight)
-            if self.backbone.head_out.bias is not None:
-                nn.init.zeros_(self.backbone.head_out.bias)
+            self.backbone.zero_output()
 
     def forward(self, ir: Tensor, vi: Tensor) -> dict[str, Tensor]:
         a = torch.cat([ir, sobel_magnitude(ir)], dim=1)
