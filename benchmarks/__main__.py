@@ -14,8 +14,9 @@ Parts:
 - ``inference``: fusion time per pair at 480×640 and 1024×1280 for the eager forward, ``metaloss
   fuse``'s engines and onnxruntime, against the FLOP floor measured in the same run
   (``benchmarks.inference_speed``);
-- ``metrics``: the fusion-metric timings on the VIFB set (``benchmarks.metrics_speed``), written
-  below that section's hand-written analysis.
+- ``metrics``: the fusion-metric timings on the VIFB set, and ``mefb`` against ``vifb`` on MEFB's
+  multi-exposure images (``benchmarks.metrics_speed``), written below that section's hand-written
+  analysis.
 
 Each part's section lies between ``<!-- BEGIN <part> -->`` and ``<!-- END <part> -->`` markers in the
 document, with the machine, the versions, the date and the load average at the start and end of
@@ -225,7 +226,8 @@ def metrics_part(args: argparse.Namespace) -> dict:
     from benchmarks import metrics_speed
 
     load = _load()
-    argv = ["--profiles", "cddfuse", "--repeats", "1", "--skip-end-to-end"] if args.quick else ["--profiles", "cddfuse", "tdfusion", "vifb"]
+    argv = (["--profiles", "cddfuse", "--repeats", "1", "--skip-end-to-end"] if args.quick
+            else ["--profiles", "cddfuse", "tdfusion", "vifb", "--mef"])
     argv += ["--threads", str(args.threads), "--device", args.device]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

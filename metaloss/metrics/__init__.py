@@ -12,8 +12,9 @@ Quick use::
     res.means(), res.best(), res.write_json("metrics.json")
 
 Profiles (see docs/metrics.md): ``cddfuse`` (default; CDDFuse's ``utils/Evaluator.py``),
-``vifb`` (the VIFB MATLAB toolkit, per colour channel) and ``tdfusion`` (TDFusion's
-``Evaluator.py``). Tensors are ``[B, C, H, W]`` on a 0–255 scale; values come back as ``[B]``.
+``vifb`` (the VIFB MATLAB toolkit, per colour channel), ``tdfusion`` (TDFusion's ``Evaluator.py``)
+and ``mefb`` (the MEFB MATLAB toolkit's 20 metrics, with MEF-SSIM). Tensors are ``[B, C, H, W]``
+on a 0–255 scale; values come back as ``[B]``.
 """
 
 from metaloss.metrics.api import MIN_SIZE, evaluate

@@ -50,10 +50,10 @@ def evaluate(
         fused: ``[B, C, H, W]`` on a 0–255 scale (any real dtype). ``C`` = 1 (grey) or 3 (RGB; a
             4th alpha channel is dropped). ``cddfuse``/``tdfusion`` turn colour into grey as
             CDDFuse's ``image_read_cv2(..., 'GRAY')`` does (float32 BT.601, rounded); ``vifb``
-            evaluates each colour channel and averages.
+            evaluates each colour channel and averages; ``mefb`` applies MEFB's colour rule.
         ir, vi: the sources, ``[B or 1, C, H, W]`` with the same ``H × W``; a batch of 1 is shared
             by every fused image (and its per-source statistics are computed once).
-        profile: ``"cddfuse"`` (default), ``"vifb"``, ``"tdfusion"`` or a :class:`Profile`.
+        profile: ``"cddfuse"`` (default), ``"vifb"``, ``"tdfusion"``, ``"mefb"`` or a :class:`Profile`.
         metrics: names to compute (default: all of the profile's, in its order).
         quantize: clamp the fused image to 0–255 and round it (half to even) first, as saving it
             to an 8-bit file and reading it back would. The reference numbers are computed on

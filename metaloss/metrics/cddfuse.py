@@ -317,10 +317,6 @@ def qabf(f: Tensor, a: Tensor, b: Tensor, equal_scale: float = 1.0, cache: Cache
 
 
 # ------------------------------------------------------------------------------------------- SSIM
-def _uniform_filter_valid(x: Tensor, size: int) -> Tensor:
-    return uniform_filter_valid(x, size)
-
-
 def _ssim_stats(x: Tensor, size: int, cov_norm: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Local mean u, 2·u, u·u and the sample variance cov_norm·(E[x²] − u·u) — each rounded to
     the dtype in scikit-image's order of operations."""

@@ -1,7 +1,11 @@
 """``metaloss eval``: fusion metrics of folders of fused images, as plain-text tables.
 
-    metaloss eval --ir DIR --vi DIR --fused DIR [--fused DIR ...] [--profile P]
+    metaloss eval --a DIR --b DIR --fused DIR [--fused DIR ...] [--profile P]
                   [--metrics M [M ...]] [--json FILE] [--csv FILE] [--summary] [--device D]
+
+``--a``/``--b`` are the two source folders (``--ir``/``--vi``, their infrared–visible spelling).
+Without ``--profile``, metrics that only one other profile has (``--metrics MEF-SSIM``) are scored
+with that profile's conventions.
 
 Prints, under a header naming the profile, a table per fused folder (one row per image, then the
 means) with the problems found (missing partner, unreadable file, size mismatch) listed per
@@ -34,8 +38,14 @@ MISSING_SHOWN = 10
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the ``eval`` options to ``parser``."""
     parser.description = "Fusion metrics (EN, SD, SF, AG, MI, SCD, VIF, Qabf, SSIM, ...) of folders of fused images."
-    parser.add_argument("--ir", required=True, type=Path, metavar="DIR", help="folder of infrared source images")
-    parser.add_argument("--vi", required=True, type=Path, metavar="DIR", help="folder of visible source images")
+    parser.add_argument(
+        "--a", "--ir", dest="ir", required=True, type=Path, metavar="DIR",
+        help="folder of the first source images (infrared; CT/PET/SPECT; near focus; under-exposed)",
+    )
+    parser.add_argument(
+        "--b", "--vi", dest="vi", required=True, type=Path, metavar="DIR",
+        help="folder of the second source images (visible; MRI; far focus; over-exposed)",
+    )
     parser.add_argument(
         "--fused",
         required=True,
@@ -46,9 +56,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--profile",
-        default=DEFAULT_PROFILE,
         choices=sorted(PROFILES),
-        help=f"metric conventions (default: {DEFAULT_PROFILE}); see docs/metrics.md",
+        help=f"metric conventions (default: {DEFAULT_PROFILE}, or the one profile that has all the "
+        "--metrics asked for); see docs/metrics.md",
     )
     parser.add_argument(
         "--metrics",
@@ -80,6 +90,19 @@ def _split_metrics(values: Sequence[str] | None) -> list[str] | None:
     return out or None
 
 
+def _profile_for(metrics: list[str] | None, err: TextIO) -> str:
+    """The default profile, or the only profile with every metric in ``metrics`` when the default
+    lacks one of them (``--metrics MEF-SSIM``: ``mefb``), said on ``err``."""
+    default = PROFILES[DEFAULT_PROFILE]
+    if not metrics or all(m in default for m in metrics):
+        return DEFAULT_PROFILE
+    holders = [name for name, prof in PROFILES.items() if all(m in prof for m in metrics)]
+    if len(holders) != 1:
+        return DEFAULT_PROFILE  # the unknown-metric error below names what the default has
+    print(f"note: profile {holders[0]!r} (the one with {', '.join(metrics)})", file=err)
+    return holders[0]
+
+
 def _result_file_error(args: argparse.Namespace) -> str | None:
     """Why ``--json``/``--csv`` cannot be written, or None: it names an input of this evaluation (a
     source or fused image, or one of their folders), which it would replace, or another folder, or a
@@ -104,8 +127,8 @@ def run(args: argparse.Namespace) -> int:
     2 for a usage error (unknown metric, missing folder, ``--json``/``--csv`` naming an input)."""
     out: TextIO = sys.stdout
     err: TextIO = sys.stderr
-    profile = PROFILES[args.profile]
     metrics = _split_metrics(args.metrics)
+    profile = PROFILES[args.profile or _profile_for(metrics, err)]
     if metrics is not None:
         unknown = [m for m in metrics if m not in profile]
         if unknown:
@@ -115,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
                 file=err,
             )
             return 2
-    for what, d in [("--ir", args.ir), ("--vi", args.vi)] + [("--fused", d) for d in args.fused]:
+    for what, d in [("--a", args.ir), ("--b", args.vi)] + [("--fused", d) for d in args.fused]:
         if not Path(d).is_dir():
             print(f"error: {what} {str(d)!r} is not a directory", file=err)
             return 2

@@ -200,19 +200,20 @@ def _source_pairs(ir: _Partners, vi: _Partners) -> list[Path]:
 def load_image_tensor(path: str | os.PathLike[str], profile: str | Profile = DEFAULT_PROFILE) -> Tensor:
     """Read ``path`` as ``profile``'s reference code would: ``[1, C, H, W]`` float64, 0–255.
 
-    ``cddfuse``/``tdfusion``: CDDFuse's ``image_read_cv2(path, 'GRAY')`` (C = 1). ``vifb``: the
+    ``cddfuse``/``tdfusion``: CDDFuse's ``image_read_cv2(path, 'GRAY')`` (C = 1). ``vifb``, ``mefb``: the
     stored channels (grey C = 1, colour C = 3 in RGB order, alpha dropped), as MATLAB's ``imread``;
     16-bit files are reduced to 8 bits (``>> 8``) as OpenCV's 8-bit read does.
     """
     prof = get_profile(profile)
-    if prof.name == "vifb":
+    if prof.reads == "matlab":
         arr = read_image(path)
         if arr.dtype == np.uint16:
             arr = (arr >> 8).astype(np.uint8)
         if arr.ndim == 3 and arr.shape[2] == 4:
             arr = arr[:, :, :3]
         t = torch.from_numpy(np.ascontiguousarray(arr)).to(torch.float64)
-        return t[None, None] if t.ndim == 2 else t.permute(2, 0, 1)[None]
+        # channels first in memory too: the metrics work on one channel at a time
+        return t[None, None] if t.ndim == 2 else t.permute(2, 0, 1).contiguous()[None]
     return torch.from_numpy(read_gray_cddfuse(path)).to(torch.float64)[None, None]
 
 

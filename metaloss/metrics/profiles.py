@@ -9,6 +9,8 @@ and lists its metrics, each with its direction (higher or lower is better).
 - ``vifb``: the VIFB MATLAB toolkit — each colour channel of the fused image, averaged; 13 metrics.
 - ``tdfusion``: TDFusion's ``Evaluator.py`` — CDDFuse's, with VIF and SSIM averaged over the two
   sources (and SSIM on uint8 images, data range 255).
+- ``mefb``: the MEFB MATLAB toolkit (multi-exposure and multi-focus benchmarks) — 20 metrics, each
+  on the images as read (:mod:`metaloss.metrics.mefb`).
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from torch import Tensor
 from metaloss.metrics import cddfuse as _cdd
 from metaloss.metrics import tdfusion as _td
 from metaloss.metrics import vifb as _vifb
-from metaloss.metrics._ops import rgb_to_gray_bt601_f32, rgb_to_gray_matlab
+from metaloss.metrics._ops import cached, rgb_to_gray_bt601_f32, rgb_to_gray_matlab
 
-__all__ = ["MetricSpec", "Profile", "PROFILES", "get_profile", "DEFAULT_PROFILE"]
+__all__ = ["DEFAULT_PROFILE", "PROFILES", "MetricSpec", "Profile", "get_profile"]
 
 MetricFn = Callable[[Tensor, Tensor, Tensor, "dict | None"], Tensor]
 PrepareFn = Callable[[Tensor, Tensor, Tensor, str], "tuple[Tensor, Tensor, Tensor]"]
@@ -64,6 +66,9 @@ class Profile:
     prepare: PrepareFn = field(repr=False)
     #: Names the reference code uses, where they differ from ours (e.g. VIFB's "Variance").
     reference_names: Mapping[str, str] = field(default_factory=dict)
+    #: How the reference code reads an image file: ``"gray"`` (CDDFuse's ``image_read_cv2(path,
+    #: 'GRAY')``) or ``"matlab"`` (MATLAB's ``imread``: the stored channels in RGB order).
+    reads: str = "gray"
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -110,11 +115,6 @@ class Profile:
 # ------------------------------------------------------------------------------------ preparation
 def _drop_alpha(x: Tensor) -> Tensor:
     return x[:, :3] if x.shape[1] == 4 else x
-
-
-def _check_channels(x: Tensor, what: str) -> None:
-    if x.shape[1] not in (1, 3, 4):
-        raise ValueError(f"{what} has {x.shape[1]} channels; expected 1 (grey), 3 (RGB) or 4 (RGBA)")
 
 
 def _gray_cddfuse(x: Tensor) -> Tensor:
@@ -187,6 +187,43 @@ def _per_channel(kernel: Callable[..., Tensor], uses_sources: bool = True) -> Me
     return fn
 
 
+def _matlab_grey(x: Tensor, uint8: bool, cache: dict | None) -> Tensor:
+    """A colour image as MATLAB's ``rgb2gray`` makes it (rounded when ``uint8``: the image is still
+    uint8 there), cached by tensor identity; a grey image as is."""
+    if x.shape[1] == 1:
+        return x
+    return cached(cache, f"matlab-rgb2gray-{uint8}", x, lambda: rgb_to_gray_matlab(x, uint8=uint8))
+
+
+def _mefb_rule(
+    kernel: Callable[..., Tensor],
+    uses_sources: bool = True,
+    *,
+    uint8_sources: bool = True,
+    rgb2gray_fused: bool = False,
+) -> MetricFn:
+    """MEFB's colour rule, which each of its ``metricsX(imgA, imgB, F)`` repeats on the uint8 arrays
+    ``imread`` gives, around a per-channel ``kernel``:
+
+    - colour F with two grey sources: F's first channel (``rgb2gray_fused``: F through ``rgb2gray``,
+      unrounded, as ``metricsAvg_gradient`` does);
+    - grey F: the metric once, colour sources through ``rgb2gray`` (rounded when the ``.m`` converts
+      them while uint8: ``uint8_sources``; where MATLAB fails on this combination, rounded);
+    - otherwise the metric of each channel k on ``A(:,:,k)``, ``B(:,:,k)``, ``F(:,:,k)``, averaged; a
+      grey source with a colour one (where MATLAB fails) serves every channel.
+    """
+    per_channel = _per_channel(kernel, uses_sources)
+
+    def fn(f: Tensor, a: Tensor, b: Tensor, cache: dict | None = None) -> Tensor:
+        if f.shape[1] == 3 and a.shape[1] == 1 and b.shape[1] == 1:
+            f = rgb_to_gray_matlab(f, uint8=False) if rgb2gray_fused else f[:, :1]
+        elif f.shape[1] == 1 and uses_sources:
+            a, b = _matlab_grey(a, uint8_sources, cache), _matlab_grey(b, uint8_sources, cache)
+        return per_channel(f, a, b, cache)
+
+    return fn
+
+
 _CDDFUSE_SPECS = (
     MetricSpec("EN", _grey(_cdd.entropy, False), True, "entropy of the fused image (bits)"),
     MetricSpec("SD", _grey(_cdd.std, False), True, "standard deviation of the fused image"),
@@ -246,6 +283,10 @@ VIFB_NAMES = {
     "Qcv": "Qcv",
 }
 
+# The mefb metrics build on the colour rules above, so their module comes after them.
+from metaloss.metrics.mefb import MEFB_NAMES, MEFB_SPECS  # noqa: E402
+from metaloss.metrics.mefb import prepare as _prepare_mefb  # noqa: E402
+
 PROFILES: dict[str, Profile] = {
     "cddfuse": Profile(
         "cddfuse",
@@ -261,6 +302,7 @@ PROFILES: dict[str, Profile] = {
         _VIFB_SPECS,
         _prepare_vifb,
         VIFB_NAMES,
+        reads="matlab",
     ),
     "tdfusion": Profile(
         "tdfusion",
@@ -268,6 +310,15 @@ PROFILES: dict[str, Profile] = {
         "(SSIM on uint8, data_range=255)",
         _TDFUSION_SPECS,
         _prepare_gray,
+    ),
+    "mefb": Profile(
+        "mefb",
+        "MEFB MATLAB toolkit (multi-exposure; MFIFB uses the same code): each metric on the images as "
+        "imread gives them, per colour channel averaged; 20 metrics with MEF-SSIM",
+        MEFB_SPECS,
+        _prepare_mefb,
+        MEFB_NAMES,
+        reads="matlab",
     ),
 }
 

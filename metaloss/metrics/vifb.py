@@ -11,9 +11,9 @@ the MATLAB code indexes a colour image with two subscripts.
 See docs/metrics.md for the formulas and their quirks.
 
 Precision: float64 throughout, except Qabf (float32, whose Sobel strengths are exact on integer
-images) and the FFTs inside Qcb/Qcv (float32 after the min–max
-normalisation, which is done in float64): they agree with VIFB's values to ~1e-6 relative, far
-inside the printed 5 digits.
+images) and the FFTs inside Qcb/Qcv (float32 after the min–max normalisation, which is done in
+float64; ``qcb(fft_dtype=torch.float64)`` for images with large flat dark regions): they agree
+with VIFB's values to ~1e-6 relative, far inside the printed 5 digits.
 """
 
 from __future__ import annotations
@@ -40,19 +40,19 @@ from metaloss.metrics._ops import (
 )
 
 __all__ = [
-    "entropy",
-    "std",
-    "spatial_frequency",
     "average_gradient",
-    "edge_intensity",
-    "mutual_information",
     "cross_entropy",
+    "edge_intensity",
+    "entropy",
+    "mutual_information",
     "psnr",
-    "rmse",
     "qabf",
-    "ssim",
     "qcb",
     "qcv",
+    "rmse",
+    "spatial_frequency",
+    "ssim",
+    "std",
 ]
 
 
@@ -224,9 +224,14 @@ def ssim(f: Tensor, ir: Tensor, vi: Tensor, cache: Cache | None = None) -> Tenso
 
 
 # ---------------------------------------------------------------------------------- Qcb and Qcv
-def _normalize1(x: Tensor) -> Tensor:
+def _normalize1(x: Tensor, im2double: bool = False) -> Tensor:
     """Z. Liu's ``normalize1``: min–max to 0–255, rounded (half away from zero); an all-zero image
-    is left as is. Computed in float64, returned in float32 (integers 0–255 are exact)."""
+    is left as is. Computed in float64, returned in float32 (integers 0–255 are exact).
+
+    ``im2double``: the image is divided by 255 first (MATLAB's ``im2double`` of a uint8 image, as
+    MEFB's Qcb does), which moves some quotients across a rounding tie by one ulp."""
+    if im2double:
+        x = x / 255.0
     mn, mx = _minmax(x)
     keep = (mx == 0) & (mn == 0)
     rng = mx - mn
@@ -238,9 +243,9 @@ def _normalize1(x: Tensor) -> Tensor:
 
 
 @functools.lru_cache(maxsize=16)
-def _freq_grid(h: int, w: int, kind: str, device: str) -> Tensor:
+def _freq_grid(h: int, w: int, kind: str, device: str, dtype: torch.dtype) -> Tensor:
     """A frequency-domain filter on MATLAB's ``freqspace([h, w], 'meshgrid')`` grid, in the
-    ``rfft2`` layout (FFT order, columns 0…w/2), float32.
+    ``rfft2`` layout (FFT order, columns 0…w/2), computed in float64 and returned in ``dtype``.
 
     ``qcb``: the DoG contrast-sensitivity filter with u, v scaled by w/30, h/30.
     ``qcv``: the Mannos–Sakrison filter with u, v scaled by w/8, h/8.
@@ -258,12 +263,13 @@ def _freq_grid(h: int, w: int, kind: str, device: str) -> Tensor:
         # Mannos–Sakrison CSF (the toolkit also builds Daly's and Ahumada's filters but uses this one).
         filt = 2.6 * (0.0192 + 0.144 * r) * torch.exp(-((0.144 * r) ** 1.1))
     filt = torch.fft.ifftshift(filt, dim=(-2, -1))
-    return filt[:, : w // 2 + 1].to(torch.float32).contiguous()
+    return filt[:, : w // 2 + 1].to(dtype).contiguous()
 
 
 def _freq_filter(x: Tensor, kind: str) -> Tensor:
+    """The filter ``kind`` applied to ``x`` in the frequency domain, in ``x``'s dtype."""
     h, w = x.shape[-2], x.shape[-1]
-    hf = _freq_grid(h, w, kind, str(x.device))
+    hf = _freq_grid(h, w, kind, str(x.device), x.dtype)
     return torch.fft.irfft2(torch.fft.rfft2(x) * hf, s=(h, w))
 
 
@@ -287,22 +293,29 @@ def _qcb_contrast_power(x: Tensor) -> Tensor:
     return c2.mul(c).div_(c2.add_(0.0001))
 
 
-def qcb(f: Tensor, ir: Tensor, vi: Tensor, cache: Cache | None = None) -> Tensor:
+def qcb(f: Tensor, ir: Tensor, vi: Tensor, cache: Cache | None = None, *, im2double: bool = False,
+        fft_dtype: torch.dtype = torch.float32) -> Tensor:
     """``metricsQcb`` (Chen–Blum, Z. Liu's ``metricChenBlum``): contrast-sensitivity (DoG) filter
     in the frequency domain, local contrast C = G₂*I / G₄*I − 1, C' = |C|³/(|C|² + 10⁻⁴),
-    contrast preservation min(C'_S/C'_F, C'_F/C'_S) weighted by the saliency C'_S²."""
+    contrast preservation min(C'_S/C'_F, C'_F/C'_S) weighted by the saliency C'_S².
+
+    ``im2double``: normalise x/255 rather than x (MEFB's code; VIFB's images are double already).
+    ``fft_dtype``: float32 is enough for VIFB's images; where an image has large flat regions at
+    its minimum (normalised to 0) the filtered values there are ~1e-4, float32's rounding decides
+    C = G₂*I / G₄*I − 1 on them, and only float64 (MATLAB's precision) reproduces the value."""
+    tag = f"{'mefb' if im2double else 'vifb'}-qcb-{fft_dtype}"
 
     def cp(x: Tensor) -> Tensor:
-        return _qcb_contrast_power(_freq_filter(_normalize1(x), "qcb"))
+        return _qcb_contrast_power(_freq_filter(_normalize1(x, im2double).to(fft_dtype), "qcb"))
 
     def weights() -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        c1 = cached(cache, "vifb-qcb", vi, lambda: cp(vi))
-        c2 = cached(cache, "vifb-qcb", ir, lambda: cp(ir))
+        c1 = cached(cache, tag, vi, lambda: cp(vi))
+        c2 = cached(cache, tag, ir, lambda: cp(ir))
         s1, s2 = c1 * c1, c2 * c2
         tot = s1 + s2
         return c1, c2, s1.div_(tot), s2.div_(tot)
 
-    c1, c2, lam1, lam2 = cached(cache, f"vifb-qcb-w-{id(ir)}", vi, weights)
+    c1, c2, lam1, lam2 = cached(cache, f"{tag}-w-{id(ir)}", vi, weights)
     cf = cp(f)
 
     def preservation(cs: Tensor) -> Tensor:

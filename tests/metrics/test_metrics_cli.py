@@ -152,6 +152,23 @@ def test_cli_usage_errors(folders, tmp_path, capsys):
         main([*base, "--fused", str(folders["m1"]), "--profile", "matlab"])
 
 
+def test_cli_source_options_and_profile_choice(folders, capsys):
+    """``--a``/``--b`` are ``--ir``/``--vi``; ``--metrics`` that only one other profile has pick it
+    (and say so), an explicit ``--profile`` is kept and the error names what it has."""
+    base = ["--fused", str(folders["m2"]), "--no-progress", "--summary"]
+    assert main(["--a", str(folders["ir"]), "--b", str(folders["vi"]), *base, "--metrics", "Qabf"]) == 0
+    by_letter = capsys.readouterr().out
+    assert main(["--ir", str(folders["ir"]), "--vi", str(folders["vi"]), *base, "--metrics", "Qabf"]) == 0
+    assert capsys.readouterr().out == by_letter
+    assert main(["--a", str(folders["ir"]), "--b", str(folders["vi"]), *base, "--metrics", "RMSE"]) == 0
+    captured = capsys.readouterr()
+    assert "profile 'vifb'" in captured.err and "profile: vifb" in captured.out
+    assert main(["--a", str(folders["ir"]), "--b", str(folders["vi"]), *base, "--metrics", "RMSE", "--profile", "cddfuse"]) == 2
+    assert "profile 'cddfuse' has no metric 'RMSE'" in capsys.readouterr().err
+    assert main(["--a", str(folders["ir"]), "--b", str(folders["vi"]), *base, "--metrics", "EI"]) == 2  # vifb and mefb
+    assert "has no metric 'EI'" in capsys.readouterr().err
+
+
 def test_cli_nothing_evaluable(folders, tmp_path, capsys):
     only_bad = tmp_path / "bad"
     only_bad.mkdir()

@@ -12,10 +12,15 @@ import torch
 
 from metaloss.metrics import PROFILES, evaluate, get_profile
 from metaloss.metrics import _ops, cddfuse, vifb
-from metaloss.metrics.api import MIN_SIZE
+from metaloss.metrics.api import MIN_SIZE, min_size
 from metaloss.utils.numerics import reordering_tolerance
 
 H, W = 64, 80
+
+
+def _size(profile: str) -> dict[str, int]:
+    """``h``/``w`` for :func:`_img`: H × W, or larger where a profile's metric needs it (mefb's VIF: 81)."""
+    return {"h": H, "w": W} if min_size(profile) <= min(H, W) else {"h": 96, "w": 112}
 
 #: metrics whose images pass through float32 FFTs (vifb.py: Qcb's and Qcv's frequency-domain filters)
 FLOAT32_FFT = {"Qcb", "Qcv"}
@@ -123,9 +128,9 @@ def test_directions():
 # ------------------------------------------------------------------------- batching and shapes
 @pytest.mark.parametrize("profile", sorted(PROFILES))
 def test_batch_equals_single_and_shared_sources(profile):
-    c = 3 if profile == "vifb" else 1
-    f = torch.cat([_img(20 + i, c=c) for i in range(3)])
-    a, b = _img(30), _img(31, c=c)
+    c = 3 if profile in ("vifb", "mefb") else 1
+    f = torch.cat([_img(20 + i, c=c, **_size(profile)) for i in range(3)])
+    a, b = _img(30, **_size(profile)), _img(31, c=c, **_size(profile))
     batched = evaluate(f, a, b, profile)
     expanded = evaluate(f, a.expand(3, -1, -1, -1), b.expand(3, -1, -1, -1), profile)
     for i in range(3):
@@ -284,8 +289,8 @@ def test_vif_matches_direct_scipy_formulation():
 def test_torch_code_path_matches_opencv_path(profile, monkeypatch):
     """The CPU uses OpenCV for filtering; other devices use the pure-torch code. Run the torch
     code on the CPU (as it would on a GPU) and compare."""
-    c = 3 if profile == "vifb" else 1
-    f, a, b = _img(80, c=c, b=2), _img(81), _img(82, c=c)
+    c = 3 if profile in ("vifb", "mefb") else 1
+    f, a, b = _img(80, c=c, b=2, **_size(profile)), _img(81, **_size(profile)), _img(82, c=c, **_size(profile))
     fast = evaluate(f, a, b, profile)
     monkeypatch.setattr(_ops, "USE_OPENCV", False)
     slow = evaluate(f, a, b, profile)
@@ -296,8 +301,8 @@ def test_torch_code_path_matches_opencv_path(profile, monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("profile", sorted(PROFILES))
 def test_cuda_matches_cpu(profile):
-    c = 3 if profile == "vifb" else 1
-    f, a, b = _img(90, c=c, b=2), _img(91), _img(92, c=c)
+    c = 3 if profile in ("vifb", "mefb") else 1
+    f, a, b = _img(90, c=c, b=2, **_size(profile)), _img(91, **_size(profile)), _img(92, c=c, **_size(profile))
     cpu = evaluate(f, a, b, profile)
     gpu = evaluate(f.cuda(), a.cuda(), b.cuda(), profile)
     for k in cpu:
