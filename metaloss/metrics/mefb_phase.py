@@ -345,5 +345,5 @@ def qp(f: Tensor, a: Tensor, b: Tensor, cache: Cache | None = None) -> Tensor:
 
 
 SPECS: tuple[MetricSpec, ...] = (
-    MetricSpec("Qp", qp, True, "Zhao et al.'s phase-congruency metric: Q_PC·Q_M·Q_m", min_size=11),
+    MetricSpec("Qp", qp, True, "Zhao et al.'s phase-congruency metric: Q_PC·Q_M·Q_m", min_size=6),
 )

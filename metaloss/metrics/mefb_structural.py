@@ -347,10 +347,10 @@ qw = _mefb_rule(_qw_channel)
 vif = _mefb_rule(_vif_channel)
 
 SPECS: tuple[MetricSpec, ...] = (
-    MetricSpec("Qc", qc, True, "Cvejic's covariance-weighted SSIM (7×7 Gaussian, C≈0), 0–1", min_size=11),
+    MetricSpec("Qc", qc, True, "Cvejic's covariance-weighted SSIM (7×7 Gaussian, C≈0), 0–1", min_size=7),
     MetricSpec("Qw", qw, True, "Piella's edge-dependent fusion quality (Prewitt magnitudes, 11×11 SSIM), 0–1",
                min_size=11),
-    MetricSpec("Qy", qy, True, "Yang's SSIM-based quality (7×7 Gaussian, threshold 0.75), 0–1", min_size=11),
-    MetricSpec("MEF-SSIM", mef_ssim, True, "Ma–Zeng–Wang multi-exposure SSIM, 3 scales, 0–1", min_size=44),
-    MetricSpec("VIF", vif, True, "Han's fusion VIF, 4 scales weighted (1, 0, 0.15, 1)/2.15", min_size=81),
+    MetricSpec("Qy", qy, True, "Yang's SSIM-based quality (7×7 Gaussian, threshold 0.75), 0–1", min_size=7),
+    MetricSpec("MEF-SSIM", mef_ssim, True, "Ma–Zeng–Wang multi-exposure SSIM, 3 scales, 0–1", min_size=41),
+    MetricSpec("VIF", vif, True, "Han's fusion VIF, 4 scales weighted (1, 0, 0.15, 1)/2.15", min_size=41),
 )
