@@ -39,7 +39,7 @@ CONFIGS: list[tuple[str, list[str]]] = [
 def _checkpoint(path: Path, seed: int) -> Path:
     import torch
 
-    from metaloss.inference import write_checkpoint
+    from metaloss.checkpoint import write_model_checkpoint
     from metaloss.models.restormer import RestormerFusion
 
     torch.manual_seed(seed)
@@ -47,11 +47,11 @@ def _checkpoint(path: Path, seed: int) -> Path:
     try:
         from metaloss_tdfusion.loss_generator import TDFusionLossGenerator
 
-        return write_checkpoint(path, fusion, {"name": "restormer"}, TDFusionLossGenerator(), {"name": "tdfusion"})
+        return write_model_checkpoint(path, fusion, {"name": "restormer"}, TDFusionLossGenerator(), {"name": "tdfusion"})
     except ImportError:  # pragma: no cover
         from metaloss.models.conv_generator import ConvLossGenerator
 
-        return write_checkpoint(path, fusion, {"name": "restormer"}, ConvLossGenerator(), {"name": "conv"})
+        return write_model_checkpoint(path, fusion, {"name": "restormer"}, ConvLossGenerator(), {"name": "conv"})
 
 
 #: ``metaloss fuse`` in a child that reports its own peak RSS on its last stderr line (``VmHWM``:

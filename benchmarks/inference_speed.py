@@ -8,11 +8,11 @@ For each image size and engine a fresh process builds the seeded reference-size 
 - ``torch:exact``: ``metaloss fuse --engine torch``'s default plan for the size (whole image up to
   640×640 pixels, else exact tiling in 384-pixel chunks; allocator "release", the CLI's default with
   that engine);
-- ``fast``: ``metaloss.nn.restormer_fast`` (``metaloss fuse``'s default engine on the CPU; allocator "keep"),
+- ``fast``: ``metaloss.deploy.engine`` (``metaloss fuse``'s default engine on the CPU; allocator "keep"),
   which runs ``--threads`` row bands side by side, each on one thread;
 - ``fast:in-turn`` (on request): the same with the bands in turn and each op on the ``--threads``
   intra-op threads (the engine before band workers; identical to ``fast`` with one thread);
-- ``onnxruntime``: the model exported by ``metaloss.export`` run by onnxruntime's CPU provider
+- ``onnxruntime``: the model exported by ``metaloss.deploy.export`` run by onnxruntime's CPU provider
   (all graph optimisations, ``--threads`` intra-op threads).
 
 The floor: the network's multiply-adds counted by ``torch.utils.flop_counter`` (convolutions and
@@ -88,7 +88,7 @@ def measure_engine(engine: str, height: int, width: int, repeats: int, threads: 
     if engine == "onnxruntime":
         import onnxruntime as ort
 
-        from metaloss.export import export_onnx
+        from metaloss.deploy.export import export_onnx
 
         folder = tempfile.mkdtemp(prefix="bench-onnx-")
         path = export_onnx(net.cpu(), Path(folder) / "fusion.onnx")
@@ -100,7 +100,7 @@ def measure_engine(engine: str, height: int, width: int, repeats: int, threads: 
         feeds = {"ir": ir.numpy(), "vi": vi.numpy()}
         run = lambda: torch.from_numpy(session.run(["fused"], feeds)[0])
     else:
-        from metaloss.inference import fuse_pair
+        from metaloss.deploy.fuse import fuse_pair
 
         ir, vi = ir.to(device), vi.to(device)
         if engine == "torch":
@@ -110,7 +110,7 @@ def measure_engine(engine: str, height: int, width: int, repeats: int, threads: 
         elif engine == "fast":
             run = lambda: fuse_pair(net, ir, vi, engine="fast")
         elif engine == "fast:in-turn":
-            from metaloss.nn.restormer_fast import fast_forward
+            from metaloss.deploy.engine import fast_forward
 
             run = lambda: fast_forward(net, ir, vi, workers=1)
         else:

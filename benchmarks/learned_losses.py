@@ -105,7 +105,7 @@ def figure(runs: dict[str, Path], names: list[str], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     from metaloss.data.images import load_pair
-    from metaloss.inference import fuse_images, load_model
+    from metaloss.deploy import fuse_images, load_model
 
     data = DATA / "tno25"
     models = {v: load_model(d / "checkpoints" / "last.pt", generator=True) for v, d in runs.items()}

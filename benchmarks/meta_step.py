@@ -56,7 +56,7 @@ def _config(impl: str, crop: int, task: tuple[int, int], inner_steps: int, devic
         "device": device,
         "dtype": dtype,
         "data": {"name": "synthetic", "num_images": 4, "height": h, "width": w, "crop_size": crop, "task_size": list(task)},
-        "task": {"name": "segmentation", "drop_path": 0.0},
+        "objective": {"name": "segmentation", "drop_path": 0.0},
         "meta": meta,
         "performance": performance,
     }
@@ -84,7 +84,7 @@ def measure(impl: str, crop: int, task: tuple[int, int], inner_steps: int, repea
     train = problem.prepare_batch(collate_pairs([exp.train_set[0]]), g)  # batch 1, doubled by the swap
     test = problem.prepare_batch(collate_pairs([exp.train_set[1]]), g)
     lr = 1e-4
-    opt = make_outer_optimizer(problem.generator, "adam", 1e-4)
+    opt = make_outer_optimizer(problem.loss_generator, "adam", 1e-4)
     cuda = exp.device.type == "cuda"
 
     def sync() -> None:
@@ -111,7 +111,7 @@ def measure(impl: str, crop: int, task: tuple[int, int], inner_steps: int, repea
         torch.save([x.detach().cpu() for x in grads], grad_file)
     del grads
     if impl == "reference":
-        for p in problem.generator.parameters():
+        for p in problem.loss_generator.parameters():
             p.grad = None
     if cuda:
         torch.cuda.reset_peak_memory_stats()

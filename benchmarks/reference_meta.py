@@ -247,7 +247,7 @@ def reference_meta_gradient(
     """The reference-style meta-step up to the generator's gradients (left in ``p.grad``, and returned
     as copies in parameter order) and the outer loss.  ``problem``: a ``metaloss.problem.FusionProblem``
     (its three networks and loss settings are used; its loss methods are not)."""
-    fusion, generator, task = problem.learner, problem.generator, problem.objective
+    fusion, generator, task = problem.learner, problem.loss_generator, problem.objective
     # 1. inner update on a pseudo network with hand-made *_meta weights
     pseudo = ShadowRestormerFusion.like(fusion)
     fused = pseudo(train["ir"], train["vi"])

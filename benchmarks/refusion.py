@@ -162,19 +162,19 @@ def held_out(checkpoint: Path, out: Path) -> dict[str, dict[str, dict[str, float
 def ship(checkpoint: Path, name: str) -> Path:
     """Copy the fusion network and loss generator of a run checkpoint (no optimizer states) into
     ``metaloss/pretrained/NAME`` in the format ``metaloss fuse`` loads."""
-    from metaloss.experiment import load_checkpoint
-    from metaloss.inference import build_network, write_checkpoint
+    from metaloss.checkpoint import build_plugin, read_checkpoint, write_model_checkpoint
+    from metaloss.config import upgrade_keys
 
-    state = load_checkpoint(checkpoint)
-    cfg, trainer = state["config"], state["trainer"]
-    fusion = build_network("fusion", cfg["fusion"])
+    state = read_checkpoint(checkpoint)
+    cfg, trainer = upgrade_keys(state["config"])[0], state["trainer"]
+    fusion = build_plugin("fusion", cfg["learner"])
     fusion.load_state_dict(trainer["learner"])
-    generator = build_network("loss_generators", cfg["loss_generator"])
+    generator = build_plugin("loss_generators", cfg["loss_generator"])
     generator.load_state_dict(trainer["generator"])
     target = ROOT / "metaloss" / "pretrained" / name
-    write_checkpoint(target, fusion, cfg["fusion"], generator, cfg["loss_generator"],
+    write_model_checkpoint(target, fusion, cfg["learner"], generator, cfg["loss_generator"],
                      stretch=bool(cfg.get("eval", {}).get("stretch", True)))
-    load_checkpoint(target)  # readable as data
+    read_checkpoint(target)  # readable as data
     return target
 
 
@@ -213,7 +213,7 @@ def figure(checkpoint: Path, data: Path, ir: str, vi: str, names: list[str], out
     import matplotlib.pyplot as plt
 
     from metaloss.data.images import load_pair
-    from metaloss.inference import fuse_images, load_model
+    from metaloss.deploy import fuse_images, load_model
 
     model = load_model(checkpoint, generator=True)
     fig, axes = plt.subplots(len(names), 4, figsize=(12, 3.1 * len(names)), squeeze=False)

@@ -27,7 +27,8 @@ import torch
 
 from metaloss.config import load_config
 from metaloss.data.collate import collate_pairs
-from metaloss.experiment import build_dataset, build_experiment, evaluate, load_checkpoint, run
+from metaloss.checkpoint import read_checkpoint
+from metaloss.experiment import build_dataset, build_experiment, evaluate, run
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "tdfusion.md"
@@ -46,12 +47,12 @@ def config(
                  "task_size": [size, size], "seed": seed, "complementary": True},
         "val_data": {"name": "synthetic", "num_images": 16, "height": size, "width": size, "seed": seed,
                      "complementary": True},
-        "fusion": {"name": "restormer"},
+        "learner": {"name": "restormer"},
         "loss_generator": {"name": "tdfusion"} if learned else {"name": "fixed", "ir_weight": 0.5},
-        "task": {"name": task},
+        "objective": {"name": task},
         "meta": {"epochs": epochs, "meta_steps": meta_steps if learned else 0, "outer_lr": outer_lr,
                  "warmup_epochs": warmup if learned else 0},
-        "optim": {"fusion_lr": 1e-3, "task_lr": 1e-3, "lr_step": 1000},
+        "optim": {"learner_lr": 1e-3, "objective_lr": 1e-3, "lr_step": 1000},
         "eval": {"num_images": 16, "metrics": []},
         "checkpoint": {"every": 0},
     }
@@ -62,15 +63,15 @@ def held_out(run_dir: Path, cfg_dict: dict, scenes: int) -> tuple[dict, dict]:
     """Task metric and weight statistics of a finished run on held-out scenes (split "test")."""
     cfg = load_config(cfg_dict)
     exp = build_experiment(cfg)
-    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")["trainer"]
+    state = read_checkpoint(run_dir / "checkpoints" / "last.pt")["trainer"]
     exp.problem.learner.load_state_dict(state["learner"])
-    exp.problem.generator.load_state_dict(state["generator"])
+    exp.problem.loss_generator.load_state_dict(state["generator"])
     exp.problem.objective.load_state_dict(state["objective"])
     exp.val_set = build_dataset(cfg.val_data, "test")
     exp.config.eval.num_images = scenes
     metrics = evaluate(exp)
     obj, bg, marks, swapped_obj, swapped_bg = [], [], [], [], []
-    generator = exp.problem.generator.eval()
+    generator = exp.problem.loss_generator.eval()
     for i in range(min(scenes, len(exp.val_set))):
         batch = collate_pairs([exp.val_set[i]])
         w = generator(batch["ir"], batch["vi"])["intensity"][0, 0]  # w_ir, sources in their own slots
@@ -97,15 +98,15 @@ def figure(run_dir: Path, cfg_dict: dict, out: Path, n: int = 3) -> None:
 
     cfg = load_config(cfg_dict)
     exp = build_experiment(cfg)
-    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")["trainer"]
-    exp.problem.generator.load_state_dict(state["generator"])
+    state = read_checkpoint(run_dir / "checkpoints" / "last.pt")["trainer"]
+    exp.problem.loss_generator.load_state_dict(state["generator"])
     exp.problem.learner.load_state_dict(state["learner"])
     test = build_dataset(cfg.val_data, "test")
     fig, axes = plt.subplots(n, 5, figsize=(12, 2.6 * n), squeeze=False)
     for row in range(n):
         s = collate_pairs([test[row]])
         with torch.no_grad():
-            w = exp.problem.generator.eval()(s["ir"], s["vi"])["intensity"][0, 0]
+            w = exp.problem.loss_generator.eval()(s["ir"], s["vi"])["intensity"][0, 0]
             fused = exp.problem.fuse(s["ir"], s["vi"])[0, 0]
         panels = [(s["ir"][0, 0], "infrared", "gray"), (s["vi"][0, 0], "visible", "gray"), (s["mask"][0].float() / 3, "labels: objects, markings", "viridis"),
                   (w, "learned w_ir", "inferno"), (fused, "fused", "gray")]

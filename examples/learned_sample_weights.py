@@ -21,7 +21,8 @@ from torch.func import functional_call
 from torch.utils.data import Dataset
 
 from metaloss.config import MetaConfig, OptimConfig
-from metaloss.meta.trainer import AlternatingTrainer, seed_everything
+from metaloss.meta import AlternatingTrainer, Loss
+from metaloss.meta.trainer import seed_everything
 from metaloss.protocols import ParamDict
 
 
@@ -61,15 +62,13 @@ class SampleWeightProblem:
 
     objective = None
 
-    def __init__(self, learner: nn.Module, generator: LossWeightNet):
-        self.learner, self.generator = learner, generator
-        self.terms: dict[str, float] = {}
+    def __init__(self, learner: nn.Module, loss_generator: LossWeightNet):
+        self.learner, self.loss_generator = learner, loss_generator
 
-    def inner_loss(self, params: ParamDict, batch: dict[str, Tensor]) -> Tensor:
+    def inner_loss(self, params: ParamDict, batch: dict[str, Tensor]) -> Loss:
         losses = F.cross_entropy(functional_call(self.learner, params, (batch["x"],)), batch["y"], reduction="none")
-        weights = self.generator(losses.detach())
-        self.terms = {"mean_weight": float(weights.detach().mean())}
-        return (weights * losses).mean()
+        weights = self.loss_generator(losses.detach())
+        return Loss((weights * losses).mean(), {"mean_weight": weights.detach().mean()})
 
     def objective_loss(self, objective_params: ParamDict, learner_params: ParamDict, batch: dict) -> Tensor:
         raise NotImplementedError("this problem has no objective network")
@@ -81,7 +80,7 @@ class SampleWeightProblem:
 @torch.no_grad()
 def sample_weights(problem: SampleWeightProblem, data: Blobs) -> Tensor:
     losses = F.cross_entropy(problem.learner(data.x), data.y, reduction="none")
-    return problem.generator(losses)
+    return problem.loss_generator(losses)
 
 
 def train(epochs: int = 12, noise: float = 0.4, seed: int = 0, n_train: int = 300, n_trusted: int = 30):
@@ -94,7 +93,7 @@ def train(epochs: int = 12, noise: float = 0.4, seed: int = 0, n_train: int = 30
         problem,
         data,
         MetaConfig(epochs=epochs, meta_steps=20, learner_steps=20, inner_lr=0.1, outer_lr=1e-2),
-        OptimConfig(fusion_lr=1e-2, lr_step=100),
+        OptimConfig(learner_lr=1e-2, lr_step=100),
         batch_size=32,
         seed=seed,
         meta_test_set=trusted,

@@ -1,9 +1,15 @@
 """Experiment configuration: TOML in, validated pydantic models, resolved TOML out.
 
-Each plugin section (``[fusion]``, ``[loss_generator]``, ``[task]``, ``[data]``) holds ``name`` (the
-registered plugin) and that plugin's own keyword arguments, validated against the plugin's config
-model (see ``metaloss.registry.config_model``).  Every error names the file, the key path and the
-reason, and is raised before any work starts.
+Each plugin section holds ``name`` (the registered plugin) and that plugin's own keyword arguments,
+validated against the plugin's config model (see ``metaloss.registry.config_model``).  The network
+sections are named by the role their network plays in the meta-engine: ``[learner]`` (a fusion network,
+plugin group ``metaloss.fusion``), ``[loss_generator]`` and ``[objective]`` (a task network, group
+``metaloss.tasks``); ``[data]`` and ``[val_data]`` name datasets.  Every error names the file, the key
+path and the reason, and is raised before any work starts.
+
+Keys of earlier versions (:data:`RENAMED_KEYS`: ``[fusion]``, ``[task]``, ``optim.fusion_lr``,
+``optim.task_lr``; ``meta.first_order = false``) are still read, with a ``FutureWarning`` naming the
+key to write instead (:func:`upgrade_keys`).
 """
 
 from __future__ import annotations
@@ -66,16 +72,16 @@ class DataConfig(PluginSection):
         return v
 
 
-class FusionConfig(PluginSection):
-    name: str = Field("restormer", description="the registered plugin (see `metaloss plugins`)")
+class LearnerConfig(PluginSection):
+    name: str = Field("restormer", description="the registered fusion network (group metaloss.fusion)")
 
 
 class LossGeneratorConfig(PluginSection):
-    name: str = Field("tdfusion", description="the registered plugin (see `metaloss plugins`)")
+    name: str = Field(description="the registered loss generator (group metaloss.loss_generators); required")
 
 
-class TaskConfig(PluginSection):
-    name: str = Field("segmentation", description="the registered plugin (see `metaloss plugins`)")
+class ObjectiveConfig(PluginSection):
+    name: str = Field(description="the registered task (group metaloss.tasks); required")
 
 
 class LossConfig(_Strict):
@@ -103,16 +109,15 @@ class MetaConfig(_Strict):
     learner_steps: int = Field(0, ge=0, description="N: learner steps per epoch; 0 = one pass over the data")
     inner_steps: int = Field(1, ge=1, description="k: inner SGD steps of the learner per meta-step")
     inner_lr: float | Literal["learner"] = Field(
-        "learner", description="inner step size; 'learner' ties it to the fusion net's current lr (reference)"
+        "learner", description="inner step size; 'learner' ties it to the learner's current lr (reference)"
     )
     truncate: int = Field(0, ge=0, description="backpropagate through the last k inner steps only; 0 = all")
-    first_order: bool = Field(False, description="refused: the loss generator would get exactly zero gradient")
     backend: Literal["torch.func", "higher"] = "torch.func"
     outer_optimizer: Literal["adam", "maxabs_sgd"] = Field(
         "adam", description="'maxabs_sgd': phi -= lr * g / max|g| (the reference's outer update)"
     )
     outer_lr: float = Field(1e-4, gt=0, description="loss generator learning rate")
-    objective_lookahead: bool = Field(True, description="update the task net by one step before the outer loss")
+    objective_lookahead: bool = Field(True, description="update the objective network by one step before the outer loss")
     warmup_epochs: int = Field(
         0,
         ge=0,
@@ -129,11 +134,6 @@ class MetaConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "MetaConfig":
-        if self.first_order:
-            raise ValueError(
-                "first_order = true is refused: the loss generator enters the outer loss only through the "
-                "gradient of the inner update, so a first-order meta-step gives it exactly zero gradient"
-            )
         if self.warmup_epochs >= self.epochs and self.meta_steps:
             raise ValueError(
                 f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs}), or no meta-step would run"
@@ -144,19 +144,19 @@ class MetaConfig(_Strict):
 
 
 class OptimConfig(_Strict):
-    """Adam for the fusion and task networks, step decay for all three (reference: x0.1 every 10 epochs)."""
+    """Adam for the learner and the objective network, step decay for all three (reference: x0.1 every 10 epochs)."""
 
-    fusion_lr: float = Field(1e-4, gt=0)
-    task_lr: float = Field(1e-4, gt=0)
+    learner_lr: float = Field(1e-4, gt=0, description="learning rate of the learner (fusion network)")
+    objective_lr: float = Field(1e-4, gt=0, description="learning rate of the objective (task network)")
     lr_step: int = Field(10, ge=1, description="epochs between learning-rate decays")
     lr_gamma: float = Field(0.1, gt=0, le=1, description="decay factor")
-    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm of fusion and task nets")
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm of the learner and objective")
 
 
 class EvalConfig(_Strict):
     every: int = Field(1, ge=0, description="evaluate every n epochs (and at the end); 0 = only at the end")
     num_images: int = Field(8, ge=0, description="validation pairs to fuse and score; 0 = all")
-    profile: str = Field("cddfuse", description="metric conventions: 'cddfuse', 'vifb' or 'tdfusion' (docs/metrics.md)")
+    profile: str = Field("cddfuse", description="metric conventions: 'cddfuse', 'vifb', 'tdfusion' or 'mefb' (docs/metrics.md)")
     stretch: bool = Field(
         True,
         description="min-max stretch each fused image before scoring it, as the reference test scripts do; "
@@ -246,8 +246,8 @@ class PerformanceConfig(_Strict):
     )
     recompute_outer: bool = Field(
         False,
-        description="meta-step: recompute the fusion network's outer forward in the backward pass instead of "
-        "keeping its activations (less memory, one more fusion forward)",
+        description="meta-step: recompute the learner's outer forward in the backward pass instead of "
+        "keeping its activations (less memory, one more learner forward)",
     )
 
 
@@ -256,7 +256,8 @@ class CheckpointConfig(_Strict):
 
 
 class ExperimentConfig(_Strict):
-    """A whole experiment.  Every key has a default, so ``[section]`` tables list only what differs."""
+    """A whole experiment.  Every key but the loss generator's and the objective's ``name`` has a default,
+    so ``[section]`` tables list only what differs."""
 
     name: str = Field(
         "experiment", description="run name, without '/' or '\\'; the default run directory is runs/<name>-<time>"
@@ -269,9 +270,9 @@ class ExperimentConfig(_Strict):
     )
     data: DataConfig = Field(default_factory=DataConfig)
     val_data: DataConfig | None = Field(None, description="validation data; omitted = [data] with split 'val'")
-    fusion: FusionConfig = Field(default_factory=FusionConfig)
-    loss_generator: LossGeneratorConfig = Field(default_factory=LossGeneratorConfig)
-    task: TaskConfig = Field(default_factory=TaskConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    loss_generator: LossGeneratorConfig
+    objective: ObjectiveConfig
     loss: LossConfig = Field(default_factory=LossConfig)
     meta: MetaConfig = Field(default_factory=MetaConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
@@ -313,9 +314,9 @@ def _device_forms() -> list[str]:
 
 #: The plugin group of each plugin section.
 PLUGIN_SECTIONS: dict[str, str] = {
-    "fusion": "fusion",
+    "learner": "fusion",
     "loss_generator": "loss_generators",
-    "task": "tasks",
+    "objective": "tasks",
     "data": "datasets",
     "val_data": "datasets",
 }
@@ -356,6 +357,58 @@ def _bools_as_numbers(raw: Any, resolved: Any, key: str = "") -> list[tuple[str,
     return [problem for k, v, r in pairs for problem in _bools_as_numbers(v, r, k)]
 
 
+#: Keys of earlier versions and the keys that replaced them (one name per role: learner, loss_generator,
+#: objective).
+RENAMED_KEYS: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("fusion",): ("learner",),
+    ("task",): ("objective",),
+    ("optim", "fusion_lr"): ("optim", "learner_lr"),
+    ("optim", "task_lr"): ("optim", "objective_lr"),
+}
+#: A key of earlier versions whose one legal value is now the only behaviour.
+FIRST_ORDER = ("meta", "first_order")
+_FIRST_ORDER_REFUSED = (
+    "first_order = true is refused: the loss generator enters the outer loss only through the gradient "
+    "of the inner update, so a first-order meta-step gives it exactly zero gradient"
+)
+
+
+def upgrade_keys(data: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """``data`` with the keys of :data:`RENAMED_KEYS` under their new names and ``meta.first_order = false``
+    dropped; also the ``(old, new)`` keys it changed ("" as the new key of a dropped one).  A config
+    that gives a key under both names, or ``meta.first_order = true``, is refused (:class:`ValueError`)."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    changed: list[tuple[str, str]] = []
+    for old, new in RENAMED_KEYS.items():
+        parent = _table(data, old[:-1])
+        if parent is None or old[-1] not in parent:
+            continue
+        if new[-1] in parent:
+            raise ValueError(f"{'.'.join(old)} and {'.'.join(new)} are the same key (the old and the new name); give only {'.'.join(new)}")
+        parent[new[-1]] = parent.pop(old[-1])
+        changed.append((".".join(old), ".".join(new)))
+    meta = _table(data, FIRST_ORDER[:-1])
+    if meta is not None and FIRST_ORDER[-1] in meta:
+        if meta[FIRST_ORDER[-1]] is not False:
+            raise ValueError(_FIRST_ORDER_REFUSED)
+        del meta[FIRST_ORDER[-1]]
+        changed.append((".".join(FIRST_ORDER), ""))
+    return data, changed
+
+
+def _table(data: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any] | None:
+    node: Any = data
+    for part in path:
+        node = node.get(part) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else None
+
+
+def _warn_renamed(label: str, changed: list[tuple[str, str]]) -> None:
+    for old, new in changed:
+        advice = f"write {new} instead" if new else "the meta-step is always second order; leave it out"
+        warnings.warn(f"{label}: config key {old} is deprecated; {advice}", FutureWarning, stacklevel=3)
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """``"meta.inner_steps=3"`` -> (["meta", "inner_steps"], 3); the value is read as TOML, else as a string."""
     if "=" not in item:
@@ -384,6 +437,17 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def _upgrade_override(item: str) -> tuple[str, tuple[str, str] | None]:
+    """``--set fusion.dim=8`` -> ``learner.dim=8`` (:data:`RENAMED_KEYS`), and the renamed key if any."""
+    path, _ = parse_override(item)
+    raw = item.split("=", 1)[1]
+    for old, new in RENAMED_KEYS.items():
+        if tuple(path[: len(old)]) == old:
+            renamed = [*new, *path[len(old) :]]
+            return f"{'.'.join(renamed)}={raw}", (".".join(path), ".".join(renamed))
+    return item, None
+
+
 def load_config(
     source: str | Path | dict[str, Any],
     overrides: list[str] | None = None,
@@ -410,9 +474,18 @@ def load_config(
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(label, [("", f"not valid TOML: {err}")]) from None
+    try:
+        data, changed = upgrade_keys(data)
+        if overrides:
+            upgraded = [_upgrade_override(item) for item in overrides]
+            changed += [c for _, c in upgraded if c is not None]
+            data, dropped = upgrade_keys(apply_overrides(data, [item for item, _ in upgraded]))
+            changed += dropped
+    except ValueError as err:
+        raise ConfigError(label, [("", str(err))]) from None
+    _warn_renamed(label, changed)
     if overrides:
         label = f"{label} (with --set {' '.join(overrides)})"
-        data = apply_overrides(data, overrides)
     try:
         cfg = ExperimentConfig.model_validate(data)
     except ValidationError as err:
@@ -462,15 +535,15 @@ def _plugin_kwargs(obj: Any, options: dict[str, Any]) -> dict[str, Any]:
 
 
 #: The plugin sections whose networks :func:`check_networks` builds (the task's needs the dataset).
-NETWORK_SECTIONS: dict[str, str] = {"fusion": "fusion", "loss_generator": "loss_generators"}
+NETWORK_SECTIONS: dict[str, str] = {"learner": "fusion", "loss_generator": "loss_generators"}
 #: Side of the image pair the networks are run on once: small, and any H, W is in their contract.
 PROBE_SIZE = 32
 
 
 def check_networks(cfg: ExperimentConfig, label: str = "<config>") -> None:
-    """Build the fusion network and the loss generator and run each once on a small pair.
+    """Build the learner (fusion network) and the loss generator and run each once on a small pair.
 
-    Their option models allow values the networks cannot have (``fusion.dim = 0``, a width of 0): found
+    Their option models allow values the networks cannot have (``learner.dim = 0``, a width of 0): found
     here, the error names the key at fault, instead of a torch message at the first training step.
     """
     problems = []

@@ -5,8 +5,9 @@ each step every rank holds the same parameters.  Nothing here knows about image 
 
 - **Data.**  Each global batch (``data.batch_size`` x world size samples) is drawn exactly as a single
   process with that batch size draws it (same shared random stream on every rank), then split into
-  contiguous per-rank chunks (:class:`ShardedBatches`).  A rank whose chunk is empty (a last, partial
-  batch with fewer samples than ranks) runs a stand-in sample with weight 0.
+  contiguous per-rank chunks (``metaloss.meta.parallel``, where the engine's side of data parallelism
+  lives).  A rank whose chunk is empty (a last, partial batch with fewer samples than ranks) runs a
+  stand-in sample with weight 0.
 - **Gradients.**  A rank holding ``n_r`` of a global batch's ``N`` samples has weight ``w_r = n_r / N``.
   Every loss is the rank's mean over its samples, so ``sum_r grad(w_r * loss_r)`` is the gradient
   of the global batch's mean.  Each rank scales its losses by ``w_r`` *before* differentiating them
@@ -42,7 +43,6 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import Dataset, Sampler
 
 T = TypeVar("T")
 
@@ -81,7 +81,8 @@ def threads_per_process(local_world_size: int) -> int:
 # -- the process group ------------------------------------------------------------------------------
 @dataclass
 class DistributedContext:
-    """This process's place in the job and the collectives the trainer uses.
+    """This process's place in the job and the collectives the trainer uses (it is the trainer's
+    ``metaloss.meta.parallel.DataParallel``).
 
     A context with ``world_size == 1`` (:meth:`single`) is valid and does no communication.
     """
@@ -106,21 +107,9 @@ class DistributedContext:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    # -- data -------------------------------------------------------------------------------------
-    def shard(self, indices: Sequence[T]) -> tuple[list[T], int]:
-        """This rank's contiguous chunk of a global batch and how many real samples it holds.
-
-        Chunks differ in size by at most one; a full batch of ``b * world_size`` gives each rank ``b``
-        consecutive samples.  An empty chunk is returned as ``[indices[0]], 0``: a stand-in sample that
-        lets the rank take part in every collective, with weight 0.
-        """
-        n, w, r = len(indices), self.world_size, self.rank
-        start = r * (n // w) + min(r, n % w)
-        size = n // w + (1 if r < n % w else 0)
-        chunk = list(indices[start : start + size])
-        if not chunk:
-            return [indices[0]], 0
-        return chunk, size
+    def stand_in(self, flag: bool) -> contextlib.AbstractContextManager[None]:
+        """While set, :class:`DistributedBatchNorm` leaves this rank's samples out of the global statistics."""
+        return stand_in(flag)
 
     # -- gradients --------------------------------------------------------------------------------
     def sum_grads(self, grads: Sequence[Tensor | None]) -> list[Tensor | None]:
@@ -320,64 +309,6 @@ def shutdown() -> None:
     _CURRENT = None
 
 
-# -- data sharding ----------------------------------------------------------------------------------
-class ShardedBatches(Sampler[list[tuple[int, int, int]]]):
-    """Wraps a sampler of global batches (lists of dataset indices); yields this rank's chunk of each as
-    ``(index, real, global_size)`` triples for :class:`Tagged` (``real`` = 0 for a stand-in sample).
-
-    The wrapped sampler draws from the same generator on every rank, so all ranks agree on the batches.
-    """
-
-    def __init__(self, batches: Sampler[list[int]] | Sequence[list[int]], ctx: DistributedContext | None):
-        self.batches, self.ctx = batches, ctx or DistributedContext.single()
-
-    def __len__(self) -> int:
-        return len(self.batches)  # type: ignore[arg-type]
-
-    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
-        for batch in self.batches:
-            chunk, real = self.ctx.shard(list(batch))
-            yield [(i, int(k < real), len(batch)) for k, i in enumerate(chunk)]
-
-
-class Tagged(Dataset):
-    """``dataset[(index, real, global_size)] -> (dataset[index], real, global_size)``."""
-
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, key: tuple[int, int, int]) -> tuple[Any, int, int]:
-        index, real, size = key
-        return self.dataset[index], real, size
-
-
-@dataclass
-class Shard:
-    """A rank's part of a global batch: the collated ``batch`` and its ``weight`` = real samples / global
-    batch size (0 for a stand-in)."""
-
-    batch: Any
-    weight: float
-
-
-class TaggedCollate:
-    """Collates the samples of :class:`Tagged` into a :class:`Shard`."""
-
-    def __init__(self, collate_fn: Callable[[list[Any]], Any] | None):
-        if collate_fn is None:
-            from torch.utils.data import default_collate
-
-            collate_fn = default_collate
-        self.collate_fn = collate_fn
-
-    def __call__(self, items: list[tuple[Any, int, int]]) -> Shard:
-        real = sum(r for _, r, _ in items)
-        return Shard(self.collate_fn([s for s, _, _ in items]), real / items[0][2])
-
-
 # -- stand-in samples -------------------------------------------------------------------------------
 _STAND_IN: contextvars.ContextVar[bool] = contextvars.ContextVar("metaloss_stand_in", default=False)
 
@@ -391,34 +322,6 @@ def stand_in(flag: bool = True) -> Iterator[None]:
         yield
     finally:
         _STAND_IN.reset(token)
-
-
-class StandInProblem:
-    """Forwards to a ``MetaProblem``; runs each loss on a stand-in batch under :func:`stand_in`.
-
-    ``stand_ins``: the batch objects (compared by identity) that are stand-ins on this rank.
-    """
-
-    def __init__(self, problem: Any, stand_ins: Sequence[Any]):
-        self._problem, self._stand_ins = problem, list(stand_ins)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._problem, name)
-
-    def _flag(self, batch: Any) -> bool:
-        return any(batch is b for b in self._stand_ins)
-
-    def inner_loss(self, learner_params: Any, batch: Any) -> Tensor:
-        with stand_in(self._flag(batch)):
-            return self._problem.inner_loss(learner_params, batch)
-
-    def objective_loss(self, objective_params: Any, learner_params: Any, batch: Any) -> Tensor:
-        with stand_in(self._flag(batch)):
-            return self._problem.objective_loss(objective_params, learner_params, batch)
-
-    def outer_loss(self, learner_params: Any, objective_params: Any, batch: Any) -> Tensor:
-        with stand_in(self._flag(batch)):
-            return self._problem.outer_loss(learner_params, objective_params, batch)
 
 
 # -- batch norm over the global batch -----------------------------------------------------------------

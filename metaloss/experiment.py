@@ -15,9 +15,7 @@ import contextlib
 import json
 import math
 import os
-import pickle
 import platform
-import re
 import signal
 import sys
 import threading
@@ -31,18 +29,17 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 import metaloss
-from metaloss import distributed, registry
-from metaloss.config import ExperimentConfig, PluginSection, check_eval_size, load_config, plugin_options
+from metaloss import distributed
+from metaloss.checkpoint import CheckpointError, build_plugin, checkpoint_state, read_checkpoint, write_checkpoint
+from metaloss.config import ExperimentConfig, PluginSection, check_eval_size, upgrade_keys
 from metaloss.data.collate import collate_pairs
 from metaloss.data.images import stretch
-from metaloss.meta.guard import NonFiniteStop
+from metaloss.meta.guard import ROLES, NonFiniteStop
 from metaloss.meta.trainer import AlternatingTrainer, TrainerHooks, seed_everything
 from metaloss.problem import FusionProblem
-from metaloss.utils.io import atomic_torch_save, atomic_write_json, atomic_write_text, naming_the_file
+from metaloss.utils.io import atomic_write_json, atomic_write_text, naming_the_file
 from metaloss.utils.memory import set_allocator_policy
 from metaloss.utils.runlock import LOCK_NAME, RunLock, RunLocked
-
-CHECKPOINT_FORMAT = 1
 
 
 class RunError(RuntimeError):
@@ -93,27 +90,18 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def build_plugin(group: str, section: PluginSection, **injected: Any) -> Any:
-    """Instantiate the plugin named by ``section`` with its options (and ``injected`` keyword arguments)."""
-    factory = registry.load(group, section.name)
-    return factory(**plugin_options(section, factory), **injected)
+def _build(group: str, section: PluginSection, **kwargs: Any) -> Any:
+    """The plugin ``section`` names, built by ``metaloss.checkpoint.build_plugin``."""
+    return build_plugin(group, {"name": section.name, **section.options}, **kwargs)
 
 
 def build_dataset(section: PluginSection, split: str) -> Dataset:
-    return build_plugin("datasets", section, split=split)
+    return _build("datasets", section, split=split)
 
 
 def build_task(section: PluginSection, dataset: Dataset) -> nn.Module:
-    """Options left unset (None) are filled from the dataset's attribute of the same name, or of the
-    name the task maps it to in its ``dataset_fields`` (e.g. ``{"num_classes": "num_box_classes"}``)."""
-    factory = registry.load("tasks", section.name)
-    options = plugin_options(section, factory)
-    mapping = getattr(factory, "dataset_fields", {})
-    for key, value in options.items():
-        attr = mapping.get(key, key)
-        if value is None and hasattr(dataset, attr):
-            options[key] = getattr(dataset, attr)
-    return factory(**options)
+    """Options left unset (None) are filled from the dataset (``metaloss.checkpoint.build_with``)."""
+    return _build("tasks", section, dataset=dataset)
 
 
 @dataclass
@@ -136,13 +124,13 @@ def build_experiment(cfg: ExperimentConfig, device: torch.device | None = None) 
     val_set = build_dataset(cfg.val_data or cfg.data, "val")
     if cfg.eval.metrics and len(val_set):  # type: ignore[arg-type]  # too small for the metrics: found now, not after an epoch
         check_eval_size(cfg, *val_set[0]["ir"].shape[-2:])
-    fusion = build_plugin("fusion", cfg.fusion)
-    generator = build_plugin("loss_generators", cfg.loss_generator)
-    task = build_task(cfg.task, train_set)
+    learner = _build("fusion", cfg.learner)
+    loss_generator = _build("loss_generators", cfg.loss_generator)
+    objective = build_task(cfg.objective, train_set)
     problem = FusionProblem(
-        fusion,
-        generator,
-        task,
+        learner,
+        loss_generator,
+        objective,
         alpha=cfg.loss.alpha,
         weight_form=cfg.loss.weight_form,
         intensity_norm=cfg.loss.intensity_norm,
@@ -253,8 +241,8 @@ class RunDirectory:
         """``epoch_XXX.pt`` (every ``every`` epochs), then ``last.pt``: ``last.pt`` changes last, so a
         crash between the two leaves it at the previous epoch, which a resume then repeats."""
         if every and epoch and epoch % every == 0:
-            atomic_torch_save(state, self.checkpoints / f"epoch_{epoch:03d}.pt")
-        atomic_torch_save(state, self.checkpoints / "last.pt")
+            write_checkpoint(self.checkpoints / f"epoch_{epoch:03d}.pt", state)
+        write_checkpoint(self.checkpoints / "last.pt", state)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_json(self.path / "summary.json", summary)
@@ -266,39 +254,40 @@ def default_run_dir(cfg: ExperimentConfig) -> Path:
 
 def _load_for_resume(path: Path) -> dict[str, Any]:
     try:
-        return load_checkpoint(path)
-    except RunError as err:
+        return read_checkpoint(path)
+    except CheckpointError as err:
         epochs = sorted(path.parent.glob("epoch_*.pt"))
         if not path.is_file() or not epochs:
-            raise
+            raise RunError(str(err)) from err
         raise RunError(f"{err}\nan earlier state is in {epochs[-1]}: copy it to {path} to resume from it") from err
+
+
+def _saved_config(saved: Any) -> dict[str, Any]:
+    """A checkpoint's config with the keys of this version (``config.upgrade_keys``); {} if unreadable."""
+    if not isinstance(saved, dict):
+        return {}
+    try:
+        return upgrade_keys(saved)[0]
+    except ValueError:
+        return saved
 
 
 def _config_differences(saved: Any, cfg: ExperimentConfig) -> str:
     """The network sections in which a checkpoint's config differs from ``cfg`` ("" if none or unknown)."""
-    if not isinstance(saved, dict):
+    saved = _saved_config(saved)
+    if not saved:
         return ""
     now = cfg.model_dump(mode="json")
     parts = [
         f"it was written with {key} = {saved.get(key)}, this config has {key} = {now.get(key)}"
-        for key in ("fusion", "loss_generator", "task")
+        for key in ("learner", "loss_generator", "objective")
         if saved.get(key) != now.get(key)
     ]
     return "; ".join(parts)
 
 
-def _checkpoint_globals() -> list[Any]:
-    """The only classes a checkpoint may name besides torch's own tensors and plain containers: numpy's
-    array reconstruction, for the numpy random state a run saves (``np.random.get_state()``).  Each
-    builds data; none runs code."""
-    import numpy as np
-
-    core = getattr(np, "_core", None) or np.core
-    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
-
-
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"optim": {"fusion_lr": 1e-3}}`` -> ``{"optim.fusion_lr": 1e-3}``."""
+    """``{"optim": {"learner_lr": 1e-3}}`` -> ``{"optim.learner_lr": 1e-3}``."""
     if not isinstance(tree, dict):
         return {prefix: tree}
     out: dict[str, Any] = {}
@@ -307,14 +296,24 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+#: The config key of each setting ``AlternatingTrainer.reschedule`` reports.
+_RESCHEDULED_KEYS = {
+    "learner_lr": "optim.learner_lr",
+    "objective_lr": "optim.objective_lr",
+    "outer_lr": "meta.outer_lr",
+    "lr_step": "optim.lr_step",
+    "lr_gamma": "optim.lr_gamma",
+}
+
+
 def _apply_config_changes(
     saved: Any, cfg: ExperimentConfig, trainer: AlternatingTrainer, run_dir: RunDirectory, quiet: bool
 ) -> None:
     """A resume with a changed config (``--resume RUN --set KEY=VALUE``): the restored learning rates and
     schedule take the new values (:meth:`AlternatingTrainer.reschedule`), every changed key is logged
     (``"phase": "config_change"``) and written to the run's ``config.toml``, and the user is told."""
-    applied = trainer.reschedule()
-    before, now = _flat(saved if isinstance(saved, dict) else {}), _flat(cfg.model_dump(mode="json"))
+    applied = {_RESCHEDULED_KEYS[name]: change for name, change in trainer.reschedule().items()}
+    before, now = _flat(_saved_config(saved)), _flat(cfg.model_dump(mode="json"))
     changes = {k: [before.get(k), v] for k, v in now.items() if k in before and before[k] != v}
     changes.update(applied)
     if not changes:
@@ -325,37 +324,6 @@ def _apply_config_changes(
         lines = [f"  {k}: {old} -> {new}" + (" (applied to the restored optimizer and schedule)" if k in applied else "")
                  for k, (old, new) in sorted(changes.items())]
         print("resuming with a changed config:\n" + "\n".join(lines), file=sys.stderr)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint as data: ``torch.load(weights_only=True)`` with :func:`_checkpoint_globals`, so
-    a crafted file cannot run code (a pickle names the function to call; anything not allowed is refused
-    before it is called).  docs/reliability.md lists what the format holds."""
-    path = Path(path)
-    if not path.is_file():
-        raise RunError(f"no checkpoint at {path}")
-    if path.stat().st_size == 0:
-        raise RunError(f"cannot read checkpoint {path}: empty file (0 bytes)")
-    try:
-        with torch.serialization.safe_globals(_checkpoint_globals()):
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)|Unsupported operand[^\n.]*", str(err))
-        if found is None:
-            raise RunError(f"cannot read checkpoint {path} (truncated, corrupt or not a torch file): UnpicklingError: {err}") from err
-        raise RunError(
-            f"refused to load checkpoint {path}: it names code to run ({found.group(1) or found.group(0)}), and a "
-            "metaloss checkpoint holds only tensors, numbers, strings and containers of them; do not use a file of "
-            "unknown origin"
-        ) from None
-    except Exception as err:
-        reason = str(err).splitlines()[0] if str(err) else ""
-        raise RunError(
-            f"cannot read checkpoint {path} (truncated, corrupt or not a torch file): {type(err).__name__}: {reason}"
-        ) from err
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise RunError(f"{path} is not a metaloss checkpoint (format {CHECKPOINT_FORMAT})")
-    return state
 
 
 class _Progress:
@@ -447,7 +415,7 @@ def _train(
         state = parallel.on_main(resume_state) if parallel is not None else resume_state()
     exp = build_experiment(cfg, parallel.device if parallel is not None else None)
     if parallel is not None and cfg.distributed.sync_batchnorm:
-        for role in ("learner", "generator", "objective"):
+        for role in ROLES:
             distributed.convert_batchnorm(getattr(exp.problem, role))
     if parallel is not None:
         parallel.on_main(lambda: run_dir.create(cfg, resume=resume))
@@ -465,7 +433,7 @@ def _train(
         eval_every=cfg.eval.every,
         checkpoint_every=cfg.checkpoint.every,
         guard=cfg.guard,
-        distributed=parallel,
+        parallel=parallel,
     )
     if state is not None:
         try:
@@ -485,13 +453,7 @@ def _train(
 
     def checkpoint(epoch: int, is_last: bool) -> None:
         run_dir.save_checkpoint(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "metaloss_version": metaloss.__version__,
-                "config": cfg.model_dump(mode="json"),
-                "world_size": trainer.dist.world_size,
-                "trainer": trainer.state_dict(),
-            },
+            checkpoint_state(cfg.model_dump(mode="json"), trainer.state_dict(), world_size=trainer.parallel.world_size),
             epoch,
             cfg.checkpoint.every,
         )
@@ -531,11 +493,7 @@ def _train(
         "epochs": trainer.epoch,
         "seconds": round(time.perf_counter() - start, 3),
         "loss_weight_form": cfg.loss.weight_form,
-        "parameters": {
-            "fusion": _count(exp.problem.learner),
-            "loss_generator": _count(exp.problem.generator),
-            "task": _count(exp.problem.objective),
-        },
+        "parameters": {role: _count(getattr(exp.problem, role)) for role in ROLES},
         "metrics": {k[4:]: v for k, v in final.items() if k.startswith("val/")},
         "final": {k: v for k, v in final.items() if not k.startswith("val/")},
         "environment": _environment(),
@@ -568,8 +526,8 @@ class _NonWritingRunDirectory(RunDirectory):
 
 
 def _parallel_info(trainer: AlternatingTrainer) -> dict[str, Any]:
-    d = trainer.dist
-    return {"world_size": d.world_size, "backend": d.backend, "global_batch_size": trainer.global_batch_size}
+    p = trainer.parallel
+    return {"world_size": p.world_size, "backend": getattr(p, "backend", None), "global_batch_size": trainer.global_batch_size}
 
 
 def _count(module: nn.Module) -> int:
@@ -587,6 +545,3 @@ def _environment() -> dict[str, Any]:
         "pid": os.getpid(),
     }
 
-
-def run_config_file(path: str | Path, overrides: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
-    return run(load_config(path, overrides), **kwargs)

@@ -37,7 +37,7 @@ def _nonneg_int(text: str) -> int:
 
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``fuse`` options to ``parser`` (a sub-parser of ``metaloss``)."""
-    from metaloss.inference import AUTO_TILE, AUTO_WHOLE_MAX_PIXELS, DEFAULT_OVERLAP, EXACT_CHUNK
+    from metaloss.deploy.tiling import AUTO_TILE, AUTO_WHOLE_MAX_PIXELS, DEFAULT_OVERLAP, EXACT_CHUNK
 
     parser.add_argument(
         "--checkpoint", "-c", metavar="CKPT",
@@ -82,7 +82,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     )
     parser.add_argument(
         "--engine", choices=("auto", "torch", "fast"), default="auto",
-        help="fast: Restormer networks run pixel-major in row bands with folded weights (metaloss.nn.restormer_fast; "
+        help="fast: Restormer networks run pixel-major in row bands with folded weights (metaloss.deploy.engine; "
         "the whole-image result up to float rounding, streamed, so --tiling exact is implied); torch: the network's "
         "own forward with the tiling options; auto (default): fast for Restormer networks on the CPU, else torch",
     )
@@ -175,17 +175,11 @@ def run(args: argparse.Namespace) -> int:
     """Run ``metaloss fuse`` with parsed ``args``; returns the exit status."""
     from metaloss.data.images import ImageReadError, ImageSizeError, load_pair
     from metaloss.experiment import RunError, resolve_device
-    from metaloss.inference import (
-        InferenceError,
-        fuse_images,
-        heatmap,
-        load_model,
-        plan_tiling,
-        resolve_engine,
-        write_png,
-    )
+    from metaloss.deploy.allocator import set_fusing_allocator_policy
+    from metaloss.deploy.fuse import fuse_images, heatmap, resolve_engine, write_png
+    from metaloss.deploy.model import InferenceError, load_model
+    from metaloss.deploy.tiling import plan_tiling
     from metaloss.registry import PluginError
-    from metaloss.utils.memory import set_allocator_policy
 
     if args.threads is not None and args.threads < 1:
         return _fail(f"--threads must be at least 1, got {args.threads}", EXIT_USAGE)
@@ -226,10 +220,7 @@ def run(args: argparse.Namespace) -> int:
         engines = {resolve_engine(net, args.engine) for net in (model.fusion, model.generator) if net is not None}
     except ValueError as err:
         return _fail(str(err), EXIT_USAGE)
-    allocator = args.allocator
-    if allocator == "auto":
-        allocator = "keep" if engines == {"fast"} else "release"
-    set_allocator_policy(allocator)
+    set_fusing_allocator_policy(engines, args.allocator)
     if args.threads is not None:
         import torch
 

@@ -49,12 +49,15 @@ def max_abs(a: Tensor, b: Tensor) -> Tensor:
 
 @dataclass
 class FusionLoss:
+    """L_f (``total``) and its two terms; a ``metaloss.meta.loss.Loss``-like result (``total``, ``terms``)."""
+
     total: Tensor
     intensity: Tensor
     gradient: Tensor
 
-    def terms(self) -> dict[str, float]:
-        return {"intensity": float(self.intensity.detach()), "gradient": float(self.gradient.detach())}
+    @property
+    def terms(self) -> dict[str, Tensor]:
+        return {"intensity": self.intensity.detach(), "gradient": self.gradient.detach()}
 
 
 def _weighted_mean(weight: Tensor, residual: Tensor, form: WeightForm) -> Tensor:

@@ -1,13 +1,14 @@
-"""Image fusion as a ``MetaProblem``: fusion network F (learner), loss generator G, task network T.
+"""Image fusion as a ``MetaProblem``: fusion network (learner), loss generator, task network (objective).
 
     inner_loss     = L_f(F_theta(crop), G_phi(crop))                        on random crops
     objective_loss = L_t(T_psi(F_theta(full).detach()))                     on resized full images
     outer_loss     = L_t(T_psi'(F_theta'(full)))
+
+The task's targets follow its images through the task's ``view_targets`` hook
+(``metaloss.protocols.TargetView``); the problem itself knows no target type.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -15,12 +16,11 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
-from metaloss.losses import GradientTarget, IntensityNorm, WeightForm, fusion_loss
-from metaloss.protocols import Batch, ParamDict
+from metaloss.losses import FusionLoss, GradientTarget, IntensityNorm, WeightForm, fusion_loss
+from metaloss.protocols import Batch, ParamDict, TargetView
 
-
-#: The label keys a batch may carry; a task lists those it needs in ``targets``.
-TARGETS = ("mask", "boxes")
+#: The keys of a batch that are not targets: the pair and its name.
+PAIR_KEYS = ("name", "ir", "vi")
 
 
 def random_crop_box(h: int, w: int, size: int, generator: torch.Generator) -> tuple[int, int, int, int]:
@@ -31,14 +31,37 @@ def random_crop_box(h: int, w: int, size: int, generator: torch.Generator) -> tu
     return top, left, ch, cw
 
 
+def view_plain_targets(targets: Batch, view: TargetView) -> Batch:
+    """The default ``view_targets``: targets without spatial layout are kept, and repeated along their
+    first dimension ``view.repeat`` times.  A tensor whose last two dimensions are the images' size is
+    refused when the task's images are cropped or resized: its task must say how it follows them."""
+    reshaped = view.crop is not None or view.size != view.image_size
+    out: Batch = {}
+    for key, value in targets.items():
+        if isinstance(value, Tensor):
+            if reshaped and value.dim() >= 2 and tuple(value.shape[-2:]) == view.image_size:
+                raise ValueError(
+                    f"target {key!r} {list(value.shape)} has the images' size, which the task's view changes "
+                    f"(crop {view.crop}, size {view.size}); give the task a view_targets(targets, view) method "
+                    "(metaloss.protocols.Task)"
+                )
+            out[key] = torch.cat([value] * view.repeat) if view.repeat > 1 else value
+        elif isinstance(value, list) and len(value) == view.batch_size:
+            out[key] = value * view.repeat
+        else:
+            out[key] = value
+    return out
+
+
 class FusionProblem(nn.Module):
-    """Holds F, G and T and defines the three losses of the meta-step (``metaloss.meta.MetaProblem``)."""
+    """Holds the learner (fusion network), the loss generator and the objective (task network) and defines
+    the three losses of the meta-step (``metaloss.meta.MetaProblem``)."""
 
     def __init__(
         self,
-        fusion: nn.Module,
-        generator: nn.Module,
-        task: nn.Module,
+        learner: nn.Module,
+        loss_generator: nn.Module,
+        objective: nn.Module,
         *,
         alpha: float = 1.0,
         weight_form: WeightForm = "linear",
@@ -61,65 +84,64 @@ class FusionProblem(nn.Module):
         self.recompute_generator, self.recompute_outer = recompute_generator, recompute_outer
         #: read by metaloss.meta.meta_gradient when it is given no method ("auto", "double_backward", "jvp")
         self.meta_gradient_method = meta_gradient_method
-        self.learner, self.generator, self.objective = fusion, generator, task
+        self.learner, self.loss_generator, self.objective = learner, loss_generator, objective
         self.alpha, self.weight_form, self.intensity_norm = alpha, weight_form, intensity_norm
         self.gradient_target = gradient_target
         self.crop_size, self.task_size, self.swap_modalities = crop_size, task_size, swap_modalities
         self.task_from_crop = task_from_crop
         self.device, self.dtype = torch.device(device), dtype
-        self.terms: dict[str, float] = {}
 
     # -- batches ------------------------------------------------------------------------------
     def prepare_batch(self, batch: Batch, generator: torch.Generator, augment: bool = True) -> Batch:
         """Crop for the fusion loss, resize for the task, and optionally double by swapping modalities.
 
         ``augment=False`` (evaluation): no crop and no swap, only the resize for the task.
-        Targets the task does not name in its ``targets`` attribute (default: all) are dropped.
+        Targets (every key but ``name``, ``ir``, ``vi``) that the task does not name in its ``targets``
+        attribute (default: all) are dropped; the others follow the task's images through its
+        ``view_targets`` hook (default :func:`view_plain_targets`).
 
-        In: ``ir``, ``vi`` [B,1,H,W] (+ ``mask`` [B,H,W], ``boxes`` [N,6]).  Out: ``ir``/``vi`` crops,
-        ``task_ir``/``task_vi`` resized full images and the targets, all on the problem's device.
+        In: ``ir``, ``vi`` [B,1,H,W] and targets.  Out: ``ir``/``vi`` crops, ``task_ir``/``task_vi`` (the
+        crops, or the resized full images) and the targets, all on the problem's device.
         """
-        targets = getattr(self.objective, "targets", TARGETS)
-        batch = {k: v for k, v in batch.items() if k not in TARGETS or k in targets}
+        wanted = getattr(self.objective, "targets", None)
+        targets = {
+            k: v.to(self.device) if isinstance(v, Tensor) else v
+            for k, v in batch.items()
+            if k not in PAIR_KEYS and (wanted is None or k in wanted)
+        }
         ir, vi = batch["ir"].to(self.device, self.dtype), batch["vi"].to(self.device, self.dtype)
         h, w = ir.shape[-2:]
-        out: Batch = {k: v for k, v in batch.items() if k not in ("ir", "vi")}
         crop = (0, 0, h, w)
         if self.crop_size and augment:
             crop = random_crop_box(h, w, self.crop_size, generator)
         top, left, ch, cw = crop
-        out["ir"], out["vi"] = ir[..., top : top + ch, left : left + cw], vi[..., top : top + ch, left : left + cw]
+        out: Batch = {"ir": ir[..., top : top + ch, left : left + cw], "vi": vi[..., top : top + ch, left : left + cw]}
+        if "name" in batch:
+            out["name"] = batch["name"]
         if self.task_from_crop:
-            if "boxes" in batch:
-                raise ValueError("data.task_from_crop cannot crop detection boxes; use task_size instead")
             out["task_ir"], out["task_vi"] = out["ir"], out["vi"]
-            if "mask" in batch:
-                out["mask"] = batch["mask"].to(self.device)[..., top : top + ch, left : left + cw]
         else:
-            out.update(self._task_view(batch, ir, vi))
-        if self.swap_modalities and augment:
+            size = tuple(self.task_size) if self.task_size else (h, w)
+            out["task_ir"], out["task_vi"] = ir, vi
+            if size != (h, w):
+                out["task_ir"] = F.interpolate(ir, size=size, mode="bilinear", align_corners=False)
+                out["task_vi"] = F.interpolate(vi, size=size, mode="bilinear", align_corners=False)
+        swap = self.swap_modalities and augment
+        view = TargetView(
+            image_size=(h, w),
+            crop=crop if self.task_from_crop else None,
+            size=tuple(out["task_ir"].shape[-2:]),  # type: ignore[arg-type]
+            repeat=2 if swap else 1,
+            batch_size=ir.shape[0],
+        )
+        view_targets = getattr(self.objective, "view_targets", view_plain_targets)
+        if swap:
             out = swap_modalities(out, batch_size=ir.shape[0])
-        return out
-
-    def _task_view(self, batch: Batch, ir: Tensor, vi: Tensor) -> Batch:
-        """The full images resized to ``task_size`` (and the masks, nearest), for the task."""
-        h, w = ir.shape[-2:]
-        size = tuple(self.task_size) if self.task_size else (h, w)
-        out: Batch = {"task_ir": ir, "task_vi": vi}
-        if size != (h, w):
-            out["task_ir"] = F.interpolate(ir, size=size, mode="bilinear", align_corners=False)
-            out["task_vi"] = F.interpolate(vi, size=size, mode="bilinear", align_corners=False)
-        if "mask" in batch:
-            mask = batch["mask"].to(self.device)
-            if tuple(mask.shape[-2:]) != size:
-                mask = F.interpolate(mask[:, None].float(), size=size, mode="nearest")[:, 0].long()
-            out["mask"] = mask
-        if "boxes" in batch:
-            out["boxes"] = batch["boxes"].to(self.device)
+        out.update(view_targets(targets, view))
         return out
 
     # -- the three losses -----------------------------------------------------------------------
-    def inner_loss(self, learner_params: ParamDict, batch: Batch) -> Tensor:
+    def inner_loss(self, learner_params: ParamDict, batch: Batch) -> FusionLoss:
         return self.inner_loss_from_output(self.learner_output(learner_params, batch), batch)
 
     # the split of the inner loss (metaloss.meta.forward_mode.SplitInnerLoss)
@@ -127,17 +149,15 @@ class FusionProblem(nn.Module):
         """The fused crops ``F_theta(ir, vi)``: the only way the learner enters the inner loss."""
         return functional_call(self.learner, learner_params, (batch["ir"], batch["vi"]))
 
-    def inner_loss_from_output(self, fused: Tensor, batch: Batch) -> Tensor:
-        """L_f of the fused crops with the generator's weights."""
+    def inner_loss_from_output(self, fused: Tensor, batch: Batch) -> FusionLoss:
+        """L_f of the fused crops with the loss generator's weights, and its terms."""
         ir, vi = batch["ir"], batch["vi"]
         if self.recompute_generator and torch.is_grad_enabled():
-            maps = checkpoint(self.generator, ir, vi, use_reentrant=False)
+            maps = checkpoint(self.loss_generator, ir, vi, use_reentrant=False)
         else:
-            maps = self.generator(ir, vi)
-        loss = fusion_loss(fused, ir, vi, maps, alpha=self.alpha, weight_form=self.weight_form, intensity_norm=self.intensity_norm,
+            maps = self.loss_generator(ir, vi)
+        return fusion_loss(fused, ir, vi, maps, alpha=self.alpha, weight_form=self.weight_form, intensity_norm=self.intensity_norm,
                            gradient_target=self.gradient_target)
-        self.terms = loss.terms()
-        return loss.total
 
     def objective_loss(self, objective_params: ParamDict, learner_params: ParamDict, batch: Batch) -> Tensor:
         with torch.no_grad():
@@ -166,22 +186,11 @@ class FusionProblem(nn.Module):
 
 
 def swap_modalities(batch: Batch, batch_size: int) -> Batch:
-    """Double the batch: (ir, vi) followed by (vi, ir); targets repeated (box image indices shifted)."""
+    """Double the pairs: (ir, vi) followed by (vi, ir), for the crops and the task's images; names repeated."""
     out = dict(batch)
     for a, b in (("ir", "vi"), ("task_ir", "task_vi")):
         if a in batch:
             out[a], out[b] = torch.cat([batch[a], batch[b]]), torch.cat([batch[b], batch[a]])
-    if "mask" in batch:
-        out["mask"] = torch.cat([batch["mask"], batch["mask"]])
-    if "boxes" in batch:
-        shifted = batch["boxes"].clone()
-        shifted[:, 0] += batch_size
-        out["boxes"] = torch.cat([batch["boxes"], shifted])
-    for key, value in batch.items():
-        if isinstance(value, list) and len(value) == batch_size:
-            out[key] = value + value
+    if isinstance(batch.get("name"), list) and len(batch["name"]) == batch_size:
+        out["name"] = batch["name"] * 2
     return out
-
-
-def describe(module: nn.Module) -> dict[str, Any]:
-    return {"class": type(module).__name__, "parameters": sum(p.numel() for p in module.parameters())}

@@ -7,15 +7,35 @@ channel; colour is handled outside the networks, see ``metaloss.data.color``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping, Protocol, runtime_checkable
 
 from torch import Tensor
 
 #: Parameters (and buffers) of a module by qualified name, as ``torch.func.functional_call`` takes them.
 ParamDict = dict[str, Tensor]
-#: One collated batch: ``ir``/``vi`` crops for the fusion loss, ``task_ir``/``task_vi`` for the task
-#: loss, and the task's targets (``mask`` [B,H,W] long, or ``boxes`` [N,6] = image index, class, cx, cy, w, h).
+#: One collated batch: ``name``, ``ir``/``vi`` crops for the fusion loss, ``task_ir``/``task_vi`` for the
+#: task loss, and the task's targets: every other key (the core's datasets give ``mask`` [B,H,W] long and
+#: ``boxes`` [N,6] = image index, class, cx, cy, w, h; a third-party dataset may give any other).
 Batch = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TargetView:
+    """How ``FusionProblem.prepare_batch`` turned a batch's images into the images the task sees, for the
+    task's ``view_targets`` hook to do the same to its targets.
+
+    ``image_size``: (H, W) of the batch's images; ``crop``: the (top, left, height, width) window of them
+    that the task sees (``data.task_from_crop``), or None; ``size``: (H, W) of the task's images (the
+    crop's size, or the full images resized to ``data.task_size``); ``repeat``: the batch is repeated
+    this many times along its first dimension (2 with the modality swap), ``batch_size`` samples each.
+    """
+
+    image_size: tuple[int, int]
+    crop: tuple[int, int, int, int] | None
+    size: tuple[int, int]
+    repeat: int
+    batch_size: int
 
 
 @runtime_checkable
@@ -51,7 +71,14 @@ class Task(Protocol):
     """T_ψ, the meta-objective network: ``forward(fused) -> outputs``; ``loss(outputs, batch) -> scalar``.
 
     ``targets`` (optional) names the label keys of a batch it uses (``("mask",)``, ``("boxes",)``,
-    or ``()`` for an unlabelled objective); the others are dropped before the batch reaches it.
+    any key its dataset provides, or ``()`` for an unlabelled objective); the others are dropped before
+    the batch reaches it.
+
+    ``view_targets(targets, view) -> targets`` (optional) crops, resizes and repeats its targets as
+    ``view`` (a :class:`TargetView`) says the images were; the tensors come on the problem's device.
+    Without it targets are taken to have no spatial layout: kept as they are, and repeated along their
+    first dimension (lists: concatenated) ``view.repeat`` times; a target whose last two dimensions are
+    the images' size is refused when the task's images are cropped or resized.
 
     ``loss`` must be differentiable with respect to ``outputs`` (the outer loss reaches the fusion
     network, and through its inner update the loss generator, only through it).

@@ -108,16 +108,22 @@ def _group(group: str) -> str:
     raise KeyError(f"unknown plugin group {group!r}; groups: {', '.join(GROUPS)}")
 
 
+def short_group(group: str) -> str:
+    """The short name of a group given by either name (``"metaloss.fusion"`` or ``"fusion"`` -> ``"fusion"``)."""
+    return _group(group).split(".")[-1]
+
+
 def registrations(group: str) -> dict[str, list[md.EntryPoint]]:
     """Every entry point of ``group`` by bare name, sorted by distribution; two or more under one name
     are a clash that a config resolves with ``"dist:name"``."""
     found: dict[str, list[md.EntryPoint]] = {}
-    for ep in sorted(md.entry_points(group=_group(group)), key=lambda ep: (ep.name, _canonical(_dist_name(ep)))):
+    for ep in sorted(md.entry_points(group=_group(group)), key=lambda ep: (ep.name, _canonical(distribution_name(ep)))):
         found.setdefault(ep.name, []).append(ep)
     return found
 
 
-def _dist_name(ep: md.EntryPoint) -> str:
+def distribution_name(ep: md.EntryPoint) -> str:
+    """The name of the installed distribution that registers ``ep`` (``"?"`` if unknown)."""
     dist = getattr(ep, "dist", None)
     return dist.metadata["Name"] if dist is not None else "?"
 
@@ -149,12 +155,12 @@ def resolve(group: str, name: str) -> md.EntryPoint:
         bare = name
     eps = registrations(group).get(bare, [])
     if colon:
-        mine = [ep for ep in eps if _canonical(_dist_name(ep)) == _canonical(distribution)]
+        mine = [ep for ep in eps if _canonical(distribution_name(ep)) == _canonical(distribution)]
         if mine:
             return mine[0]
-        raise UnknownPluginError(group, name, [qualified_name(_dist_name(ep), bare) for ep in eps] or available(group))
+        raise UnknownPluginError(group, name, [qualified_name(distribution_name(ep), bare) for ep in eps] or available(group))
     if len(eps) > 1:
-        raise AmbiguousPluginError(group, bare, [_dist_name(ep) for ep in eps])
+        raise AmbiguousPluginError(group, bare, [distribution_name(ep) for ep in eps])
     if not eps:
         raise UnknownPluginError(group, name, available(group))
     return eps[0]
@@ -190,7 +196,7 @@ def list_plugins(import_check: bool = True) -> dict[str, list[PluginInfo]]:
 
 def _infos(group: str, eps: list[md.EntryPoint], import_check: bool) -> list[PluginInfo]:
     """The ``PluginInfo`` of each entry point that registers one name in ``group``."""
-    dists = [_dist_name(ep) for ep in eps]
+    dists = [distribution_name(ep) for ep in eps]
     infos = []
     for i, ep in enumerate(eps):
         error = None

@@ -71,7 +71,7 @@ def _taken(names: PluginNames) -> list[str]:
 
     clashes = []
     for group in registry.GROUPS:
-        others = [registry._dist_name(ep) for ep in registry.registrations(group).get(names.entry, [])]
+        others = [registry.distribution_name(ep) for ep in registry.registrations(group).get(names.entry, [])]
         others = [d for d in others if d != names.distribution]
         if others:
             clashes.append(f"{registry.GROUPS[group]} (by {', '.join(others)})")
@@ -222,13 +222,13 @@ name = "$entry"
 num_images = 4
 size = 48
 
-[fusion]
+[learner]
 name = "$entry"
 
 [loss_generator]
 name = "$entry"
 
-[task]
+[objective]
 name = "$entry"          # num_classes is taken from the dataset
 
 [meta]
@@ -238,8 +238,8 @@ learner_steps = 0        # one pass over the training data
 outer_lr = 1e-3
 
 [optim]
-fusion_lr = 1e-3
-task_lr = 1e-3
+learner_lr = 1e-3
+objective_lr = 1e-3
 
 [eval]
 num_images = 4
@@ -334,7 +334,8 @@ TASK = '''\
 """The task T_psi, the meta-objective (metaloss.protocols.Task, TaskEvaluator).
 
 Contract (checked by metaloss.testing.check_task):
-  targets: the label keys of a batch the task uses, among ("mask", "boxes"); () for none.
+  targets: the label keys of a batch the task uses (its dataset's: here "mask"); () for none.
+  view_targets(targets, view): the targets follow the task's images (crop, resize, modality swap).
   forward(fused): fused [B, 1, H, W] in [0, 1] -> outputs (anything; here logits [B, K, H, W]).
   loss(outputs, batch) -> a 0-dim tensor, differentiable w.r.t. outputs: it is the only way back from
   the meta-objective to the fusion network and the loss generator.  The batch holds task_ir, task_vi
@@ -351,6 +352,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from metaloss.protocols import TargetView
+
 
 class ${Cls}Task(nn.Module):
     """Semantic segmentation of the fused image: a small dilated CNN, trained from scratch, cross-entropy."""
@@ -363,9 +366,9 @@ class ${Cls}Task(nn.Module):
     def __init__(self, num_classes: int | None = None, width: Annotated[int, Field(ge=1)] = 16, ignore_index: int = 255):
         super().__init__()
         if num_classes is None:
-            raise ValueError("task.num_classes is not set and the dataset does not provide it")
+            raise ValueError("objective.num_classes is not set and the dataset does not provide it")
         if num_classes < 2:
-            raise ValueError(f"task.num_classes must be >= 2, got {num_classes}")
+            raise ValueError(f"objective.num_classes must be >= 2, got {num_classes}")
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.net = nn.Sequential(
             nn.Conv2d(1, width, 3, padding=1),
@@ -377,6 +380,16 @@ class ${Cls}Task(nn.Module):
 
     def forward(self, fused: Tensor) -> Tensor:
         return self.net(fused)
+
+    def view_targets(self, targets: dict[str, Any], view: TargetView) -> dict[str, Any]:
+        """The masks [B, H, W] as the task's images: the crop window, nearest resize, repeated with the batch."""
+        mask = targets["mask"]
+        if view.crop is not None:
+            top, left, h, w = view.crop
+            mask = mask[..., top : top + h, left : left + w]
+        if tuple(mask.shape[-2:]) != view.size:
+            mask = F.interpolate(mask[:, None].float(), size=view.size, mode="nearest")[:, 0].long()
+        return {**targets, "mask": torch.cat([mask] * view.repeat)}
 
     def loss(self, outputs: Tensor, batch: dict[str, Any]) -> Tensor:
         return F.cross_entropy(outputs, batch["mask"], ignore_index=self.ignore_index)

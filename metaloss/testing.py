@@ -63,8 +63,11 @@ __all__ = [
     "synthetic_batch",
 ]
 
-#: The label keys a batch may carry (``metaloss.problem.TARGETS``).
+#: The label keys :func:`synthetic_batch` can make; a task may declare any other key (a batch carries
+#: whatever its dataset loads) and is then checked on a batch the caller passes.
 TARGETS = ("mask", "boxes")
+#: Batch keys that are not labels.
+_IMAGE_KEYS = ("name", "ir", "vi", "task_ir", "task_vi")
 #: Map keys that ``metaloss.losses.fusion_loss`` reads.
 MAP_KEYS = ("intensity", "gradient")
 #: Default input sizes (B, H, W): odd sides catch networks that assume even or multiple-of-8 sizes.
@@ -445,10 +448,9 @@ def _call_generator(label: str, m: nn.Module, ir: Tensor, vi: Tensor) -> Mapping
 def _task_batch(batch: Batch, targets: Sequence[str] | None, device: torch.device | str, dtype: torch.dtype | None) -> Batch:
     """A collated batch as the problem prepares it: ``ir``/``vi`` and ``task_ir``/``task_vi`` (the same
     images here), targets filtered by ``targets`` (None: all) and moved to ``device``."""
-    keep = TARGETS if targets is None else tuple(targets)
     out: Batch = {}
     for key, value in batch.items():
-        if key in TARGETS and key not in keep:
+        if targets is not None and key not in _IMAGE_KEYS and key not in targets:
             continue
         if isinstance(value, Tensor):
             value = value.to(device)
@@ -505,7 +507,8 @@ def check_task(
     whose masks have 3 classes and boxes 2 classes, so build the task with matching ``num_classes``).
 
     Contracts: a ``torch.nn.Module`` with trainable parameters (it is trained in the loop); ``targets``
-    a tuple of label keys among ``("mask", "boxes")`` (``()`` for an unlabelled objective); ``forward(fused)``
+    a tuple of label keys (``()`` for an unlabelled objective; keys other than ``"mask"``/``"boxes"`` need a
+    ``batch`` that carries them); ``forward(fused)``
     with ``fused`` [B, 1, H, W] in [0, 1] returns anything whose tensors follow the input's device;
     ``loss(outputs, batch)`` returns a finite 0-dim floating tensor, differentiable w.r.t. ``fused`` (the
     only path from the meta-objective back to the loss generator) and w.r.t. the task's parameters;
@@ -525,8 +528,11 @@ def check_task(
         if isinstance(targets, str) or not isinstance(targets, (tuple, list)) or not all(isinstance(t, str) for t in targets):
             _fail(label, f"`targets` must be a tuple of label keys, e.g. ('mask',) or (); got {targets!r}")
         unknown = [t for t in targets if t not in TARGETS]
-        if unknown:
-            _fail(label, f"`targets` names unknown label key(s) {unknown}; a batch may carry {list(TARGETS)}")
+        if unknown and batch is None:
+            _fail(label, f"`targets` names label key(s) {unknown} that synthetic batches do not have (only {list(TARGETS)}); "
+                  "pass check_task(..., batch=...) with them")
+        if unknown and any(t not in batch for t in unknown):
+            _fail(label, f"`targets` names label key(s) {[t for t in unknown if t not in batch]} that the batch given does not carry")
     fields = getattr(type(task), "dataset_fields", {})
     if not isinstance(fields, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in fields.items()):
         _fail(label, f"`dataset_fields` must map option names to dataset attribute names, got {fields!r}")
@@ -843,7 +849,7 @@ def check_meta_gradient(
     if bad:
         _fail(label, f"the meta-gradient is not finite for parameter(s) {', '.join(bad[:5])}")
     norms = {n: float(torch.linalg.vector_norm(g)) for n, g in zip(names, grads)}
-    if not result.generator_grad_norm > 0:
+    if not result.loss_generator_grad_norm > 0:
         _fail(
             label,
             "the meta-gradient is exactly zero: the generator's maps do not reach the outer loss.  They must "
@@ -854,7 +860,7 @@ def check_meta_gradient(
     if zero:
         _warn(label, f"parameter(s) {', '.join(zero[:8])} get exactly zero meta-gradient (unused, or cut off from the maps?)")
     report = MetaGradientReport(
-        norm=result.generator_grad_norm,
+        norm=result.loss_generator_grad_norm,
         outer_loss=result.outer_loss,
         inner_loss=result.inner_loss,
         parameter_norms=norms,
@@ -875,7 +881,7 @@ def check_meta_gradient(
 def _finite_difference(problem: Any, grads: list[Tensor], train: Batch, test: Batch, kwargs: dict[str, Any], seed: int) -> tuple[float, float]:
     from metaloss.meta.step import meta_gradient
 
-    params = [p for p in problem.generator.parameters() if p.requires_grad]
+    params = [p for p in problem.loss_generator.parameters() if p.requires_grad]
     g = torch.Generator().manual_seed(seed)
     direction = [torch.randn(p.shape, generator=g, dtype=torch.float64).to(p) for p in params]
     scale = float(torch.sqrt(sum((d * d).sum() for d in direction)))  # type: ignore[arg-type]
@@ -900,12 +906,14 @@ def _finite_difference(problem: Any, grads: list[Tensor], train: Batch, test: Ba
 
 # -- registered plugins ---------------------------------------------------------------------------------------------
 def _instantiate(group: str, name: str, obj: Any, options: Mapping[str, Any]) -> Any:
-    """Build ``obj`` as the experiment builder does: options validated by its config model; datasets get
-    ``split="train"``; task options left None are filled from a synthetic dataset (``dataset_fields``)."""
+    """Build ``obj`` as the experiment builder does (``metaloss.checkpoint.build_with``): options validated
+    by its config model; datasets get ``split="train"``; task options left None are filled from a
+    synthetic dataset (``dataset_fields``).  Each step that fails is reported as what the plugin must fix."""
     import pydantic
     import tomli_w
 
     from metaloss import registry
+    from metaloss.checkpoint import build_with
 
     label = f"{registry.GROUPS[group]} plugin {name!r} ({getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', obj)})"
     try:
@@ -925,21 +933,16 @@ def _instantiate(group: str, name: str, obj: Any, options: Mapping[str, Any]) ->
         tomli_w.dumps({k: v for k, v in validated.model_dump(mode="json").items() if v is not None})
     except Exception as err:
         _fail(label, f"its resolved options cannot be written to TOML (the run directory's config.toml): {_error_text(err)}")
-    kwargs = validated.model_dump()
+    dataset: Any = None
     if group == "tasks":
         from metaloss.data.synthetic import SyntheticScenes
 
-        mapping = getattr(obj, "dataset_fields", {})
-        for key, value in kwargs.items():
-            attr = mapping.get(key, key)
-            if value is None and hasattr(SyntheticScenes, attr):
-                kwargs[key] = getattr(SyntheticScenes, attr)
-    if group == "datasets":
-        kwargs["split"] = "train"
+        dataset = SyntheticScenes
+    injected = {"split": "train"} if group == "datasets" else {}
     try:
-        return obj(**kwargs)
+        return build_with(obj, options, dataset=dataset, **injected)
     except Exception as err:
-        _fail(label, f"building it with {kwargs} raised {_error_text(err)}")
+        _fail(label, f"building it with options {dict(options)} raised {_error_text(err)}")
 
 
 def check_plugin(group: str, name: str, options: Mapping[str, Any] | None = None) -> Any:
@@ -948,8 +951,9 @@ def check_plugin(group: str, name: str, options: Mapping[str, Any] | None = None
     Returns the built object."""
     from metaloss import registry
 
-    obj = _instantiate(registry._group(group).split(".")[-1], name, registry.load(group, name), options or {})
-    _check_built(registry._group(group).split(".")[-1], obj)
+    short = registry.short_group(group)
+    obj = _instantiate(short, name, registry.load(group, name), options or {})
+    _check_built(short, obj)
     return obj
 
 
@@ -996,7 +1000,7 @@ def check_distribution(
                 _fail(label, f"entry point {ep.value!r} does not import: {_error_text(err)}")
             others = [e for e in registry.registrations(short).get(ep.name, []) if e.value != ep.value and e.value not in by_value]
             if others:
-                by = ", ".join(f"{e.value} of {registry._dist_name(e)}" for e in others)
+                by = ", ".join(f"{e.value} of {registry.distribution_name(e)}" for e in others)
                 _fail(label, f"the name is also registered by {by}, so a config must say "
                       f"{registry.qualified_name(distribution, ep.name)!r}; pick another entry-point name")
             key = f"{short}:{ep.name}"

@@ -53,7 +53,7 @@ class Toy:
 
     def __init__(self, features: int = 3):
         self.learner = nn.Sequential(nn.Linear(features, 6), nn.Tanh(), nn.Linear(6, 2)).double()
-        self.generator = Weights(features).double()
+        self.loss_generator = Weights(features).double()
         self.objective = nn.Sequential(
             nn.Linear(2, 8), nn.Unflatten(1, (4, 2)), nn.BatchNorm1d(4), nn.Flatten(), nn.Tanh(), nn.Linear(8, 1)
         ).double()  # batch norm over [B, 4, 2]: defined for a batch of one sample too
@@ -61,7 +61,7 @@ class Toy:
     def inner_loss(self, lp, batch):
         x, y = batch
         err = (functional_call(self.learner, lp, (x,))[:, :1] - y).square()[:, 0]
-        return (self.generator(x, y) * err).mean()
+        return (self.loss_generator(x, y) * err).mean()
 
     def objective_loss(self, op, lp, batch):
         x, y = batch
@@ -84,11 +84,12 @@ def main(out: str, batch_size: int, backend: str) -> None:
     meta = MetaConfig(
         epochs=2, meta_steps=3, learner_steps=0, inner_steps=2, inner_lr=0.1, outer_lr=1e-2, backend=backend
     )
-    optim = OptimConfig(fusion_lr=1e-2, task_lr=1e-2, lr_step=1, lr_gamma=0.5)
-    trainer = AlternatingTrainer(problem, Pairs(SAMPLES), meta, optim, batch_size=batch_size, seed=3, distributed=ctx)
+    optim = OptimConfig(learner_lr=1e-2, objective_lr=1e-2, lr_step=1, lr_gamma=0.5)
+    trainer = AlternatingTrainer(problem, Pairs(SAMPLES), meta, optim, batch_size=batch_size, seed=3, parallel=ctx)
     trainer.fit()
     if ctx is None or ctx.is_main:
-        torch.save({role: getattr(problem, role).state_dict() for role in ("learner", "generator", "objective")}, out)
+        nets = {"learner": problem.learner, "generator": problem.loss_generator, "objective": problem.objective}
+        torch.save({key: net.state_dict() for key, net in nets.items()}, out)  # a checkpoint's trainer keys
     distributed.shutdown()
     left = backend_threads()
     if left:  # they would outlive the interpreter, and one releasing a work at exit aborts the rank

@@ -21,8 +21,9 @@ from torch import nn
 from metaloss import distributed
 from metaloss.cli import main
 from metaloss.config import load_config
-from metaloss.distributed import DistributedContext, ShardedBatches, convert_batchnorm
-from metaloss.experiment import load_checkpoint
+from metaloss.distributed import DistributedContext, convert_batchnorm
+from metaloss.meta.parallel import DataParallel, ShardedBatches, SingleProcess, shard_indices
+from metaloss.checkpoint import read_checkpoint
 from metaloss.utils.numerics import adam_run_tolerance
 
 HERE = Path(__file__).resolve().parent
@@ -79,7 +80,7 @@ def assert_same_networks(a: dict, b: dict, tol: float) -> float:
 
 
 def trainer_state(run_dir: Path) -> dict:
-    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["trainer"]
+    return read_checkpoint(run_dir / "checkpoints" / "last.pt")["trainer"]
 
 
 def write_config(path: Path, cfg: dict) -> Path:
@@ -91,7 +92,7 @@ def write_config(path: Path, cfg: dict) -> Path:
 @pytest.mark.parametrize("n, world", [(4, 2), (3, 2), (1, 2), (7, 3), (2, 3), (6, 1)])
 def test_shards_are_contiguous_and_cover_the_global_batch(n, world):
     batch = list(range(10, 10 + n))
-    chunks = [DistributedContext(rank=r, world_size=world).shard(batch) for r in range(world)]
+    chunks = [shard_indices(batch, r, world) for r in range(world)]
     real = [c[: k] for c, k in chunks]
     assert sum(real, []) == batch  # in order: rank r holds the r-th contiguous slice
     assert max(map(len, real)) - min(map(len, real)) <= 1
@@ -119,6 +120,7 @@ def test_single_process_context_does_not_communicate():
     assert ctx.weighted_sum({"a": 2.0}, {"a": 0.5}) == {"a": 2.0}
     assert ctx.on_main(lambda: 3) == 3 and ctx.broadcast_object("x") == "x"
     assert distributed.context() is None  # not under torchrun
+    assert isinstance(ctx, DataParallel) and isinstance(SingleProcess(), DataParallel)  # what the trainer takes
 
 
 def test_distributed_batchnorm_is_batchnorm_in_one_process_and_keeps_state_dict_names():
@@ -138,7 +140,7 @@ def test_threads_per_process_share_the_cpus():
 
 
 def test_nproc_is_refused_inside_torchrun(monkeypatch, tmp_path, capsys):
-    cfg = write_config(tmp_path / "c.toml", {"device": "cpu"})
+    cfg = write_config(tmp_path / "c.toml", {"device": "cpu", "loss_generator": {"name": "conv"}, "objective": {"name": "reconstruction"}})
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["run", str(cfg), "--nproc", "2"]) == 2
@@ -166,7 +168,7 @@ def Toy_initial_generator_weight() -> torch.Tensor:
     finally:
         sys.path.remove(str(HERE))
     torch.manual_seed(0)
-    return Toy().generator.linear.weight.detach()
+    return Toy().loss_generator.linear.weight.detach()
 
 
 # -- whole experiments -----------------------------------------------------------------------------------------
@@ -179,11 +181,11 @@ SEG = {
     "dtype": "float64",
     "data": {"name": "synthetic", "num_images": 7, "height": 32, "width": 32, "crop_size": 24},
     "val_data": {"name": "synthetic", "num_images": 1, "height": 32, "width": 32},
-    "fusion": {"name": "restormer"},
+    "learner": {"name": "restormer"},
     "loss_generator": {"name": "tdfusion"},
-    "task": {"name": "segmentation", "drop_path": 0.0},  # stochastic depth draws per process
+    "objective": {"name": "segmentation", "drop_path": 0.0},  # stochastic depth draws per process
     "meta": {"epochs": 1, "meta_steps": 2, "learner_steps": 0, "outer_lr": 1e-3},
-    "optim": {"fusion_lr": 1e-3, "task_lr": 1e-3},
+    "optim": {"learner_lr": 1e-3, "objective_lr": 1e-3},
     "eval": {"num_images": 1, "metrics": []},
 }
 
@@ -193,11 +195,11 @@ REFUSION = {
     "device": "cpu",
     "data": {"name": "synthetic", "num_images": 10, "height": 32, "width": 32, "crop_size": 24, "task_from_crop": True},
     "val_data": {"name": "synthetic", "num_images": 1, "height": 32, "width": 32},
-    "fusion": {"name": "restormer"},
+    "learner": {"name": "restormer"},
     "loss_generator": {"name": "refusion"},
-    "task": {"name": "reconstruction", "width": 8, "blocks": 1},
+    "objective": {"name": "reconstruction", "width": 8, "blocks": 1},
     "meta": {"epochs": 1, "meta_steps": 2, "learner_steps": 0, "outer_lr": 1e-3},
-    "optim": {"fusion_lr": 1e-3, "task_lr": 1e-3},
+    "optim": {"learner_lr": 1e-3, "objective_lr": 1e-3},
     "eval": {"num_images": 1, "metrics": []},
 }
 

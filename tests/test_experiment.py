@@ -7,7 +7,8 @@ import torch
 
 from metaloss.cli import main
 from metaloss.config import load_config
-from metaloss.experiment import RunError, load_checkpoint, run
+from metaloss.checkpoint import CheckpointError, read_checkpoint
+from metaloss.experiment import RunError, run
 
 pytest.importorskip("segmentation_models_pytorch")
 
@@ -18,11 +19,11 @@ TINY = {
     "device": "cpu",
     "data": {"name": "synthetic", "num_images": 6, "height": 32, "width": 32, "crop_size": 24},
     "val_data": {"name": "synthetic", "num_images": 2, "height": 48, "width": 48},  # metrics need >= 41 px
-    "fusion": {"name": "dense", "width": 4, "growth": 4, "layers": 1},
+    "learner": {"name": "dense", "width": 4, "growth": 4, "layers": 1},
     "loss_generator": {"name": "conv", "width": 4},
-    "task": {"name": "segmentation"},
+    "objective": {"name": "segmentation"},
     "meta": {"epochs": 2, "meta_steps": 2, "learner_steps": 3, "outer_lr": 1e-3},
-    "optim": {"fusion_lr": 1e-3, "task_lr": 1e-3},
+    "optim": {"learner_lr": 1e-3, "objective_lr": 1e-3},
     "eval": {"num_images": 2, "metrics": METRICS},
 }
 
@@ -35,7 +36,7 @@ def tiny(**sections):
 
 
 def params(path):
-    return load_checkpoint(path)["trainer"]
+    return read_checkpoint(path)["trainer"]
 
 
 def test_run_writes_the_run_directory(tmp_path):
@@ -47,7 +48,7 @@ def test_run_writes_the_run_directory(tmp_path):
     phases = [r["phase"] for r in records]
     assert phases.count("meta") == 4 and phases.count("learner") == 6 and phases.count("epoch") == 2
     meta = [r for r in records if r["phase"] == "meta"]
-    assert all(r["generator_grad_norm"] > 0 for r in meta)  # the second-order signal reaches G
+    assert all(r["loss_generator_grad_norm"] > 0 for r in meta)  # the second-order signal reaches G
     assert {"inner_loss", "outer_loss", "objective_loss", "inner_intensity", "inner_gradient"} <= set(meta[0])
     assert summary["epochs"] == 2 and summary["loss_weight_form"] == "linear"
     assert {"task/mIoU", "fusion/EN", "fusion/SD"} <= set(summary["metrics"])
@@ -100,7 +101,7 @@ def test_cli_run_plot_and_resume(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["run", str(cfg), "--out", str(out), "--quiet", "--set", "meta.epochs=1"]) == 0
     assert main(["run", "--resume", str(out), "--quiet", "--set", "meta.epochs=2"]) == 0
-    assert load_checkpoint(out / "checkpoints/last.pt")["trainer"]["epoch"] == 2
+    assert read_checkpoint(out / "checkpoints/last.pt")["trainer"]["epoch"] == 2
     assert main(["plot", str(out)]) == 0
     png = out / "curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
@@ -154,8 +155,8 @@ def _evil_checkpoint(path, marker, like=None):
 def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path):
     marker = tmp_path / "ran"
     evil = _evil_checkpoint(tmp_path / "evil.pt", marker)
-    with pytest.raises(RunError, match="refused to load checkpoint .*evil.pt: it names code to run") as err:
-        load_checkpoint(evil)
+    with pytest.raises(CheckpointError, match="refused to load checkpoint .*evil.pt: it names code to run") as err:
+        read_checkpoint(evil)
     assert "(io.open)" in str(err.value)  # the function the file names
     assert not marker.exists()
 
@@ -168,8 +169,8 @@ def test_fuse_and_resume_refuse_a_crafted_checkpoint(tmp_path, capsys):
     d = tmp_path / "run"
     run(tiny(meta={"epochs": 1, "meta_steps": 1, "learner_steps": 1}), d, quiet=True)
     last = d / "checkpoints" / "last.pt"
-    assert load_checkpoint(last)["trainer"]["rng"]["numpy"][0] == "MT19937"  # numpy's state loads as data
-    _evil_checkpoint(last, marker, like=load_checkpoint(last))
+    assert read_checkpoint(last)["trainer"]["rng"]["numpy"][0] == "MT19937"  # numpy's state loads as data
+    _evil_checkpoint(last, marker, like=read_checkpoint(last))
     img = np.full((48, 48), 128, np.uint8)
     for name in ("ir.png", "vi.png"):
         cv2.imwrite(str(tmp_path / name), img)
@@ -187,25 +188,25 @@ def test_resume_applies_a_lower_learning_rate_after_the_nan_guard_stopped_the_ru
     cfg = tmp_path / "tiny.toml"
     cfg.write_text(tiny().to_toml())
     d = tmp_path / "run"
-    assert main(["run", str(cfg), "--out", str(d), "-q", "--set", "optim.fusion_lr=1e30"]) == 1
+    assert main(["run", str(cfg), "--out", str(d), "-q", "--set", "optim.learner_lr=1e30"]) == 1
     assert "non-finite" in capsys.readouterr().err
-    assert main(["run", "--resume", str(d), "--set", "optim.fusion_lr=1e-3", "--set", "meta.outer_lr=2e-3"]) == 0
+    assert main(["run", "--resume", str(d), "--set", "optim.learner_lr=1e-3", "--set", "meta.outer_lr=2e-3"]) == 0
     err = capsys.readouterr().err
-    assert "optim.fusion_lr: 1e+30 -> 0.001 (applied to the restored optimizer and schedule)" in err
+    assert "optim.learner_lr: 1e+30 -> 0.001 (applied to the restored optimizer and schedule)" in err
     state = params(d / "checkpoints" / "last.pt")
     assert state["epoch"] == 2
     assert all(torch.isfinite(t).all() for t in state["learner"].values())
     fusion_opt, _, outer_opt = state["optimizers"]
     assert fusion_opt["param_groups"][0]["initial_lr"] == 1e-3 and outer_opt["param_groups"][0]["initial_lr"] == 2e-3
     change = [json.loads(line) for line in (d / "log.jsonl").read_text().splitlines() if '"config_change"' in line]
-    assert change[0]["changes"]["optim.fusion_lr"] == [1e30, 1e-3] and change[0]["applied"] == ["meta.outer_lr", "optim.fusion_lr"]
-    assert load_config(d / "config.toml").optim.fusion_lr == 1e-3  # the run's config says what it ran with
+    assert change[0]["changes"]["optim.learner_lr"] == [1e30, 1e-3] and change[0]["applied"] == ["meta.outer_lr", "optim.learner_lr"]
+    assert load_config(d / "config.toml").optim.learner_lr == 1e-3  # the run's config says what it ran with
 
 
 def test_rescheduled_rate_is_where_the_schedule_had_reached(tmp_path):
     d = tmp_path / "run"
     run(tiny(optim={"lr_step": 1, "lr_gamma": 0.5}, meta={"epochs": 1}), d, quiet=True)
-    run(tiny(optim={"lr_step": 1, "lr_gamma": 0.5, "fusion_lr": 4e-3}, meta={"epochs": 2}), d, quiet=True, resume=True)
+    run(tiny(optim={"lr_step": 1, "lr_gamma": 0.5, "learner_lr": 4e-3}, meta={"epochs": 2}), d, quiet=True, resume=True)
     group = params(d / "checkpoints" / "last.pt")["optimizers"][0]["param_groups"][0]
     assert group["lr"] == pytest.approx(4e-3 * 0.5**2)  # base 4e-3, decayed after epochs 1 and 2
 

@@ -24,7 +24,8 @@ import torch
 
 from metaloss.cli import main
 from metaloss.config import load_config
-from metaloss.experiment import RunDirectory, RunError, load_checkpoint, run
+from metaloss.checkpoint import read_checkpoint
+from metaloss.experiment import RunDirectory, RunError, run
 from metaloss.problem import FusionProblem
 
 TINY = {
@@ -33,11 +34,11 @@ TINY = {
     "device": "cpu",
     "data": {"name": "synthetic", "num_images": 6, "height": 24, "width": 24, "crop_size": 16},
     "val_data": {"name": "synthetic", "num_images": 1, "height": 24, "width": 24},
-    "fusion": {"name": "dense", "width": 4, "growth": 4, "layers": 1},
+    "learner": {"name": "dense", "width": 4, "growth": 4, "layers": 1},
     "loss_generator": {"name": "conv", "width": 4},
-    "task": {"name": "reconstruction", "width": 4, "blocks": 1},
+    "objective": {"name": "reconstruction", "width": 4, "blocks": 1},
     "meta": {"epochs": 2, "meta_steps": 2, "learner_steps": 2, "outer_lr": 1e-3},
-    "optim": {"fusion_lr": 1e-3, "task_lr": 1e-3},
+    "optim": {"learner_lr": 1e-3, "objective_lr": 1e-3},
     "eval": {"num_images": 1, "metrics": []},
 }
 NETS = ("learner", "generator", "objective")
@@ -59,7 +60,7 @@ def write_config(path: Path, **sections) -> Path:
 
 
 def trainer_state(run_dir: Path) -> dict:
-    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["trainer"]
+    return read_checkpoint(run_dir / "checkpoints" / "last.pt")["trainer"]
 
 
 def assert_same_parameters(a: dict, b: dict) -> None:
@@ -117,23 +118,23 @@ def test_a_checkpoint_of_another_architecture_is_refused_and_left_alone(tmp_path
     out = tmp_path / "run"
     assert main(["run", str(cfg), "--out", str(out), "-q"]) == 0
     before = (out / "checkpoints" / "last.pt").read_bytes()
-    assert main(["run", "--resume", str(out), "-q", "--set", "fusion.width=8", "--set", "meta.epochs=2"]) == 1
+    assert main(["run", "--resume", str(out), "-q", "--set", "learner.width=8", "--set", "meta.epochs=2"]) == 1
     err = capsys.readouterr().err
     assert f"checkpoint {out / 'checkpoints' / 'last.pt'} does not fit this config" in err
     assert "'width': 4" in err and "'width': 8" in err and "size mismatch" in err
     assert (out / "checkpoints" / "last.pt").read_bytes() == before
     # the fusion command refuses it too, naming the file
-    from metaloss.inference import InferenceError, load_model
+    from metaloss.deploy import InferenceError, load_model
 
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
-    state["config"]["fusion"] = {"name": "restormer"}
+    state["config"]["learner"] = {"name": "restormer"}
     torch.save(state, tmp_path / "other.pt")
     with pytest.raises(InferenceError, match=r"other\.pt: cannot build its fusion network"):
         load_model(tmp_path / "other.pt")
 
 
 def test_a_truncated_or_empty_checkpoint_is_a_clear_error(tmp_path):
-    from metaloss.inference import InferenceError, load_model
+    from metaloss.deploy import InferenceError, load_model
 
     out = tmp_path / "run"
     run(tiny(), out, quiet=True)
@@ -175,11 +176,11 @@ def test_nan_stops_the_run_naming_network_and_loss_and_keeps_the_last_good_check
     poison_outer_loss(monkeypatch, {4})  # epoch 2, meta-step 2
     assert main(["run", str(cfg), "--out", str(out), "-q"]) == 1
     err = capsys.readouterr().err
-    assert "non-finite outer loss of the loss_generator network" in err and "epoch 2, meta step 2" in err
+    assert "non-finite outer loss of the loss generator" in err and "epoch 2, meta step 2" in err
     assert "holds the last good state (epoch 1)" in err and f"metaloss run --resume {out}" in err
     (record,) = [r for r in records(out) if r["phase"] == "nonfinite"]
-    assert (record["network"], record["loss"], record["action"]) == ("loss_generator", "outer", "stop")
-    assert_same_parameters(trainer_state(out), load_checkpoint(out / "checkpoints" / "epoch_001.pt")["trainer"])
+    assert (record["role"], record["loss"], record["action"]) == ("loss_generator", "outer", "stop")
+    assert_same_parameters(trainer_state(out), read_checkpoint(out / "checkpoints" / "epoch_001.pt")["trainer"])
     assert not (out / "checkpoints" / "epoch_002.pt").exists() and not temporary_files(out)
     monkeypatch.undo()  # the fault is gone: the run continues from the last good state
     assert main(["run", "--resume", str(out), "-q"]) == 0
@@ -193,14 +194,14 @@ def test_nan_with_skip_drops_the_batch_and_finishes(tmp_path, monkeypatch, capsy
     assert main(["run", str(cfg), "--out", str(out), "-q"]) == 0
     skipped = [r for r in records(out) if r["phase"] == "nonfinite"]
     assert [(r["epoch"], r["step"], r["action"]) for r in skipped] == [(1, 1, "skip"), (2, 1, "skip")]
-    assert all(r["network"] == "loss_generator" and r["loss"] == "outer" for r in skipped)
+    assert all(r["role"] == "loss_generator" and r["loss"] == "outer" for r in skipped)
     state = trainer_state(out)
     assert state["epoch"] == 2 and all(torch.isfinite(v).all() for net in NETS for v in state[net].values())
     # two in a row is one more than allowed
     monkeypatch.undo()
     poison_outer_loss(monkeypatch, {1, 2})
     assert main(["run", str(cfg), "--out", str(tmp_path / "run2"), "-q"]) == 1
-    assert "2 batches in a row were non-finite (guard.max_consecutive_skips = 1)" in capsys.readouterr().err
+    assert "2 batches in a row were non-finite (max_consecutive_skips = 1)" in capsys.readouterr().err
 
 
 # -- interruptions ------------------------------------------------------------------------------------------------

@@ -10,7 +10,9 @@ import torch
 import metaloss.pretrained as pretrained
 from metaloss.fuse_cli import main
 from metaloss.data.images import compose, load_pair
-from metaloss.inference import fuse_pair, load_model, stretch, write_checkpoint
+from metaloss.checkpoint import write_model_checkpoint
+from metaloss.data.images import stretch
+from metaloss.deploy import fuse_pair, load_model
 from metaloss.models.conv_generator import ConvLossGenerator
 from metaloss.models.dense import DenseFusion
 
@@ -30,7 +32,7 @@ def _colour(seed):
 @pytest.fixture
 def ckpt(tmp_path):
     torch.manual_seed(0)
-    return write_checkpoint(tmp_path / "ck.pt", DenseFusion(width=4, growth=4, layers=2), DENSE, ConvLossGenerator(width=4), {"name": "conv", "width": 4})
+    return write_model_checkpoint(tmp_path / "ck.pt", DenseFusion(width=4, growth=4, layers=2), DENSE, ConvLossGenerator(width=4), {"name": "conv", "width": 4})
 
 
 @pytest.fixture
@@ -89,7 +91,7 @@ def test_stretch_default_is_the_models_own(tmp_path):
     cv2.imwrite(str(tmp_path / "ir.png"), _gray(0))
     cv2.imwrite(str(tmp_path / "vi.png"), _gray(1))
     torch.manual_seed(0)
-    plain = write_checkpoint(tmp_path / "plain.pt", DenseFusion(width=4, growth=4, layers=2), DENSE, stretch=False)
+    plain = write_model_checkpoint(tmp_path / "plain.pt", DenseFusion(width=4, growth=4, layers=2), DENSE, stretch=False)
     assert load_model(plain).stretch is False
     args = ["-c", str(plain), "--ir", str(tmp_path / "ir.png"), "--vi", str(tmp_path / "vi.png"), "-q"]
     assert main([*args, "--out", str(tmp_path / "d")]) == 0
@@ -140,7 +142,7 @@ def test_save_weights_with_gradient_maps(tmp_path):
 
     torch.manual_seed(0)
     options = {"dim": 8, "heads": 2, "blocks_per_modality": 1, "fused_blocks": 1}
-    ck = write_checkpoint(tmp_path / "ck.pt", DenseFusion(width=4, growth=4, layers=2), DENSE, ReFusionLossGenerator(**options), {"name": "refusion", **options})
+    ck = write_model_checkpoint(tmp_path / "ck.pt", DenseFusion(width=4, growth=4, layers=2), DENSE, ReFusionLossGenerator(**options), {"name": "refusion", **options})
     cv2.imwrite(str(tmp_path / "ir.png"), _gray(0))
     cv2.imwrite(str(tmp_path / "vi.png"), _gray(1))
     out = tmp_path / "out"
@@ -164,7 +166,7 @@ def test_tiling_options(tmp_path, ckpt):
 
 
 def test_checkpoint_from_a_metaloss_run(tmp_path):
-    from tests.test_inference import run_tiny_experiment
+    from tests.deploy.test_fuse import run_tiny_experiment
 
     last = run_tiny_experiment(tmp_path / "run")
     cv2.imwrite(str(tmp_path / "ir.png"), _gray(0))
@@ -237,7 +239,7 @@ def test_exact_tiling_of_a_restormer_matches_whole_image(tmp_path, capsys):
 
     torch.manual_seed(0)
     options = {"dim": 8, "heads": 2, "blocks_per_modality": 1, "fused_blocks": 1}
-    ck = write_checkpoint(tmp_path / "r.pt", RestormerFusion(**options), {"name": "restormer", **options})
+    ck = write_model_checkpoint(tmp_path / "r.pt", RestormerFusion(**options), {"name": "restormer", **options})
     cv2.imwrite(str(tmp_path / "ir.png"), _gray(0))
     cv2.imwrite(str(tmp_path / "vi.png"), _colour(1))
     args = ["-c", str(ck), "--ir", str(tmp_path / "ir.png"), "--vi", str(tmp_path / "vi.png")]
@@ -252,7 +254,7 @@ def test_engines_agree_and_fast_needs_a_restormer(tmp_path, ckpt, capsys):
 
     torch.manual_seed(0)
     options = {"dim": 8, "heads": 2, "blocks_per_modality": 1, "fused_blocks": 1}
-    ck = write_checkpoint(tmp_path / "r.pt", RestormerFusion(**options), {"name": "restormer", **options})
+    ck = write_model_checkpoint(tmp_path / "r.pt", RestormerFusion(**options), {"name": "restormer", **options})
     cv2.imwrite(str(tmp_path / "ir.png"), _gray(0))
     cv2.imwrite(str(tmp_path / "vi.png"), _colour(1))
     args = ["--ir", str(tmp_path / "ir.png"), "--vi", str(tmp_path / "vi.png"), "-q", "--no-stretch"]
@@ -267,12 +269,12 @@ def test_engines_agree_and_fast_needs_a_restormer(tmp_path, ckpt, capsys):
 
 def test_threads_option(tmp_path, monkeypatch, capsys):
     """--threads sets PyTorch's thread count, which the fast engine runs as that many band workers."""
-    import metaloss.nn.restormer_fast as fast_module
+    import metaloss.deploy.engine as fast_module
     from metaloss.models.restormer import RestormerFusion
 
     torch.manual_seed(0)
     options = {"dim": 8, "heads": 2, "blocks_per_modality": 1, "fused_blocks": 1}
-    ck = write_checkpoint(tmp_path / "r.pt", RestormerFusion(**options), {"name": "restormer", **options})
+    ck = write_model_checkpoint(tmp_path / "r.pt", RestormerFusion(**options), {"name": "restormer", **options})
     cv2.imwrite(str(tmp_path / "ir.png"), cv2.resize(_gray(0), (W, 4 * H)))  # 160 rows: ten 16-row bands
     cv2.imwrite(str(tmp_path / "vi.png"), cv2.resize(_gray(1), (W, 4 * H)))
     args = ["-c", str(ck), "--ir", str(tmp_path / "ir.png"), "--vi", str(tmp_path / "vi.png"), "-q"]

@@ -10,7 +10,7 @@ import torch
 import metaloss.pretrained as pretrained
 from metaloss import metrics
 from metaloss.data.images import load_pair
-from metaloss.inference import fuse_images, load_model
+from metaloss.deploy import fuse_images, load_model
 
 # Plain averaging of the two sources (cddfuse profile): tno25 VIF 0.573, Qabf 0.356 (docs/pretrained.md).
 AVERAGE_TNO = {"VIF": 0.573, "Qabf": 0.356}

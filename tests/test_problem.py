@@ -6,10 +6,12 @@ from metaloss.data.synthetic import SyntheticScenes
 from metaloss.models.conv_generator import ConvLossGenerator
 from metaloss.models.dense import DenseFusion
 from metaloss.problem import FusionProblem
+from metaloss_tdfusion.segmentation import SegmentationTask
 
 
 class Seg(torch.nn.Module):
     targets = ("mask",)
+    view_targets = SegmentationTask.view_targets  # masks follow the images
 
 
 def problem(**kw):
@@ -53,11 +55,70 @@ def test_task_from_crop_crops_masks_with_the_images():
     assert torch.equal(out["task_ir"], out["ir"]) and out["mask"].shape == (1, 16, 16)
 
 
+# -- targets follow the task's images through the task's hook ------------------------------------------------
+class Keypoints(torch.nn.Module):
+    """A third-party task with a target type of its own: ``keypoints`` [B, K, 2] = (row, col) in pixels."""
+
+    targets = ("keypoints",)
+
+    def view_targets(self, targets, view):
+        points = targets["keypoints"].clone()
+        if view.crop is not None:
+            points -= points.new_tensor(view.crop[:2])
+        base = view.crop[2:] if view.crop is not None else view.image_size
+        points *= points.new_tensor([view.size[0] / base[0], view.size[1] / base[1]])
+        return {"keypoints": torch.cat([points] * view.repeat)}
+
+
+def test_a_third_party_target_type_goes_through_its_task_s_hook():
+    b = batch()
+    b["keypoints"] = torch.tensor([[[10.0, 20.0]], [[30.0, 40.0]]])
+    p = FusionProblem(DenseFusion(4, 4, 1), ConvLossGenerator(4), Keypoints(), crop_size=24, task_size=(20, 28))
+    out = p.prepare_batch(b, torch.Generator().manual_seed(0))
+    assert "mask" not in out and "boxes" not in out  # the dataset's other targets: not the task's
+    assert torch.equal(out["keypoints"], torch.tensor([[[5.0, 10.0]], [[15.0, 20.0]]] * 2))  # resized, swapped
+    crop = FusionProblem(DenseFusion(4, 4, 1), ConvLossGenerator(4), Keypoints(), crop_size=16, task_from_crop=True,
+                         swap_modalities=False).prepare_batch(b, torch.Generator().manual_seed(1))
+    ir, window = b["ir"][0, 0], crop["task_ir"][0, 0]
+    (top, left), = [(t, l) for t in range(40 - 15) for l in range(56 - 15) if torch.equal(ir[t : t + 16, l : l + 16], window)]
+    assert torch.equal(crop["keypoints"], b["keypoints"] - torch.tensor([float(top), float(left)]))
+
+
+def test_targets_without_a_hook_are_repeated_and_refused_where_the_images_change_size():
+    class Counts(torch.nn.Module):  # a target without spatial layout; no hook needed
+        targets = ("count", "mask")
+
+    b = batch()
+    b["count"] = torch.tensor([3, 5])
+    out = FusionProblem(DenseFusion(4, 4, 1), ConvLossGenerator(4), Counts(), crop_size=24).prepare_batch(b, torch.Generator())
+    assert torch.equal(out["count"], torch.tensor([3, 5, 3, 5])) and torch.equal(out["mask"], torch.cat([b["mask"]] * 2))
+    with pytest.raises(ValueError, match=r"target 'mask' \[2, 40, 56\] has the images' size.*view_targets"):
+        FusionProblem(DenseFusion(4, 4, 1), ConvLossGenerator(4), Counts(), task_size=(20, 28)).prepare_batch(b, torch.Generator())
+
+
+def test_detection_boxes_are_repeated_with_shifted_image_indices_and_not_cropped():
+    from metaloss_tdfusion.detection import DetectionTask
+
+    class Det(torch.nn.Module):
+        targets = ("boxes",)
+        view_targets = DetectionTask.view_targets
+
+    b = batch()
+    out = FusionProblem(DenseFusion(4, 4, 1), ConvLossGenerator(4), Det(), crop_size=24, task_size=(32, 48)).prepare_batch(
+        b, torch.Generator())
+    n = len(b["boxes"])
+    assert torch.equal(out["boxes"][:n], b["boxes"]) and torch.equal(out["boxes"][n:, 0], b["boxes"][:, 0] + 2)
+    with pytest.raises(ValueError, match="cannot crop detection boxes"):
+        FusionProblem(DenseFusion(4, 4, 1), ConvLossGenerator(4), Det(), crop_size=24, task_from_crop=True).prepare_batch(
+            b, torch.Generator())
+
+
 # -- performance switches of the meta-step: same meta-gradient -------------------------------------------------
 class PixelTask(torch.nn.Module):
     """A 1x1-conv 'segmentation' head with cross-entropy: the smallest objective network."""
 
     targets = ("mask",)
+    view_targets = SegmentationTask.view_targets
 
     def __init__(self, classes=3):
         super().__init__()
@@ -99,7 +160,7 @@ def meta_grad(method, steps=1, truncate=0, **kw):
 def test_inner_loss_is_the_loss_of_the_learner_output():
     p, train, _ = restormer_problem()
     params = dict(p.learner.named_parameters())
-    assert torch.equal(p.inner_loss(params, train), p.inner_loss_from_output(p.learner_output(params, train), train))
+    assert torch.equal(p.inner_loss(params, train).total, p.inner_loss_from_output(p.learner_output(params, train), train).total)
 
 
 @pytest.mark.parametrize("steps,truncate", [(1, 0), (2, 1)])

@@ -88,13 +88,13 @@ def test_a_plugin_that_raises_on_import_is_a_clear_error_everywhere(monkeypatch,
     with pytest.raises(registry.PluginImportError, match=r"tasks plugin 'exploding' \(exploding_plugin:Task\) failed to import: RuntimeError: boom at import"):
         registry.load("tasks", "exploding")
     with pytest.raises(ConfigError) as info:
-        load_config({"task": {"name": "exploding"}})
-    assert "task.name" in str(info.value) and "boom at import" in str(info.value)
+        load_config({"loss_generator": {"name": "conv"}, "objective": {"name": "exploding"}})
+    assert "objective.name" in str(info.value) and "boom at import" in str(info.value)
     cfg = tmp_path / "exp.toml"
-    cfg.write_text("[task]\nname = 'exploding'\n")
+    cfg.write_text("[loss_generator]\nname = 'conv'\n[objective]\nname = 'exploding'\n")
     assert main(["run", str(cfg), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
-    assert str(cfg) in err and "task.name" in err and "RuntimeError: boom at import" in err
+    assert str(cfg) in err and "objective.name" in err and "RuntimeError: boom at import" in err
     assert not (tmp_path / "run").exists()  # nothing written
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
@@ -122,15 +122,15 @@ def test_a_name_two_distributions_register_is_refused_until_the_config_names_one
         with pytest.raises(registry.UnknownPluginError, match=rf"'{wrong}'; available: metaloss-edges:edges, other-plugins:edges$"):
             registry.load("tasks", wrong)
 
-    with pytest.raises(ConfigError, match=r"task\.name: tasks plugin 'edges' is registered by 2 distributions"):
-        load_config({"task": {"name": "edges"}})
-    cfg = load_config({"task": {"name": "other-plugins:edges"}})
+    with pytest.raises(ConfigError, match=r"objective\.name: tasks plugin 'edges' is registered by 2 distributions"):
+        load_config({"loss_generator": {"name": "conv"}, "objective": {"name": "edges"}})
+    cfg = load_config({"loss_generator": {"name": "conv"}, "objective": {"name": "other-plugins:edges"}})
     assert 'name = "other-plugins:edges"' in cfg.to_toml()
     path = tmp_path / "exp.toml"
-    path.write_text("[task]\nname = 'edges'\n")
+    path.write_text("[loss_generator]\nname = 'conv'\n[objective]\nname = 'edges'\n")
     assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
-    assert "task.name" in err and "metaloss-edges:edges" in err and "other-plugins:edges" in err
+    assert "objective.name" in err and "metaloss-edges:edges" in err and "other-plugins:edges" in err
     assert not (tmp_path / "run").exists()
 
 

@@ -62,7 +62,7 @@ def test_generated_files_are_complete_and_valid():
         "metaloss.datasets": {"edge_aware": "metaloss_edge_aware.dataset:EdgeAwareDataset"},
     }
     experiment = tomllib.loads(files["edge_aware.toml"])
-    assert {experiment[s]["name"] for s in ("data", "val_data", "fusion", "loss_generator", "task")} == {"edge_aware"}
+    assert {experiment[s]["name"] for s in ("data", "val_data", "learner", "loss_generator", "objective")} == {"edge_aware"}
 
 
 def test_cli_creates_the_package_and_refuses_to_overwrite(tmp_path, capsys):
@@ -125,7 +125,7 @@ def test_scaffolded_package_registers_and_runs(scaffolded, plugin_env, tmp_path)
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert {"task/mIoU", "task/pixel_accuracy", "fusion/EN"} <= set(summary["metrics"])
     config = tomllib.loads((out / "config.toml").read_text(encoding="utf-8"))
-    assert config["task"] == {"name": "myplug", "width": 16, "ignore_index": 255}  # num_classes: from the dataset
-    assert summary["parameters"]["task"] == (9 * 16 + 16) + (9 * 16 * 16 + 16) + (16 * 2 + 2)  # 2 classes
-    assert all(json.loads(line)["generator_grad_norm"] > 0 for line in (out / "log.jsonl").read_text().splitlines()
+    assert config["objective"] == {"name": "myplug", "width": 16, "ignore_index": 255}  # num_classes: from the dataset
+    assert summary["parameters"]["objective"] == (9 * 16 + 16) + (9 * 16 * 16 + 16) + (16 * 2 + 2)  # 2 classes
+    assert all(json.loads(line)["loss_generator_grad_norm"] > 0 for line in (out / "log.jsonl").read_text().splitlines()
                if json.loads(line)["phase"] == "meta")

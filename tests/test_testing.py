@@ -387,6 +387,31 @@ class Accuracy:
 
 def test_the_reference_mini_task_passes():
     testing.check_task(Task())
+
+
+def test_a_task_with_its_own_label_key_is_checked_on_a_batch_that_has_it():
+    """Targets are the plugin's business (the core crops and resizes them through its hook): any key."""
+
+    class MaskAsLabels(Task):
+        targets = ("labels",)
+
+        def loss(self, outputs, batch):
+            return F.cross_entropy(outputs, batch["labels"])
+
+        def evaluator(self):
+            return _LabelsAccuracy()
+
+    batch = testing.synthetic_batch((2, 32, 32), targets=("mask",))
+    batch["labels"] = batch["mask"]
+    with pytest.raises(PluginContractError, match=r"\['labels'\] that the batch given does not carry"):
+        testing.check_task(MaskAsLabels(), batch=testing.synthetic_batch((2, 32, 32), targets=("mask",)))
+    testing.check_task(MaskAsLabels(), batch=batch)
+
+
+class _LabelsAccuracy(Accuracy):
+    def update(self, outputs, batch):
+        self.right += int((outputs.argmax(1) == batch["labels"]).sum())
+        self.total += batch["labels"].numel()
     assert testing.check_meta_gradient(Generator(), task=Task()).norm > 0
 
 
@@ -448,7 +473,7 @@ class MissingLabel(Task):
         (PythonFloatLoss(), r"must return a 0-dim floating tensor \(a scalar\); got float"),
         (DetachedLoss(), r"does not require grad"),
         (IgnoresInput(), r"not differentiable w\.r\.t\. the fused image"),
-        (UnknownTarget(), r"unknown label key\(s\) \['labels'\]"),
+        (UnknownTarget(), r"label key\(s\) \['labels'\] that synthetic batches do not have"),
         (MissingLabel(), r"loss\(outputs, batch\) raised KeyError: 'mask' \(batch keys"),
         (TensorMetrics(), r"plain Python numbers"),
         (SharedEvaluator(), r"fresh evaluator"),

@@ -31,6 +31,7 @@ from torch import Tensor
 import torch.autograd.forward_ad as fwAD
 
 from metaloss.meta.inner import buffer_copies, inner_update, trainable_params
+from metaloss.meta.loss import FirstLoss
 from metaloss.protocols import ParamDict
 
 __all__ = ["SplitInnerLoss", "jvp_applies", "supports_jvp"]
@@ -41,11 +42,12 @@ class SplitInnerLoss(Protocol):
     """A ``MetaProblem`` whose inner loss is a loss of the learner's output:
     ``inner_loss(p, batch) == inner_loss_from_output(learner_output(p, batch), batch)``, where
     ``learner_output`` depends on the learner's parameters only (not on the loss generator) and
-    ``inner_loss_from_output`` on the learner only through its ``output`` argument."""
+    ``inner_loss_from_output`` on the learner only through its ``output`` argument (both losses: a
+    tensor or a ``metaloss.meta.loss.Loss``)."""
 
     def learner_output(self, learner_params: ParamDict, batch: Any) -> Tensor: ...
 
-    def inner_loss_from_output(self, output: Tensor, batch: Any) -> Tensor: ...
+    def inner_loss_from_output(self, output: Tensor, batch: Any) -> Any: ...
 
 
 def supports_jvp(problem: Any) -> bool:
@@ -72,9 +74,9 @@ def tracked_step(
     inner_lr: float,
     inner_steps: int,
     train_scale: float,
-    inner_values: list[float],
+    first: FirstLoss,
 ) -> tuple[ParamDict, ParamDict, Tensor, Tensor]:
-    """The inner update without second-order graph.
+    """The inner update without second-order graph; ``first`` records the first inner loss.
 
     Returns ``(theta0, theta1, u, y)``: the parameters before the tracked step (after the untracked
     ones), the updated parameters as fresh leaves that require grad, ``u = dl/dy`` with its graph to
@@ -85,8 +87,7 @@ def tracked_step(
     if inner_steps > 1:  # the untracked steps, as truncation takes them
 
         def untracked(p: ParamDict) -> Tensor:
-            loss = problem.inner_loss(p, train_batch)  # type: ignore[attr-defined]
-            inner_values.append(float(loss.detach()))
+            loss = first.total(problem.inner_loss(p, train_batch))  # type: ignore[attr-defined]
             return loss * train_scale if train_scale != 1.0 else loss
 
         theta0 = inner_update(learner, untracked, inner_lr, steps=inner_steps - 1, create_graph=False)
@@ -95,8 +96,7 @@ def tracked_step(
     leaves = {n: p.clone().requires_grad_(True) for n, p in theta0.items()}
     y = problem.learner_output({**leaves, **buffer_copies(learner)}, train_batch)
     y_in = y.detach().requires_grad_(True)
-    loss = problem.inner_loss_from_output(y_in, train_batch)
-    inner_values.append(float(loss.detach()))
+    loss = first.total(problem.inner_loss_from_output(y_in, train_batch))
     if train_scale != 1.0:
         loss = loss * train_scale
     (u,) = torch.autograd.grad(loss, y_in, create_graph=True)

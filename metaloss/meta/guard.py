@@ -6,28 +6,29 @@ process of a distributed run has taken part in any gradient reduction) and *befo
 step; a failed check raises :class:`NonFiniteError`, which names the network, the loss and what was
 not finite.  The trainer then skips the batch or stops the run (``[guard]`` in the config).
 
-Networks are named by their role in the engine (``learner``, ``generator``, ``objective``) and by the
-config section that builds them in an image-fusion run (``fusion``, ``loss_generator``, ``task``).
+Networks are named by their role in the engine: ``learner``, ``loss_generator``, ``objective``
+(:data:`ROLES`, which are also the attribute names of a ``MetaProblem`` and the config sections that
+build them in an image-fusion run).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["NETWORKS", "NonFiniteError", "NonFiniteStop", "check_grads", "check_loss", "check_params", "is_finite"]
+__all__ = ["ROLES", "NonFiniteError", "NonFiniteStop", "check_grads", "check_loss", "check_params", "is_finite"]
 
-#: config-section name of each role, as logs and messages show it
-NETWORKS = {"learner": "fusion", "generator": "loss_generator", "objective": "task"}
+#: the three networks of the engine, by role
+ROLES = ("learner", "loss_generator", "objective")
 
 
 class NonFiniteError(FloatingPointError):
     """A loss or gradient held NaN or Inf; nothing was stepped with it.
 
-    ``role``: learner / generator / objective; ``network``: fusion / loss_generator / task;
+    ``role``: learner / loss_generator / objective (:data:`ROLES`);
     ``loss``: inner / objective / outer / learner; ``kind``: "loss", "gradient" or "parameters";
     ``detail``: the value, or the first parameter with a non-finite gradient.  ``stepped``: the roles
     whose optimizer step of this batch had already been taken (the learner step precedes the
@@ -37,19 +38,17 @@ class NonFiniteError(FloatingPointError):
     def __init__(self, role: str, loss: str, kind: str, detail: str = ""):
         self.role, self.loss, self.kind, self.detail = role, loss, kind, detail
         self.stepped: tuple[str, ...] = ()
-        self.network = NETWORKS.get(role, role)
         what = f"{loss} loss" if kind == "loss" else f"{kind} of the {loss} loss" if kind == "gradient" else kind
-        super().__init__(f"non-finite {what} of the {self.network} network" + (f" ({detail})" if detail else ""))
+        super().__init__(f"non-finite {what} of the {role.replace('_', ' ')}" + (f" ({detail})" if detail else ""))
 
-    def record(self) -> dict[str, str]:
+    def record(self) -> dict[str, Any]:
         """The fields a log record carries."""
         return {
-            "network": self.network,
             "role": self.role,
             "loss": self.loss,
             "kind": self.kind,
             "detail": self.detail,
-            "stepped": [NETWORKS.get(r, r) for r in self.stepped],
+            "stepped": list(self.stepped),
         }
 
 

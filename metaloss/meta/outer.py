@@ -35,9 +35,9 @@ class MaxAbsSGD(torch.optim.Optimizer):
 
 
 def make_outer_optimizer(
-    generator: nn.Module, kind: Literal["adam", "maxabs_sgd"], lr: float
+    loss_generator: nn.Module, kind: Literal["adam", "maxabs_sgd"], lr: float
 ) -> torch.optim.Optimizer:
-    params = [p for p in generator.parameters() if p.requires_grad]
+    params = [p for p in loss_generator.parameters() if p.requires_grad]
     if kind == "adam":
         return torch.optim.Adam(params, lr=lr)
     if kind == "maxabs_sgd":

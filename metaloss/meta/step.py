@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from metaloss.meta.inner import Backend, GradHook, buffer_copies, inner_update, trainable_params
 from metaloss.meta import forward_mode
 from metaloss.meta.guard import NonFiniteError, check_grads, check_loss
+from metaloss.meta.loss import FirstLoss, split_loss
 from metaloss.protocols import ParamDict
 
 
@@ -52,22 +53,23 @@ def resolve_method(
 
 @runtime_checkable
 class MetaProblem(Protocol):
-    """A learner trained by a learned loss (the generator), judged by an objective.
+    """A learner trained by a learned loss (the loss generator's), judged by an objective.
 
-    ``learner`` (F), ``generator`` (G) and ``objective`` (T, or None when the outer loss needs no
+    ``learner`` (F), ``loss_generator`` (G) and ``objective`` (T, or None when the outer loss needs no
     network of its own).  The three losses take parameter dicts for ``functional_call``:
 
-    - ``inner_loss(learner_params, batch)``: the learned loss; depends on the generator (graph to phi).
+    - ``inner_loss(learner_params, batch)``: the learned loss; depends on the loss generator (graph to
+      phi).  A scalar tensor, or a ``metaloss.meta.loss.Loss`` (``total`` and named ``terms``, logged).
     - ``objective_loss(objective_params, learner_params, batch)``: the objective network's own loss on
       the learner's output, which it must detach.
     - ``outer_loss(learner_params, objective_params, batch)``: the meta-objective.
     """
 
     learner: nn.Module
-    generator: nn.Module
+    loss_generator: nn.Module
     objective: nn.Module | None
 
-    def inner_loss(self, learner_params: ParamDict, batch: Any) -> Tensor: ...
+    def inner_loss(self, learner_params: ParamDict, batch: Any) -> Any: ...
 
     def objective_loss(self, objective_params: ParamDict, learner_params: ParamDict, batch: Any) -> Tensor: ...
 
@@ -76,11 +78,24 @@ class MetaProblem(Protocol):
 
 @dataclass
 class MetaStepResult:
+    """The losses of a meta-step: the inner loss at the learner's current parameters (the first inner
+    step) and its ``inner_terms``, the objective's look-ahead loss, the outer loss, and the norm of the
+    loss generator's meta-gradient."""
+
     inner_loss: float
     outer_loss: float
     objective_loss: float | None = None
-    generator_grad_norm: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
+    loss_generator_grad_norm: float = 0.0
+    inner_terms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class LearnerStepResult:
+    """The losses of a learner step: the learned loss and its terms, and the objective's own loss."""
+
+    learner_loss: float
+    objective_loss: float | None = None
+    learner_terms: dict[str, float] = field(default_factory=dict)
 
 
 @contextlib.contextmanager
@@ -114,7 +129,7 @@ def meta_gradient(
     test_scale: float = 1.0,
     method: MetaGradientMethod | None = None,
 ) -> tuple[list[Tensor], MetaStepResult]:
-    """grad_phi L_outer for the generator's trainable parameters (their order), and the losses.
+    """grad_phi L_outer for the loss generator's trainable parameters (their order), and the losses.
 
     Data parallelism (``metaloss.distributed``): the losses on the meta-train batch (inner loss and
     the objective's look-ahead loss) are multiplied by ``train_scale``, the outer loss by
@@ -126,14 +141,13 @@ def meta_gradient(
 
     ``method``: see ``MetaGradientMethod``; both methods give the same gradient up to float rounding.
     """
-    gen_params = [p for p in problem.generator.parameters() if p.requires_grad]
+    gen_params = [p for p in problem.loss_generator.parameters() if p.requires_grad]
     if not gen_params:
         raise ValueError("the loss generator has no parameter that requires grad")
-    inner_values: list[float] = []
+    first = FirstLoss()  # the reported inner loss and its terms: the first step's
 
     def inner_fn(p: ParamDict) -> Tensor:
-        loss = problem.inner_loss(p, train_batch)
-        inner_values.append(float(loss.detach()))
+        loss = first.total(problem.inner_loss(p, train_batch))
         return loss * train_scale if train_scale != 1.0 else loss
 
     how = resolve_method(
@@ -146,7 +160,7 @@ def meta_gradient(
             inner_lr=inner_lr,
             inner_steps=inner_steps,
             train_scale=train_scale,
-            inner_values=inner_values,
+            first=first,
         )
         tracked = dict(learner_new)
     else:
@@ -169,7 +183,7 @@ def meta_gradient(
             # with buffer copies: the learner's batch-norm statistics must not drift in a meta-step
             learner_now = {n: p.detach() for n, p in problem.learner.named_parameters()}
             learner_now.update(buffer_copies(problem.learner))
-            with frozen(problem.generator):
+            with frozen(problem.loss_generator):
                 values: list[float] = []
 
                 def objective_fn(q: ParamDict) -> Tensor:
@@ -197,11 +211,13 @@ def meta_gradient(
         grads = torch.autograd.grad(scaled_outer, gen_params, allow_unused=True)
     grads = [torch.zeros_like(p) if g is None else g for p, g in zip(gen_params, grads)]
     norm = _norm(grads)
+    assert first.value is not None
     return grads, MetaStepResult(
-        inner_loss=inner_values[0],
+        inner_loss=first.value,
         outer_loss=float(outer.detach()),
         objective_loss=objective_value,
-        generator_grad_norm=norm,
+        loss_generator_grad_norm=norm,
+        inner_terms=first.terms,
     )
 
 
@@ -229,11 +245,11 @@ def meta_step(
     """One meta-step: compute the meta-gradient and step the loss generator's optimizer.
 
     ``grad_hook`` sees the gradients before the step and may change them in place (e.g. to all-reduce
-    them across processes; ``generator_grad_norm`` is then the norm of the changed gradients).
+    them across processes; ``loss_generator_grad_norm`` is then the norm of the changed gradients).
     ``inner_grad_hook``, ``train_scale``, ``test_scale`` and ``method``: see ``meta_gradient``.
-    Only the generator's parameters change; the learner's and objective's parameters and buffers don't.
-    A NaN or Inf in a loss or in the gradients raises ``metaloss.meta.guard.NonFiniteError`` before
-    the step, leaving the generator and its optimizer untouched.
+    Only the loss generator's parameters change; the learner's and objective's parameters and buffers
+    don't.  A NaN or Inf in a loss or in the gradients raises ``metaloss.meta.guard.NonFiniteError``
+    before the step, leaving the loss generator and its optimizer untouched.
     """
     grads, result = meta_gradient(
         problem,
@@ -251,13 +267,13 @@ def meta_step(
     )
     if grad_hook is not None:
         grad_hook(grads)
-        result.generator_grad_norm = _norm(grads)
+        result.loss_generator_grad_norm = _norm(grads)
     # finiteness before the step (after grad_hook, so all processes of a distributed run agree)
     check_loss(result.inner_loss, "learner", "inner")
     check_loss(result.objective_loss, "objective", "objective")
-    check_loss(result.outer_loss, "generator", "outer")
-    gen_named = [(n, p) for n, p in problem.generator.named_parameters() if p.requires_grad]
-    check_grads(grads, "generator", "outer", [n for n, _ in gen_named])
+    check_loss(result.outer_loss, "loss_generator", "outer")
+    gen_named = [(n, p) for n, p in problem.loss_generator.named_parameters() if p.requires_grad]
+    check_grads(grads, "loss_generator", "outer", [n for n, _ in gen_named])
     gen_params = [p for _, p in gen_named]
     outer_optimizer.zero_grad(set_to_none=True)
     for p, g in zip(gen_params, grads):
@@ -275,9 +291,9 @@ def learner_step(
     *,
     loss_scale: float = 1.0,
     grad_hook: Callable[[list[Tensor]], None] | None = None,
-) -> tuple[float, float | None]:
-    """One step of the learner on the current learned loss (generator frozen), then one of the objective
-    network on its own loss with the learner's output detached.  Returns both losses.
+) -> LearnerStepResult:
+    """One step of the learner on the current learned loss (loss generator frozen), then one of the
+    objective network on its own loss with the learner's output detached.  Returns both losses.
 
     Each of the two optimizer steps is taken only when its loss and gradients are finite; otherwise
     ``NonFiniteError`` is raised and that network's parameters, optimizer state and buffers (batch-norm
@@ -292,8 +308,8 @@ def learner_step(
     learner_params = trainable_params(problem.learner)
     learner_optimizer.zero_grad(set_to_none=True)
     saved = _buffer_snapshot(problem.learner)
-    with frozen(problem.generator):
-        loss = problem.inner_loss(learner_params, batch)
+    with frozen(problem.loss_generator):
+        loss, terms = split_loss(problem.inner_loss(learner_params, batch))
     (loss * loss_scale if loss_scale != 1.0 else loss).backward()
     if grad_hook is not None:
         grad_hook([p.grad for p in learner_params.values() if p.grad is not None])
@@ -329,7 +345,7 @@ def learner_step(
             nn.utils.clip_grad_norm_(objective_params.values(), grad_clip)
         objective_optimizer.step()
         objective_value = float(objective.detach())
-    return float(loss.detach()), objective_value
+    return LearnerStepResult(float(loss.detach()), objective_value, terms)
 
 
 def _buffer_snapshot(module: nn.Module) -> list[tuple[Tensor, Tensor]]:

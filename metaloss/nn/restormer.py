@@ -17,14 +17,28 @@ Layout:
 * ``DualStreamRestormer``: two encoders, a merge (concatenation or cross attention), Restormer
   blocks at twice the width and a small convolutional head.  The fusion network and the loss
   generators of the TDFusion and ReFusion plugins are all built on it.
+
+What deployment (``metaloss.deploy``: exact tiling, the fast CPU engine) builds on, so that it composes
+these modules instead of patching them:
+
+* the attention blocks (``MDTA``, ``RestormerBlock``, ``CrossAttentionFusion``) take the attention
+  function as an argument of ``forward`` (default :func:`channel_attention`) and give the queries and
+  keys of their attention calls, in call order, by ``attention_calls``;
+* ``DualStreamRestormer.run_stages(a, b, stages)`` is its forward as a sequence of stages (stem,
+  Restormer block, merge, head), each computed by a :class:`Stages` object (the base class: the
+  modules' own forward, which is what ``forward`` uses);
+* :func:`backbones_run_by` runs, for the calls made inside it in this thread, every
+  ``DualStreamRestormer`` by a given function (e.g. ``run_stages`` with other stages), so that a
+  network built on backbones (a sigmoid, a softmax, Sobel inputs around them) runs as it is.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import re
-import threading
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Literal, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +50,9 @@ ActivationKind = Literal["prelu", "leaky_relu"]
 
 __all__ = [
     "ActivationKind",
+    "AttentionCall",
+    "AttentionFn",
+    "BackboneRun",
     "BiasFreeLayerNorm",
     "CrossAttentionFusion",
     "DualStreamRestormer",
@@ -45,8 +62,9 @@ __all__ = [
     "MergeKind",
     "RestormerBlock",
     "RestormerEncoder",
+    "Stages",
     "WithBiasLayerNorm",
-    "call_with_backbones",
+    "backbones_run_by",
     "channel_attention",
     "channel_layer_norm",
     "conv3x3",
@@ -155,11 +173,28 @@ def channel_attention(q: Tensor, k: Tensor, v: Tensor, temperature: Tensor, head
     return (attn @ split(v)).reshape(b, c, h, w)
 
 
+class AttentionFn(Protocol):
+    """The signature of :func:`channel_attention`: ``(q, k, v, temperature, heads) -> out``."""
+
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor, temperature: Tensor, heads: int) -> Tensor: ...
+
+
+class AttentionCall(NamedTuple):
+    """The queries, keys, temperature and head count of one attention call of a block (no values:
+    what a global attention map is computed from)."""
+
+    q: Tensor
+    k: Tensor
+    temperature: Tensor
+    heads: int
+
+
 class MDTA(nn.Module):
     """Multi-Dconv-head transposed attention.
 
-    ``Q, K, V = split(DW3×3(PW(x)))``, ``y = PW_out(channel_attention(Q, K, V, τ))``, with a
-    learnable temperature τ per head (initialised to 1).
+    ``Q, K, V = split(DW3×3(PW(x)))``, ``y = PW_out(attention(Q, K, V, τ))``, with a learnable
+    temperature τ per head (initialised to 1) and ``attention`` :func:`channel_attention` unless
+    another is given.
     """
 
     def __init__(self, dim: int, heads: int, bias: bool = False) -> None:
@@ -171,9 +206,17 @@ class MDTA(nn.Module):
         self.qkv_dwconv = dwconv3x3(dim * 3, bias=bias)
         self.project_out = conv1x1(dim, dim, bias=bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        q, k, v = self.qkv_dwconv(self.qkv(x)).chunk(3, dim=1)
-        return self.project_out(channel_attention(q, k, v, self.temperature, self.heads))
+    def _qkv(self, x: Tensor) -> tuple[Tensor, ...]:
+        return self.qkv_dwconv(self.qkv(x)).chunk(3, dim=1)
+
+    def attention_calls(self, x: Tensor) -> list[AttentionCall]:
+        """The one attention call's queries and keys for input ``x``."""
+        q, k, _ = self._qkv(x)
+        return [AttentionCall(q, k, self.temperature, self.heads)]
+
+    def forward(self, x: Tensor, attention: AttentionFn = channel_attention) -> Tensor:
+        q, k, v = self._qkv(x)
+        return self.project_out(attention(q, k, v, self.temperature, self.heads))
 
 
 class GDFN(nn.Module):
@@ -196,7 +239,8 @@ class GDFN(nn.Module):
 
 
 class RestormerBlock(nn.Module):
-    """One Restormer transformer block: ``x ← x + MDTA(LN₁(x))``, then ``x ← x + GDFN(LN₂(x))``."""
+    """One Restormer transformer block: ``x ← x + MDTA(LN₁(x))``, then ``x ← x + GDFN(LN₂(x))``
+    (``attention``: MDTA's)."""
 
     def __init__(
         self,
@@ -212,8 +256,12 @@ class RestormerBlock(nn.Module):
         self.norm2 = channel_layer_norm(dim, layernorm)
         self.ffn = GDFN(dim, ffn_expansion, bias=bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.norm1(x))
+    def attention_calls(self, x: Tensor) -> list[AttentionCall]:
+        """MDTA's attention call for block input ``x``."""
+        return self.attn.attention_calls(self.norm1(x))
+
+    def forward(self, x: Tensor, attention: AttentionFn = channel_attention) -> Tensor:
+        x = x + self.attn(self.norm1(x), attention)
         return x + self.ffn(self.norm2(x))
 
 
@@ -231,6 +279,7 @@ class CrossAttentionFusion(nn.Module):
 
     i.e. a gated feed-forward step per stream whose gate is computed from both streams.  ``e`` is
     ``expansion`` (4 in the reference).  No normalisation inside the block, as in the reference.
+    ``forward``'s ``attention`` replaces ``channel_attention`` in both calls.
     """
 
     def __init__(self, dim: int, heads: int, bias: bool = False, expansion: float = 4.0) -> None:
@@ -255,11 +304,18 @@ class CrossAttentionFusion(nn.Module):
         self.project_out1 = conv1x1(hidden, dim * 2, bias=bias)
         self.project_out2 = conv1x1(hidden, dim * 2, bias=bias)
 
-    def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
-        q1, k1, v1 = self.qkv1_dwconv(self.qkv1(x1)).chunk(3, dim=1)
-        q2, k2, v2 = self.qkv2_dwconv(self.qkv2(x2)).chunk(3, dim=1)
-        x1 = x1 + self.project_mid1(channel_attention(q2, k1, v1, self.temperature1, self.heads))
-        x2 = x2 + self.project_mid2(channel_attention(q1, k2, v2, self.temperature2, self.heads))
+    def _qkv(self, x1: Tensor, x2: Tensor) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+        return self.qkv1_dwconv(self.qkv1(x1)).chunk(3, dim=1), self.qkv2_dwconv(self.qkv2(x2)).chunk(3, dim=1)
+
+    def attention_calls(self, x1: Tensor, x2: Tensor) -> list[AttentionCall]:
+        """The two attention calls' queries and keys, in the order ``forward`` makes them."""
+        (q1, k1, _), (q2, k2, _) = self._qkv(x1, x2)
+        return [AttentionCall(q2, k1, self.temperature1, self.heads), AttentionCall(q1, k2, self.temperature2, self.heads)]
+
+    def forward(self, x1: Tensor, x2: Tensor, attention: AttentionFn = channel_attention) -> Tensor:
+        (q1, k1, v1), (q2, k2, v2) = self._qkv(x1, x2)
+        x1 = x1 + self.project_mid1(attention(q2, k1, v1, self.temperature1, self.heads))
+        x2 = x2 + self.project_mid2(attention(q1, k2, v2, self.temperature2, self.heads))
         z = torch.cat([x1, x2], dim=1)
         g1, g2 = self.gate_dwconv(self.gate_in(z)).chunk(2, dim=1)
         y1 = F.gelu(g1) * self.value1_dwconv(self.value1_in(x1))
@@ -357,10 +413,73 @@ class DualStreamRestormer(nn.Module):
         if self.head_out.bias is not None:
             nn.init.zeros_(self.head_out.bias)
 
+    def head(self, z: Tensor) -> Tensor:
+        """``conv3×3(dim → out_channels) ∘ activation ∘ conv3×3(2·dim → dim)``: convolutions and a
+        pointwise activation only (receptive radius 2)."""
+        return self.head_out(self.act(self.head_in(z)))
+
+    def head_layers(self) -> tuple[nn.Module, ...]:
+        """The modules :meth:`head` applies, in order."""
+        return self.head_in, self.act, self.head_out
+
+    def run_stages(self, a: Tensor, b: Tensor, stages: Stages) -> Tensor:
+        """The forward pass, each stage computed by ``stages``: per source the stem and its Restormer
+        blocks, the merge, the fused blocks, the head.  With :class:`Stages` itself this is ``forward``."""
+        streams = []
+        for encoder, x in ((self.encoder1, a), (self.encoder2, b)):
+            x = stages.stem(encoder.stem, x)
+            for block in encoder.blocks:
+                x = stages.block(block, x)
+            streams.append(x)
+        z = stages.merge(self.merge, *streams)
+        del streams
+        for block in self.decoder:
+            z = stages.block(block, z)
+        return stages.head(self, z)
+
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        ea, eb = self.encoder1(a), self.encoder2(b)
-        z = torch.cat([ea, eb], dim=1) if self.merge is None else self.merge(ea, eb)
-        return self.head_out(self.act(self.head_in(self.decoder(z))))
+        run = _BACKBONE_RUN.get()
+        return self.run_stages(a, b, EAGER) if run is None else run(self, a, b)
+
+
+class Stages:
+    """How :meth:`DualStreamRestormer.run_stages` computes each stage: this class by the modules' own
+    forward (the network's ``forward``).  Deployment subclasses it (chunks, row bands, another layout
+    of the maps between stages)."""
+
+    def stem(self, conv: nn.Conv2d, x: Tensor) -> Tensor:
+        return conv(x)
+
+    def block(self, block: RestormerBlock, x: Tensor) -> Tensor:
+        return block(x)
+
+    def merge(self, merge: CrossAttentionFusion | None, x1: Tensor, x2: Tensor) -> Tensor:
+        """``merge(x1, x2)``; ``None`` (the concat merge): the channels of both, ``[x1; x2]``."""
+        return torch.cat([x1, x2], dim=1) if merge is None else merge(x1, x2)
+
+    def head(self, net: DualStreamRestormer, z: Tensor) -> Tensor:
+        return net.head(z)
+
+
+#: The stages of ``DualStreamRestormer.forward``.
+EAGER = Stages()
+
+#: ``run(backbone, a, b)``: computes a ``DualStreamRestormer``'s output in its place (see ``backbones_run_by``).
+BackboneRun = Callable[[DualStreamRestormer, Tensor, Tensor], Tensor]
+_BACKBONE_RUN: contextvars.ContextVar[BackboneRun | None] = contextvars.ContextVar("backbone_run", default=None)
+
+
+@contextlib.contextmanager
+def backbones_run_by(run: BackboneRun) -> Iterator[None]:
+    """Inside the block, every ``DualStreamRestormer`` called in this thread (or asyncio context)
+    returns ``run(backbone, a, b)`` instead of computing its own stages; the rest of a network built
+    on backbones runs as it is.  ``run`` computes the backbone by :meth:`~DualStreamRestormer.run_stages`
+    (calling the backbone itself would come back to ``run``).  Other threads are not affected."""
+    token = _BACKBONE_RUN.set(run)
+    try:
+        yield
+    finally:
+        _BACKBONE_RUN.reset(token)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -395,45 +514,3 @@ def convert_reference_keys(
             k = re.sub(pattern, repl, k)
         out[k[1:]] = value
     return out
-
-
-_BACKBONE_SWAP_LOCK = threading.RLock()
-
-
-class _BackboneStandIn(nn.Module):
-    """Stands in for a ``DualStreamRestormer`` during :func:`call_with_backbones`."""
-
-    def __init__(self, backbone: DualStreamRestormer, run: Callable[[DualStreamRestormer, Tensor, Tensor], Tensor]) -> None:
-        super().__init__()
-        self.backbone, self.run = backbone, run
-
-    def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        return self.run(self.backbone, a, b)
-
-
-def call_with_backbones(
-    module: nn.Module, a: Tensor, b: Tensor, run: Callable[[DualStreamRestormer, Tensor, Tensor], Tensor], purpose: str
-) -> Any:
-    """``module(a, b)`` with every ``DualStreamRestormer`` in it computed as ``run(backbone, x, y)``
-    instead of its own forward (the rest of ``module`` runs as it is); ``module`` itself may be one.
-    The backbones are swapped out for the call (under a lock) and put back afterwards, so this is for
-    inference, not training.  A module without a backbone is refused with ``TypeError`` naming
-    ``purpose``."""
-    if isinstance(module, DualStreamRestormer):
-        return run(module, a, b)
-    swaps = [
-        (parent, name, child)
-        for parent in list(module.modules())
-        for name, child in parent.named_children()
-        if isinstance(child, DualStreamRestormer)
-    ]
-    if not swaps:
-        raise TypeError(f"{type(module).__name__} has no DualStreamRestormer {purpose}")
-    with _BACKBONE_SWAP_LOCK:
-        try:
-            for parent, name, child in swaps:
-                parent._modules[name] = _BackboneStandIn(child, run)
-            return module(a, b)
-        finally:
-            for parent, name, child in swaps:
-                parent._modules[name] = child

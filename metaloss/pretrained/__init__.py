@@ -1,7 +1,7 @@
 """Where the package's default pretrained model lives.
 
 The default model is a metaloss checkpoint (the format ``metaloss run`` writes; see
-``metaloss.experiment.load_checkpoint``) shipped as package data: ``metaloss/pretrained/default.pt``.
+``metaloss.checkpoint.read_checkpoint``) shipped as package data: ``metaloss/pretrained/default.pt``.
 It is looked up with :mod:`importlib.resources`, so it is found in a source checkout, an editable
 install and an installed wheel alike, provided the packaging lists ``metaloss.pretrained`` as a
 package and ``*.pt`` as its package data.

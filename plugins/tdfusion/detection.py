@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metaloss.protocols import Batch
+from metaloss.protocols import Batch, TargetView
 
 
 def _ultralytics():
@@ -55,12 +55,12 @@ class DetectionTask(nn.Module):
     ):
         super().__init__()
         if num_classes is None:
-            raise ValueError("task.num_classes is not set and the dataset has no num_box_classes")
+            raise ValueError("objective.num_classes is not set and the dataset has no num_box_classes")
         DetectionModel, cfg = _ultralytics()
         try:
             self.net = DetectionModel(model, ch=1, nc=num_classes, verbose=False)
         except (FileNotFoundError, KeyError) as err:
-            raise ValueError(f"task.model: cannot build ultralytics detection model from {model!r}: {err}") from err
+            raise ValueError(f"objective.model: cannot build ultralytics detection model from {model!r}: {err}") from err
         self.net.args = cfg
         self.num_classes, self.pad_multiple = num_classes, pad_multiple
         self.conf_threshold, self.iou_threshold = conf_threshold, iou_threshold
@@ -70,6 +70,22 @@ class DetectionTask(nn.Module):
         ph, pw = (-h) % self.pad_multiple, (-w) % self.pad_multiple
         x = F.pad(fused, (0, pw, 0, ph)) if ph or pw else fused
         return {"preds": self.net(x), "size": (h, w), "padded": (h + ph, w + pw)}
+
+    def view_targets(self, targets: Batch, view: TargetView) -> Batch:
+        """The boxes [N, 6] (image index, class, cx, cy, w, h; normalised) follow the images: unchanged
+        by a resize; repeated with the batch, the copies' image indices shifted by the batch size.  A crop
+        would cut boxes, which is refused."""
+        if "boxes" not in targets:
+            return targets
+        if view.crop is not None:
+            raise ValueError("data.task_from_crop cannot crop detection boxes; use task_size instead")
+        boxes = targets["boxes"]
+        copies = []
+        for k in range(view.repeat):
+            shifted = boxes.clone()
+            shifted[:, 0] += k * view.batch_size
+            copies.append(shifted)
+        return {**targets, "boxes": torch.cat(copies) if view.repeat > 1 else boxes}
 
     def _targets(self, outputs: dict[str, Any], batch: Batch) -> dict[str, Tensor]:
         boxes = batch["boxes"]

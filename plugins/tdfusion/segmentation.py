@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metaloss.protocols import Batch
+from metaloss.protocols import Batch, TargetView
 
 
 class SegmentationTask(nn.Module):
@@ -37,7 +37,7 @@ class SegmentationTask(nn.Module):
     ):
         super().__init__()
         if num_classes is None:
-            raise ValueError("task.num_classes is not set and the dataset does not provide it")
+            raise ValueError("objective.num_classes is not set and the dataset does not provide it")
         try:
             import segmentation_models_pytorch as smp
         except ImportError as err:
@@ -51,9 +51,9 @@ class SegmentationTask(nn.Module):
         if drop_path is not None:
             reset = getattr(self.net.encoder, "reset_drop_path", None)
             if reset is None:
-                raise ValueError(f"task.drop_path: the {encoder!r} encoder has no stochastic depth to set")
+                raise ValueError(f"objective.drop_path: the {encoder!r} encoder has no stochastic depth to set")
             if not 0 <= drop_path < 1:
-                raise ValueError(f"task.drop_path must be in [0, 1), got {drop_path}")
+                raise ValueError(f"objective.drop_path must be in [0, 1), got {drop_path}")
             reset(drop_path)
         self.num_classes, self.ignore_index, self.pad_multiple = num_classes, ignore_index, pad_multiple
 
@@ -63,6 +63,11 @@ class SegmentationTask(nn.Module):
         x = F.pad(fused, (0, pw, 0, ph), mode="replicate") if ph or pw else fused
         return self.net(x)[..., :h, :w]
 
+    def view_targets(self, targets: Batch, view: TargetView) -> Batch:
+        """The masks [B, H, W] follow the images: cropped with them, resized (nearest) to the task's size,
+        repeated with the batch."""
+        return {**targets, "mask": view_masks(targets["mask"], view)} if "mask" in targets else targets
+
     def loss(self, outputs: Tensor, batch: Batch) -> Tensor:
         target = batch["mask"]
         if outputs.shape[-2:] != target.shape[-2:]:
@@ -71,6 +76,17 @@ class SegmentationTask(nn.Module):
 
     def evaluator(self) -> "MeanIoU":
         return MeanIoU(self.num_classes, self.ignore_index)
+
+
+def view_masks(mask: Tensor, view: TargetView) -> Tensor:
+    """Class-index masks [B, H, W] as the task's images: the crop window, nearest resize to
+    ``view.size``, ``view.repeat`` copies of the batch."""
+    if view.crop is not None:
+        top, left, h, w = view.crop
+        mask = mask[..., top : top + h, left : left + w]
+    if tuple(mask.shape[-2:]) != view.size:
+        mask = F.interpolate(mask[:, None].float(), size=view.size, mode="nearest")[:, 0].long()
+    return torch.cat([mask] * view.repeat) if view.repeat > 1 else mask
 
 
 class MeanIoU:

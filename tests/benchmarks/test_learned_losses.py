@@ -15,7 +15,7 @@ def test_every_variant_is_a_valid_config_with_the_shared_budget(repo, variant):
     assert cfg.seed == 2
     assert (cfg.meta.meta_steps == 0) == (not variant.startswith("learned"))  # a hand-made loss is not meta-learned
     base = load_config(repo / CONFIG)
-    shared = ("data", "fusion", "task", "optim")
+    shared = ("data", "learner", "objective", "optim")
     assert [getattr(cfg, k) for k in shared] == [getattr(base, k) for k in shared]
     assert (cfg.meta.epochs, cfg.meta.learner_steps) == (base.meta.epochs, base.meta.learner_steps)
 

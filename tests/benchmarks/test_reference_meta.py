@@ -9,10 +9,12 @@ from metaloss.data.synthetic import SyntheticScenes
 from metaloss.meta import meta_gradient
 from metaloss.models.restormer import RestormerFusion
 from metaloss.problem import FusionProblem
+from metaloss_tdfusion.segmentation import SegmentationTask
 
 
 class PixelTask(torch.nn.Module):
     targets = ("mask",)
+    view_targets = SegmentationTask.view_targets  # masks follow the images
 
     def __init__(self, classes=3):
         super().__init__()
@@ -68,8 +70,8 @@ def test_reference_meta_gradient_equals_metaloss(method, tmp_path):
 def test_reference_meta_step_steps_the_generator_only():
     p, train, test = problem()
     before = {k: v.clone() for k, v in p.state_dict().items()}
-    opt = torch.optim.SGD(p.generator.parameters(), lr=0.1)
+    opt = torch.optim.SGD(p.loss_generator.parameters(), lr=0.1)
     reference_meta_step(p, train, test, opt, inner_lr=0.3, lookahead_lr=0.2)
     after = p.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed and all(k.startswith("generator.") for k in changed)
+    assert changed and all(k.startswith("loss_generator.") for k in changed)

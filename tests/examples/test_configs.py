@@ -28,9 +28,9 @@ def test_paper_hyperparameters(dataset):
     assert cfg.data.task_size == PAPER_SIZES[dataset] and cfg.data.crop_size == 256
     assert (cfg.meta.epochs, cfg.meta.meta_steps, cfg.meta.learner_steps) == (40, 200, 0)
     assert cfg.meta.inner_lr == "learner" and cfg.data.batch_size == 1 and cfg.data.swap_modalities
-    assert (cfg.optim.fusion_lr, cfg.optim.task_lr, cfg.optim.lr_step, cfg.optim.lr_gamma) == (1e-4, 1e-4, 10, 0.1)
-    assert cfg.fusion.name == "restormer" and cfg.loss_generator.name == "tdfusion" and cfg.loss.alpha == 1.0
-    assert cfg.task.name == ("segmentation" if dataset in ("msrs", "fmb") else "detection")
+    assert (cfg.optim.learner_lr, cfg.optim.objective_lr, cfg.optim.lr_step, cfg.optim.lr_gamma) == (1e-4, 1e-4, 10, 0.1)
+    assert cfg.learner.name == "restormer" and cfg.loss_generator.name == "tdfusion" and cfg.loss.alpha == 1.0
+    assert cfg.objective.name == ("segmentation" if dataset in ("msrs", "fmb") else "detection")
 
 
 @pytest.mark.parametrize("dataset", sorted(PAPER_SIZES))

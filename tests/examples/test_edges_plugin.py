@@ -58,13 +58,13 @@ def test_metaloss_run_with_the_plugin(site, plugin_env, tmp_path):
     assert proc.returncode == 0, proc.stderr
     config = tomllib.loads((out / "config.toml").read_text(encoding="utf-8"))
     # the plugins' options are resolved from their signatures, defaults included
-    assert config["task"] == {"name": "edges", "source": "both", "threshold": 0.5, "width": 16, "depth": 3,
+    assert config["objective"] == {"name": "edges", "source": "both", "threshold": 0.5, "width": 16, "depth": 3,
                               "balanced": True, "tolerance": 1}
     assert config["loss_generator"] == {"name": "pixel_mlp", "hidden": 16, "layers": 2, "gradient_weights": True,
                                         "temperature": 1.0, "context": 5}
     records = [json.loads(line) for line in (out / "log.jsonl").read_text(encoding="utf-8").splitlines()]
     meta = [r for r in records if r["phase"] == "meta"]
-    assert len(meta) == 2 and all(r["generator_grad_norm"] > 0 for r in meta)  # the meta-gradient reaches G
+    assert len(meta) == 2 and all(r["loss_generator_grad_norm"] > 0 for r in meta)  # the meta-gradient reaches G
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["epochs"] == 1 and (out / "checkpoints" / "last.pt").is_file()
     metrics = summary["metrics"]
@@ -75,8 +75,8 @@ def test_metaloss_run_with_the_plugin(site, plugin_env, tmp_path):
 
 def test_bad_plugin_option_is_refused_before_any_work(site, plugin_env, tmp_path):
     out = tmp_path / "run"
-    proc = metaloss_cli(["run", str(EDGES / "edges_synthetic.toml"), "--out", str(out), "--set", "task.source='thermal'"], plugin_env(site))
-    assert proc.returncode == 2 and "task.source" in proc.stderr and not out.exists()
+    proc = metaloss_cli(["run", str(EDGES / "edges_synthetic.toml"), "--out", str(out), "--set", "objective.source='thermal'"], plugin_env(site))
+    assert proc.returncode == 2 and "objective.source" in proc.stderr and not out.exists()
 
 
 @pytest.mark.slow

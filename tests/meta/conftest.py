@@ -23,7 +23,7 @@ class ToyProblem:
     """Inner: weighted MSE of the learner; objective: a head on the learner's features; outer: its MSE."""
 
     def __init__(self, learner, generator, objective=None):
-        self.learner, self.generator, self.objective = learner, generator, objective
+        self.learner, self.loss_generator, self.objective = learner, generator, objective
 
     def _predict(self, lp, op, x):
         out = functional_call(self.learner, lp, (x,))
@@ -32,7 +32,7 @@ class ToyProblem:
     def inner_loss(self, lp, batch):
         x, y = batch
         err = (functional_call(self.learner, lp, (x,))[:, :1] - y).square()[:, 0]
-        return (self.generator(x, y) * err).mean()
+        return (self.loss_generator(x, y) * err).mean()
 
     def objective_loss(self, op, lp, batch):
         x, y = batch

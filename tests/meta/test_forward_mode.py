@@ -48,7 +48,7 @@ class SplitProblem:
 
     def __init__(self, objective: bool):
         torch.manual_seed(0)
-        self.learner, self.generator = ConvNormNet().double().train(), PixelWeights().double()
+        self.learner, self.loss_generator = ConvNormNet().double().train(), PixelWeights().double()
         self.objective = nn.Conv2d(1, 1, 1).double() if objective else None
 
     def learner_output(self, lp, batch):
@@ -56,7 +56,7 @@ class SplitProblem:
 
     def inner_loss_from_output(self, out, batch):
         x, y = batch
-        return (self.generator(x, y) * (out - y).square()).mean() + 0.1 * (out - x).abs().mean()
+        return (self.loss_generator(x, y) * (out - y).square()).mean() + 0.1 * (out - x).abs().mean()
 
     def inner_loss(self, lp, batch):
         return self.inner_loss_from_output(self.learner_output(lp, batch), batch)
@@ -142,11 +142,11 @@ def test_meta_step_with_jvp_changes_only_the_generator():
     train, test = batches()
     learner = [p.clone() for p in problem.learner.parameters()]
     objective = [p.clone() for p in problem.objective.parameters()]
-    generator = [p.clone() for p in problem.generator.parameters()]
-    opt = torch.optim.SGD(problem.generator.parameters(), lr=0.1)
+    generator = [p.clone() for p in problem.loss_generator.parameters()]
+    opt = torch.optim.SGD(problem.loss_generator.parameters(), lr=0.1)
     meta_step(problem, train, test, opt, inner_lr=0.5, lookahead_lr=0.3, method="jvp")
     assert all(torch.equal(a, b) for a, b in zip(learner, problem.learner.parameters()))
     assert all(torch.equal(a, b) for a, b in zip(objective, problem.objective.parameters()))
-    assert any(not torch.equal(a, b) for a, b in zip(generator, problem.generator.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(generator, problem.loss_generator.parameters()))
     assert all(p.grad is None for p in problem.learner.parameters())
     assert all(p.grad is None for p in problem.objective.parameters())

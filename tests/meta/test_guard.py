@@ -34,7 +34,7 @@ class Problem:
     def __init__(self, fault: str | None = None, calls: set[int] | None = None, value: float = NAN):
         torch.manual_seed(0)
         self.learner = nn.Sequential(nn.Linear(3, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Linear(5, 2)).double()
-        self.generator = nn.Linear(4, 1).double()
+        self.loss_generator = nn.Linear(4, 1).double()
         self.objective = nn.Sequential(nn.Linear(2, 1), nn.BatchNorm1d(1)).double()
         self.fault, self.calls, self.value = fault, calls, value
         self.count = {"inner": 0, "objective": 0, "outer": 0}
@@ -48,7 +48,7 @@ class Problem:
         self.count["inner"] += 1
         x, y = batch[0], batch[1]
         err = (functional_call(self.learner, p, (x,))[:, :1] - y).square()[:, 0]
-        w = nn.functional.softplus(self.generator(torch.cat([x, y], 1)))[:, 0]
+        w = nn.functional.softplus(self.loss_generator(torch.cat([x, y], 1)))[:, 0]
         loss = (w * err).mean()
         if self._hit("inner", ("inner",)):
             loss = loss + self.value
@@ -75,7 +75,7 @@ class Problem:
         if self._hit("outer", ("outer",)):
             loss = loss + self.value
         if self._hit("outer", ("outer_grad",)):
-            loss = loss + nan_gradient(self.generator.weight)
+            loss = loss + nan_gradient(self.loss_generator.weight)
         return loss
 
 
@@ -98,7 +98,7 @@ class Pairs(Dataset):
 
 def state(problem):
     return {
-        role: copy.deepcopy(getattr(problem, role).state_dict()) for role in ("learner", "generator", "objective")
+        role: copy.deepcopy(getattr(problem, role).state_dict()) for role in ("learner", "loss_generator", "objective")
     }
 
 
@@ -109,21 +109,21 @@ def same(a, b, role):
 # -- the checks -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("bad", [NAN, INF, -INF])
 def test_checks_name_the_network_and_the_loss(bad):
-    check_loss(torch.tensor(1.5), "generator", "outer")
+    check_loss(torch.tensor(1.5), "loss_generator", "outer")
     check_loss(None, "objective", "objective")
     with pytest.raises(NonFiniteError) as info:
-        check_loss(torch.tensor(bad), "generator", "outer")
+        check_loss(torch.tensor(bad), "loss_generator", "outer")
     err = info.value
-    assert (err.network, err.role, err.loss, err.kind) == ("loss_generator", "generator", "outer", "loss")
-    assert "non-finite outer loss of the loss_generator network" in str(err)
+    assert (err.role, err.loss, err.kind) == ("loss_generator", "outer", "loss")
+    assert "non-finite outer loss of the loss generator" in str(err)
     check_grads([torch.ones(2), None], "learner", "learner", ["a", "b"])
-    with pytest.raises(NonFiniteError, match=r"gradient of the learner loss of the fusion network \(parameter b\)"):
+    with pytest.raises(NonFiniteError, match=r"gradient of the learner loss of the learner \(parameter b\)"):
         check_grads([torch.ones(2), torch.tensor([1.0, bad])], "learner", "learner", ["a", "b"])
     net = nn.Linear(2, 1)
     check_params(net, "objective")
     with torch.no_grad():
         net.bias.fill_(bad)
-    with pytest.raises(NonFiniteError, match=r"parameters of the task network \(parameter bias\)"):
+    with pytest.raises(NonFiniteError, match=r"parameters of the objective \(parameter bias\)"):
         check_params(net, "objective")
 
 
@@ -131,8 +131,8 @@ def test_checks_name_the_network_and_the_loss(bad):
 @pytest.mark.parametrize(
     "fault,network,loss,kind",
     [
-        ("inner", "fusion", "inner", "loss"),
-        ("objective", "task", "objective", "loss"),
+        ("inner", "learner", "inner", "loss"),
+        ("objective", "objective", "objective", "loss"),
         ("outer", "loss_generator", "outer", "loss"),
         ("outer_grad", "loss_generator", "outer", "gradient"),
     ],
@@ -140,12 +140,12 @@ def test_checks_name_the_network_and_the_loss(bad):
 @pytest.mark.parametrize("value", [NAN, INF])
 def test_meta_step_takes_no_step_with_a_non_finite_loss_or_gradient(fault, network, loss, kind, value):
     problem = Problem(fault, value=value)
-    opt = torch.optim.Adam(problem.generator.parameters(), lr=0.1)
+    opt = torch.optim.Adam(problem.loss_generator.parameters(), lr=0.1)
     before = state(problem)
     with pytest.raises(NonFiniteError) as info:
         meta_step(problem, batch(seed=1), batch(seed=2), opt, inner_lr=0.1, lookahead_lr=0.1)
     err = info.value
-    assert (err.network, err.loss, err.kind) == (network, loss, kind)
+    assert (err.role, err.loss, err.kind) == (network, loss, kind)
     assert err.stepped == ()
     after = state(problem)
     assert all(same(before, after, role) for role in before)
@@ -153,7 +153,7 @@ def test_meta_step_takes_no_step_with_a_non_finite_loss_or_gradient(fault, netwo
     # the same step without the fault changes the generator
     problem.fault = None
     meta_step(problem, batch(seed=1), batch(seed=2), opt, inner_lr=0.1, lookahead_lr=0.1)
-    assert not same(before, state(problem), "generator") and opt.state
+    assert not same(before, state(problem), "loss_generator") and opt.state
 
 
 # -- the learner step ---------------------------------------------------------------------------------------
@@ -165,7 +165,7 @@ def test_learner_step_with_a_non_finite_learner_loss_changes_nothing(fault, kind
     before = state(problem)
     with pytest.raises(NonFiniteError) as info:
         learner_step(problem, batch(), lopt, oopt)
-    assert (info.value.network, info.value.loss, info.value.kind) == ("fusion", "learner", kind)
+    assert (info.value.role, info.value.loss, info.value.kind) == ("learner", "learner", kind)
     after = state(problem)
     assert all(same(before, after, role) for role in before)  # batch-norm statistics restored too
     assert not lopt.state and not oopt.state
@@ -185,8 +185,8 @@ def test_learner_step_with_a_non_finite_objective_loss_keeps_the_learner_step(fa
     with pytest.raises(NonFiniteError) as info:
         learner_step(problem, batch(), lopt, oopt)
     err = info.value
-    assert (err.network, err.loss, err.kind, err.stepped) == ("task", "objective", kind, ("learner",))
-    assert err.record()["stepped"] == ["fusion"]
+    assert (err.role, err.loss, err.kind, err.stepped) == ("objective", "objective", kind, ("learner",))
+    assert err.record()["stepped"] == ["learner"]
     after = state(problem)
     assert not same(before, after, "learner") and same(before, after, "objective")
     assert lopt.state and not oopt.state
@@ -198,7 +198,7 @@ def trainer(problem, guard=None, **meta):
     logs, saved = [], []
     hooks = TrainerHooks(log=logs.append, checkpoint=lambda epoch, last: saved.append(epoch))
     t = AlternatingTrainer(
-        problem, Pairs(), cfg, OptimConfig(fusion_lr=1e-2, task_lr=1e-2), batch_size=3, hooks=hooks, guard=guard
+        problem, Pairs(), cfg, OptimConfig(learner_lr=1e-2, objective_lr=1e-2), batch_size=3, hooks=hooks, guard=guard
     )
     return t, logs, saved
 
@@ -210,11 +210,11 @@ def nonfinite(logs):
 def test_stop_logs_network_and_loss_and_saves_nothing_of_that_epoch():
     problem = Problem("outer", calls={5})  # epoch 2, meta-step 2
     t, logs, saved = trainer(problem)
-    with pytest.raises(NonFiniteStop, match=r"non-finite outer loss of the loss_generator network .*epoch 2, meta step 2"):
+    with pytest.raises(NonFiniteStop, match=r"non-finite outer loss of the loss generator .*epoch 2, meta step 2"):
         t.fit()
     assert saved == [1]  # epoch 1 was saved; the epoch in progress is not
     (record,) = nonfinite(logs)
-    assert record["network"] == "loss_generator" and record["loss"] == "outer" and record["kind"] == "loss"
+    assert record["role"] == "loss_generator" and record["loss"] == "outer" and record["kind"] == "loss"
     assert (record["epoch"], record["step"], record["step_phase"], record["action"]) == (2, 2, "meta", "stop")
 
 
@@ -222,8 +222,8 @@ def test_stop_logs_network_and_loss_and_saves_nothing_of_that_epoch():
     "fault,calls,phase,network,loss",
     [
         ("outer", {2, 4}, "meta", "loss_generator", "outer"),
-        ("inner", {4, 9}, "learner", "fusion", "learner"),  # inner calls per epoch: 3 meta, then 2 learner
-        ("objective_grad", {4}, "learner", "task", "objective"),
+        ("inner", {4, 9}, "learner", "learner", "learner"),  # inner calls per epoch: 3 meta, then 2 learner
+        ("objective_grad", {4}, "learner", "objective", "objective"),
     ],
 )
 def test_skip_drops_the_batch_logs_it_and_finishes(fault, calls, phase, network, loss):
@@ -235,10 +235,10 @@ def test_skip_drops_the_batch_logs_it_and_finishes(fault, calls, phase, network,
     assert saved == [1, 2] and len(history) == 2
     records = nonfinite(logs)
     assert len(records) == len(calls) and all(r["action"] == "skip" for r in records)
-    assert all((r["step_phase"], r["network"], r["loss"]) == (phase, network, loss) for r in records)
-    for role in ("learner", "generator", "objective"):
+    assert all((r["step_phase"], r["role"], r["loss"]) == (phase, network, loss) for r in records)
+    for role in ("learner", "loss_generator", "objective"):
         check_params(getattr(problem, role), role)
-    assert not same(state(reference), state(problem), "generator" if phase == "meta" else "learner")
+    assert not same(state(reference), state(problem), "loss_generator" if phase == "meta" else "learner")
     assert t.consecutive_skips == 0
 
 
@@ -249,7 +249,7 @@ def test_consecutive_skips_are_capped_and_the_count_resets():
     assert [r["consecutive_skips"] for r in nonfinite(logs)] == [1, 2, 1, 2]
     problem = Problem("outer")  # every meta-step
     t, logs, saved = trainer(problem, GuardConfig(on_nonfinite="skip", max_consecutive_skips=2))
-    with pytest.raises(NonFiniteStop, match=r"3 batches in a row .*guard.max_consecutive_skips = 2"):
+    with pytest.raises(NonFiniteStop, match=r"3 batches in a row .*max_consecutive_skips = 2"):
         t.fit()
     assert [r["action"] for r in nonfinite(logs)] == ["skip", "skip", "stop"] and saved == []
 
@@ -265,7 +265,7 @@ def test_non_finite_parameters_are_never_checkpointed():
         return {}
 
     t.hooks.evaluate = corrupt
-    with pytest.raises(NonFiniteStop, match=r"parameters of the task network .*end of epoch 2"):
+    with pytest.raises(NonFiniteStop, match=r"parameters of the objective .*end of epoch 2"):
         t.fit()
     assert saved == [1]
 

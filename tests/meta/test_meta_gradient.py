@@ -27,7 +27,7 @@ def outer_loss_at(problem, train, test, lr, steps, lookahead_lr=None):
 
 def finite_difference(problem, train, test, lr, steps, eps=1e-6, **kw):
     grads = []
-    for p in problem.generator.parameters():
+    for p in problem.loss_generator.parameters():
         g = torch.zeros_like(p)
         for i in range(p.numel()):
             with torch.no_grad():
@@ -79,7 +79,7 @@ def test_truncation_backpropagates_through_last_steps_only(toy):
     # by hand: two steps without graph, then one tracked step from there
     early = inner_update(problem.learner, lambda p: problem.inner_loss(p, train), 0.3, 2, create_graph=False)
     late = inner_update(problem.learner, lambda p: problem.inner_loss(p, train), 0.3, 1, params=early)
-    expected = torch.autograd.grad(problem.outer_loss(late, None, test), list(problem.generator.parameters()))
+    expected = torch.autograd.grad(problem.outer_loss(late, None, test), list(problem.loss_generator.parameters()))
     assert rel_err(flat(last), flat(expected)) < 1e-12
     assert rel_err(flat(last), flat(full)) > 1e-3
 
@@ -110,11 +110,11 @@ class ConvProblem:
 
     def __init__(self):
         torch.manual_seed(0)
-        self.learner, self.generator = ConvNormNet().double().train(), PixelWeights().double()
+        self.learner, self.loss_generator = ConvNormNet().double().train(), PixelWeights().double()
 
     def inner_loss(self, lp, batch):
         x, y = batch
-        return (self.generator(x, y) * (functional_call(self.learner, lp, (x,)) - y).square()).mean()
+        return (self.loss_generator(x, y) * (functional_call(self.learner, lp, (x,)) - y).square()).mean()
 
     def outer_loss(self, lp, op, batch):
         x, y = batch
@@ -144,13 +144,13 @@ def test_meta_step_changes_only_the_generator(toy):
     before = {
         "learner": [p.clone() for p in problem.learner.parameters()],
         "objective": [p.clone() for p in problem.objective.parameters()],
-        "generator": [p.clone() for p in problem.generator.parameters()],
+        "generator": [p.clone() for p in problem.loss_generator.parameters()],
     }
-    opt = torch.optim.Adam(problem.generator.parameters(), lr=1e-2)
+    opt = torch.optim.Adam(problem.loss_generator.parameters(), lr=1e-2)
     meta_step(problem, toy["train"], toy["test"], opt, inner_lr=0.3, lookahead_lr=0.2)
     assert all(torch.equal(a, b) for a, b in zip(before["learner"], problem.learner.parameters()))
     assert all(torch.equal(a, b) for a, b in zip(before["objective"], problem.objective.parameters()))
-    assert not all(torch.equal(a, b) for a, b in zip(before["generator"], problem.generator.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(before["generator"], problem.loss_generator.parameters()))
     assert all(p.grad is None for p in problem.learner.parameters())
 
 
@@ -160,7 +160,7 @@ def test_first_order_would_give_zero_meta_gradient(toy):
     train, test = toy["train"], toy["test"]
     new = inner_update(problem.learner, lambda p: problem.inner_loss(p, train), 0.3, create_graph=False)
     outer = problem.outer_loss(new, None, test)
-    grads = torch.autograd.grad(outer, list(problem.generator.parameters()), allow_unused=True)
+    grads = torch.autograd.grad(outer, list(problem.loss_generator.parameters()), allow_unused=True)
     assert all(g is None for g in grads)
 
 

@@ -26,7 +26,7 @@ class Recording:
     """Wraps the toy problem and records which sample indices each loss saw."""
 
     def __init__(self, problem):
-        self.inner, self.learner, self.generator, self.objective = problem, problem.learner, problem.generator, problem.objective
+        self.inner, self.learner, self.loss_generator, self.objective = problem, problem.learner, problem.loss_generator, problem.objective
         self.seen = {"inner": [], "outer": []}
 
     def inner_loss(self, p, batch):
@@ -44,7 +44,7 @@ class Recording:
 def make(toy, n=20, **meta):
     problem = Recording(copy.deepcopy(toy["problem_with_objective"]))  # same initial weights each time
     cfg = MetaConfig(**{"epochs": 2, "meta_steps": 3, "learner_steps": 0, "inner_lr": 0.1, "outer_lr": 1e-2, **meta})
-    return problem, AlternatingTrainer(problem, Pairs(n), cfg, OptimConfig(fusion_lr=1e-2, task_lr=1e-2, lr_step=1, lr_gamma=0.5), batch_size=2)
+    return problem, AlternatingTrainer(problem, Pairs(n), cfg, OptimConfig(learner_lr=1e-2, objective_lr=1e-2, lr_step=1, lr_gamma=0.5), batch_size=2)
 
 
 def test_meta_train_and_meta_test_batches_are_disjoint_each_epoch(toy):
@@ -69,12 +69,12 @@ def test_small_datasets_split_in_half(toy):
 
 def test_learner_phase_is_one_pass_by_default_and_freezes_the_generator(toy):
     problem, trainer = make(toy)
-    before = [p.clone() for p in problem.generator.parameters()]
+    before = [p.clone() for p in problem.loss_generator.parameters()]
     learner_before = [p.clone() for p in problem.learner.parameters()]
     objective_before = [p.clone() for p in problem.objective.parameters()]
     summary = trainer.learner_phase(1, torch.Generator().manual_seed(0))
     assert len(problem.seen["inner"]) == 10  # 20 samples, batch 2
-    assert all(torch.equal(a, b) for a, b in zip(before, problem.generator.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, problem.loss_generator.parameters()))
     assert not all(torch.equal(a, b) for a, b in zip(learner_before, problem.learner.parameters()))
     assert not all(torch.equal(a, b) for a, b in zip(objective_before, problem.objective.parameters()))
     assert {"learner/learner_loss", "learner/objective_loss"} <= set(summary)
@@ -93,7 +93,7 @@ def test_learning_rates_decay_on_schedule_and_inner_lr_follows_the_learner(toy, 
 
     monkeypatch.setattr(mod, "meta_step", spy)
     history = trainer.fit()
-    assert [h["lr/fusion"] for h in history] == pytest.approx([1e-2, 5e-3, 2.5e-3])
+    assert [h["lr/learner"] for h in history] == pytest.approx([1e-2, 5e-3, 2.5e-3])
     assert seen_lr == pytest.approx([1e-2] * 3 + [5e-3] * 3 + [2.5e-3] * 3)
     assert trainer.outer_opt.param_groups[0]["lr"] == pytest.approx(1e-2 * 0.5**3)
 
@@ -119,7 +119,7 @@ def test_state_dict_round_trip_continues_identically(toy):
     c.load_state_dict(b.state_dict())
     assert c.epoch == 1
     c.fit()
-    for net in ("learner", "generator", "objective"):
+    for net in ("learner", "loss_generator", "objective"):
         for pa, pc in zip(getattr(a.problem, net).parameters(), getattr(c.problem, net).parameters()):
             assert torch.equal(pa, pc), net
 
@@ -137,7 +137,7 @@ def test_generator_without_parameters_needs_no_meta_phase(toy):
             return torch.ones(len(x), dtype=x.dtype)
 
     problem = Recording(copy.deepcopy(toy["problem"]))
-    problem.generator = problem.inner.generator = Constant()
+    problem.loss_generator = problem.inner.generator = Constant()
     with pytest.raises(ValueError, match="meta_steps = 0"):
         AlternatingTrainer(problem, Pairs(10), MetaConfig(epochs=1, meta_steps=2), OptimConfig(), batch_size=2)
     trainer = AlternatingTrainer(problem, Pairs(10), MetaConfig(epochs=1, meta_steps=0), OptimConfig(), batch_size=2)

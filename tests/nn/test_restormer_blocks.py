@@ -1,4 +1,5 @@
-"""Restormer building blocks: formulas, shapes, parameter counts, first- and second-order gradients."""
+"""Restormer building blocks: formulas, shapes, parameter counts, first- and second-order gradients, and what
+deployment composes (the attention argument, attention_calls, run_stages, backbones_run_by)."""
 
 import pytest
 import torch
@@ -13,7 +14,9 @@ from metaloss.nn.restormer import (
     DualStreamRestormer,
     RestormerBlock,
     RestormerEncoder,
+    Stages,
     WithBiasLayerNorm,
+    backbones_run_by,
     channel_attention,
     channel_layer_norm,
 )
@@ -157,3 +160,40 @@ def test_second_order_gradient_through_functional_call() -> None:
     gg = torch.autograd.grad(sum(g.pow(2).sum() for g in grads), list(params.values()))
     total = sum(g.abs().sum() for g in gg)
     assert torch.isfinite(torch.as_tensor(total)) and total > 0
+
+
+def test_blocks_take_the_attention_function_as_an_argument_and_give_their_calls_in_order() -> None:
+    torch.manual_seed(0)
+    block, cross = randomise(RestormerBlock(8, 2)), randomise(CrossAttentionFusion(8, 2))
+    x1, x2 = torch.randn(1, 8, 6, 5), torch.randn(1, 8, 6, 5)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def recording(q, k, v, temperature, heads):  # type: ignore[no-untyped-def]
+        seen.append((q, k))
+        return channel_attention(q, k, v, temperature, heads)
+
+    for module, inputs in ((block, (x1,)), (cross, (x1, x2))):
+        seen.clear()
+        assert torch.equal(module(*inputs, attention=recording), module(*inputs))
+        calls = module.attention_calls(*inputs)
+        assert len(calls) == len(seen) == len(inputs)
+        for call, (q, k) in zip(calls, seen):
+            assert torch.equal(call.q, q) and torch.equal(call.k, k) and call.heads == 2
+    assert torch.equal(block(x1, attention=lambda q, k, v, t, h: torch.zeros_like(v)), x1 + block.ffn(block.norm2(x1 + block.attn.project_out(torch.zeros_like(x1)))))
+
+
+def test_run_stages_with_the_base_stages_is_the_forward_and_backbones_run_by_is_this_threads() -> None:
+    import threading
+
+    torch.manual_seed(0)
+    net = randomise(DualStreamRestormer(dim=4, heads=2, blocks_per_source=1, fused_blocks=1, merge="cross_attention"))
+    a, b = torch.rand(1, 1, 9, 7), torch.rand(1, 1, 9, 7)
+    expected = net(a, b)
+    assert torch.equal(net.run_stages(a, b, Stages()), expected)
+    elsewhere: list[torch.Tensor] = []
+    with backbones_run_by(lambda backbone, x, y: torch.zeros(1)):
+        assert torch.equal(net(a, b), torch.zeros(1))
+        worker = threading.Thread(target=lambda: elsewhere.append(net(a, b)))
+        worker.start()
+        worker.join()
+    assert torch.equal(elsewhere[0], expected) and torch.equal(net(a, b), expected)

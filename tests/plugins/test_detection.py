@@ -67,9 +67,9 @@ def test_meta_gradient_through_yolo_reaches_the_loss_generator():
     cfg = load_config(
         {
             "data": {"name": "synthetic", "num_images": 4, "height": 64, "width": 64, "crop_size": 32, "objects": [1, 2]},
-            "fusion": {"name": "dense", "width": 4, "growth": 4, "layers": 1},
+            "learner": {"name": "dense", "width": 4, "growth": 4, "layers": 1},
             "loss_generator": {"name": "conv", "width": 4},
-            "task": {"name": "detection"},
+            "objective": {"name": "detection"},
         }
     )
     exp = build_experiment(cfg)

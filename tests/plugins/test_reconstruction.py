@@ -38,9 +38,9 @@ def refusion_config(**data):
             "data": {"name": "synthetic", "num_images": 6, "height": 48, "width": 48, "crop_size": 32,
                      "task_from_crop": True, **data},
             "val_data": {"name": "synthetic", "num_images": 2, "height": 48, "width": 48},
-            "fusion": {"name": "dense", "width": 4, "growth": 4, "layers": 1},
+            "learner": {"name": "dense", "width": 4, "growth": 4, "layers": 1},
             "loss_generator": {"name": "refusion"},
-            "task": {"name": "reconstruction", "width": 4, "blocks": 1},
+            "objective": {"name": "reconstruction", "width": 4, "blocks": 1},
             "meta": {"epochs": 1, "meta_steps": 2, "learner_steps": 2, "outer_lr": 1e-3},
             "eval": {"num_images": 2, "metrics": []},
         }
@@ -53,17 +53,17 @@ def test_refusion_meta_gradient_uses_both_weight_maps():
     train = exp.problem.prepare_batch(collate_pairs([exp.train_set[0]]), g)
     test = exp.problem.prepare_batch(collate_pairs([exp.train_set[1]]), g)
     assert torch.equal(train["task_ir"], train["ir"]) and "mask" not in train and "boxes" not in train
-    maps = exp.problem.generator(train["ir"], train["vi"])
+    maps = exp.problem.loss_generator(train["ir"], train["vi"])
     assert set(maps) == {"intensity", "gradient"}
     grads, result = meta_gradient(exp.problem, train, test, inner_lr=1e-2, lookahead_lr=1e-2)
     flat = torch.cat([x.flatten() for x in grads])
     assert torch.isfinite(flat).all() and flat.norm() > 0
     # the head that produces the gradient weights V gets meta-gradient too
-    named = dict(zip([n for n, p in exp.problem.generator.named_parameters() if p.requires_grad], grads))
+    named = dict(zip([n for n, p in exp.problem.loss_generator.named_parameters() if p.requires_grad], grads))
     assert sum(v.abs().sum() for v in named.values()) > 0
 
 
 def test_refusion_runs_through_the_shared_trainer(tmp_path):
     summary = run(refusion_config(), tmp_path / "run", quiet=True)
     assert {"task/psnr_ir", "task/psnr_vi"} <= set(summary["metrics"])
-    assert summary["final"]["meta/generator_grad_norm"] > 0
+    assert summary["final"]["meta/loss_generator_grad_norm"] > 0

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import metaloss.pretrained as pretrained
-from metaloss.export import export_onnx, main, verify_onnx
-from metaloss.inference import write_checkpoint
+from metaloss.checkpoint import write_model_checkpoint
+from metaloss.deploy.export import export_onnx, verify_onnx
+from metaloss.export import main
 from metaloss.models.dense import DenseFusion
 from metaloss.models.restormer import RestormerFusion
 
@@ -59,7 +60,7 @@ def test_batch_is_dynamic_too(tmp_path):
 def test_cli_exports_a_checkpoint_and_verifies(tmp_path, capsys, monkeypatch):
     torch.manual_seed(0)
     options = {"dim": 8, "heads": 2}
-    ck = write_checkpoint(tmp_path / "ck.pt", RestormerFusion(**options), {"name": "restormer", **options})
+    ck = write_model_checkpoint(tmp_path / "ck.pt", RestormerFusion(**options), {"name": "restormer", **options})
     out = tmp_path / "sub" / "model.onnx"
     assert main(["--checkpoint", str(ck), "--onnx", str(out)]) == 0
     text = capsys.readouterr().out

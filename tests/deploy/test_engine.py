@@ -1,11 +1,11 @@
-"""Fast inference of DualStreamRestormer networks equals their eager forward (metaloss.nn.restormer_fast)."""
+"""Fast inference of DualStreamRestormer networks equals their eager forward (metaloss.deploy.engine)."""
 
 import pytest
 import torch
 
 from metaloss.models.restormer import RestormerFusion
 from metaloss.nn.restormer import DualStreamRestormer
-from metaloss.nn.restormer_fast import FastRestormer, fast_forward, supports_fast
+from metaloss.deploy.engine import FastRestormer, fast_forward, supports_fast
 from metaloss.utils.numerics import reordering_tolerance
 
 
@@ -120,17 +120,18 @@ def test_unsupported_modules_and_weights_taken_at_build_time():
     assert not torch.allclose(before, FastRestormer(net.backbone)(ir, vi))
 
 
-def test_module_is_restored_after_an_error():
+def test_a_forward_after_an_error_is_the_networks_own():
     net = randomise(RestormerFusion(dim=4, heads=2, blocks_per_modality=1, fused_blocks=1))
-    backbone = net.backbone
+    ir, vi = pair(1, 8, 8)
+    expected = net(ir, vi)
     with pytest.raises(RuntimeError):
         fast_forward(net, torch.rand(1, 2, 8, 8), torch.rand(1, 2, 8, 8))  # wrong channel count
-    assert net.backbone is backbone
+    assert torch.equal(net(ir, vi), expected)
 
 
 def test_pool_reuses_slabs_across_widths():
     """Two C-wide maps share one 2C-wide slab; once both are returned the slab serves a 2C map."""
-    from metaloss.nn.restormer_fast import _Pool
+    from metaloss.deploy.engine import _Pool
 
     like = torch.empty(0)
     pool = _Pool(10 * 32)
@@ -149,7 +150,7 @@ def test_pool_reuses_slabs_across_widths():
 
 def test_consecutive_images_reuse_the_same_slabs_and_release_frees_them():
     """A folder of same-size pairs reuses one set of full-size buffers (bounded memory per process)."""
-    from metaloss.nn.restormer_fast import _SLAB_CACHE, release_buffers
+    from metaloss.deploy.engine import _SLAB_CACHE, release_buffers
 
     torch.manual_seed(0)
     net = RestormerFusion().eval()
@@ -168,7 +169,7 @@ def test_consecutive_images_reuse_the_same_slabs_and_release_frees_them():
 
 
 def test_pool_serves_a_free_piece_only_to_a_map_of_its_size():
-    from metaloss.nn.restormer_fast import _Pool
+    from metaloss.deploy.engine import _Pool
 
     like = torch.empty(0)
     pool = _Pool(320)
@@ -194,7 +195,7 @@ def test_band_workers_match_bands_in_turn(monkeypatch):
         side_by_side = fast_forward(net, ir, vi, band_pixels=1, workers=2)
         torch.testing.assert_close(side_by_side, in_turn, atol=split_tolerance(in_turn, 16 * 40), rtol=0)
 
-        import metaloss.nn.restormer_fast as fast_module
+        import metaloss.deploy.engine as fast_module
 
         def add_in_float64(self, band, q, k, squares):
             self.grams[band] = q.double().t() @ k.double()
@@ -210,7 +211,7 @@ def test_band_workers_match_bands_in_turn(monkeypatch):
 def test_band_workers_use_one_thread_each_and_leave_the_callers_setting(monkeypatch):
     import threading
 
-    import metaloss.nn.restormer_fast as fast_module
+    import metaloss.deploy.engine as fast_module
 
     seen = []
     depthwise = fast_module._depthwise
@@ -239,19 +240,17 @@ def test_band_workers_use_one_thread_each_and_leave_the_callers_setting(monkeypa
 
 
 def test_an_error_in_a_band_worker_reaches_the_caller(monkeypatch):
-    import metaloss.nn.restormer_fast as fast_module
+    import metaloss.deploy.engine as fast_module
 
     def failing(*args):
         raise RuntimeError("band failed")
 
     monkeypatch.setattr(fast_module, "_depthwise", failing)
     net = randomise(RestormerFusion(dim=4, heads=2, blocks_per_modality=1, fused_blocks=1))
-    backbone = net.backbone
     with pytest.raises(RuntimeError, match="band failed"):
         fast_forward(net, *pair(1, 64, 16), band_pixels=1, workers=2)
-    assert net.backbone is backbone
     with pytest.raises(ValueError, match="workers"):
-        FastRestormer(backbone, workers=0)
+        FastRestormer(net.backbone, workers=0)
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")

@@ -4,7 +4,7 @@ The eager forward of the Restormer fusion network moves every feature map (up to
 full resolution: 157 MB at 480×640) through main memory a dozen times per block, runs 1×1
 convolutions as skinny matrix products on data that does not fit any cache, and normalises with
 LayerNorm kernels that are slow for 16 or 32 channels.  This module runs the same network, with the
-same result up to float rounding (≤ 1e-5 measured, tests/nn/test_restormer_fast.py), as follows:
+same result up to float rounding (≤ 1e-5 measured, tests/deploy/test_engine.py), as follows:
 
 * **Pixel-major layout.** A feature map is an ``[H·W, C]`` matrix (channels last): a 1×1
   convolution is one matrix product ``X Wᵀ``, LayerNorm over channels is a row operation, and
@@ -21,10 +21,12 @@ same result up to float rounding (≤ 1e-5 measured, tests/nn/test_restormer_fas
   sums over pixels (``q̂ᵢ·k̂ⱼ = Σₚ qᵢₚ kⱼₚ / (‖qᵢ‖ ‖kⱼ‖)``): the first pass over the bands accumulates
   ``Σ q kᵀ``, ``Σ q²``, ``Σ k²`` (in float64), the second applies the resulting map.
 
-``FastRestormer(backbone)`` prepares the weights once; ``fast_forward(module, a, b)`` runs any module
-whose ``DualStreamRestormer`` backbones should go this way (``RestormerFusion`` and the TDFusion /
-ReFusion loss generators), with the rest of the module (sigmoid, softmax) as it is.  Inference only
-(no autograd: weights are folded copies).  Images are processed one at a time.
+``FastRestormer(backbone)`` prepares the weights once and runs the backbone's own
+``run_stages`` with stages that work as above (so the order of the stages is the network's, written
+once); ``fast_forward(module, a, b)`` runs any module whose ``DualStreamRestormer`` backbones should go
+this way (``RestormerFusion`` and the TDFusion / ReFusion loss generators), with the rest of the module
+(sigmoid, softmax) as it is (``metaloss.nn.restormer.backbones_run_by``).  Inference only (no
+autograd: weights are folded copies).  Images are processed one at a time.
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ from metaloss.nn.restormer import (
     CrossAttentionFusion,
     DualStreamRestormer,
     RestormerBlock,
+    Stages,
     WithBiasLayerNorm,
-    call_with_backbones,
+    backbones_run_by,
 )
 
 __all__ = ["DEFAULT_BAND_PIXELS", "FastRestormer", "fast_forward", "release_buffers", "supports_fast"]
@@ -100,17 +103,16 @@ def _fold_norm(norm: nn.Module, conv: nn.Conv2d, rows: slice | None = None) -> d
 
 
 class _Prepared:
-    """The folded weights of one ``DualStreamRestormer``."""
+    """The folded weights of one ``DualStreamRestormer``, by module (stems, blocks, the merge block)."""
 
     def __init__(self, net: DualStreamRestormer) -> None:
-        self.enc = [self._encoder(e) for e in (net.encoder1, net.encoder2)]
+        self.stems = {id(e.stem): _stem(e.stem) for e in (net.encoder1, net.encoder2)}
+        self.blocks = {id(b): self._block(b) for b in (*net.encoder1.blocks, *net.encoder2.blocks, *net.decoder)}
         self.merge = None if net.merge is None else self._cross(net.merge)
-        self.decoder = [self._block(b) for b in net.decoder]
-        self.head_in = net.head_in
-        self.act = net.act
-        self.head_out = net.head_out
-        stem = max(e["stem"][0].shape[0] for e in self.enc)
-        self.max_channels = max([2 * stem] + [b["proj"][0].shape[0] for b in self.decoder])  # widest full-size map
+        self.stage_count = len(self.blocks) + (self.merge is not None) + 1  # blocks, merge, head
+        stem = max(w.shape[0] for w, _ in self.stems.values())
+        decoder = [self.blocks[id(b)]["proj"][0].shape[0] for b in net.decoder]
+        self.max_channels = max([2 * stem] + decoder)  # widest full-size map
 
     @staticmethod
     def _block(blk: nn.Module) -> dict[str, Any]:
@@ -133,9 +135,6 @@ class _Prepared:
             "dw2": (dw[hidden:], None if dwb is None else dwb[hidden:]),
             "out": _Lin(pout, pout_b),
         }
-
-    def _encoder(self, enc: nn.Module) -> dict[str, Any]:
-        return {"stem": _stem(enc.stem), "blocks": [self._block(b) for b in enc.blocks]}
 
     @staticmethod
     def _cross(m: CrossAttentionFusion) -> dict[str, Any]:
@@ -512,15 +511,15 @@ class _Runner:
         self.pool.give(*vs)
         return out
 
-    def head(self, x: Tensor, p: _Prepared, out_channels: int) -> Tensor:
-        """conv3×3 → activation → conv3×3 over bands with a two-row halo; ``[out, H, W]``."""
+    def head(self, x: Tensor, net: DualStreamRestormer) -> Tensor:
+        """The network's head (conv3×3 → activation → conv3×3) over bands with a two-row halo; ``[out, H, W]``."""
         c = x.shape[1]
-        out = x.new_empty(out_channels, self.h, self.w)
+        out = x.new_empty(net.head_out.out_channels, self.h, self.w)
 
         def head_band(i: int, r0: int, r1: int) -> None:
             a0, a1, _ = self.halo(r0, r1, 2)
             img = self.rows(x, a0, a1).view(1, a1 - a0, self.w, c).permute(0, 3, 1, 2)
-            y = p.head_out(p.act(p.head_in(img)))
+            y = net.head(img)
             out[:, r0:r1] = y[0, :, r0 - a0 : r1 - a0]
 
         self.each_band(head_band)
@@ -533,6 +532,40 @@ class _Runner:
         patches = F.unfold(x, 3, padding=1)[0].t()  # [H·W, in·9]
         weight, bias = wb
         return patches @ weight.t() if bias is None else torch.addmm(bias, patches, weight.t())
+
+
+class _FastStages(Stages):
+    """The stages of one image in the pixel-major layout: each map between stages is ``[H·W, C]``
+    (a stem's input is the ``[1, in, H, W]`` image, the head's output ``[out, H, W]``); a stage hands
+    its inputs back to the pool once its output is written."""
+
+    def __init__(self, run: _Runner, p: _Prepared, step: Callable[[], None]) -> None:
+        self.run, self.p, self.step = run, p, step
+
+    def stem(self, conv: nn.Conv2d, x: Tensor) -> Tensor:
+        return self.run.stem(x, self.p.stems[id(conv)])
+
+    def block(self, block: RestormerBlock, x: Tensor) -> Tensor:
+        y = self.run.block(x, self.p.blocks[id(block)])
+        self.run.pool.give(x)
+        self.step()
+        return y
+
+    def merge(self, merge: CrossAttentionFusion | None, x1: Tensor, x2: Tensor) -> Tensor:
+        if merge is None:
+            z = torch.cat([x1, x2], dim=1)  # the channels of both: dim 1 in this layout too
+        else:
+            assert self.p.merge is not None
+            z = self.run.cross(x1, x2, self.p.merge)
+            self.step()
+        self.run.pool.give(x1, x2)
+        return z
+
+    def head(self, net: DualStreamRestormer, z: Tensor) -> Tensor:
+        out = self.run.head(z, net)
+        self.run.pool.close()  # z, from a slab, is dead once run_stages returns
+        self.step()
+        return out
 
 
 class FastRestormer:
@@ -552,13 +585,12 @@ class FastRestormer:
         if workers is not None and workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.net, self.band_pixels, self.on_stage, self.workers = net, band_pixels, on_stage, workers
-        self.out_channels = net.head_out.out_channels
         with torch.no_grad():
             self.p = _Prepared(net)
 
     def stages(self) -> int:
-        """Stages per image (stems, blocks, merge, head): the steps ``on_stage(i, n)`` counts."""
-        return sum(len(e["blocks"]) for e in self.p.enc) + (self.p.merge is not None) + len(self.p.decoder) + 1
+        """Stages per image (blocks, merge block, head): the steps ``on_stage(i, n)`` counts."""
+        return self.p.stage_count
 
     @torch.inference_mode()
     def __call__(self, a: Tensor, b: Tensor) -> Tensor:
@@ -575,30 +607,7 @@ class FastRestormer:
         h, w = a.shape[-2:]
         workers = torch.get_num_threads() if self.workers is None else self.workers
         run = _Runner(h, w, self.band_pixels, self.p.max_channels, workers)
-        streams = []
-        for x, enc in zip((a, b), self.p.enc):
-            y = run.stem(x, enc["stem"])
-            for blk in enc["blocks"]:
-                y, old = run.block(y, blk), y
-                run.pool.give(old)
-                self._step()
-            streams.append(y)
-        if self.p.merge is None:
-            z = torch.cat(streams, dim=1)
-        else:
-            z = run.cross(streams[0], streams[1], self.p.merge)
-            self._step()
-        run.pool.give(*streams)
-        del streams
-        for blk in self.p.decoder:
-            z, old = run.block(z, blk), z
-            run.pool.give(old)
-            self._step()
-        out = run.head(z, self.p, self.out_channels)
-        del z
-        run.pool.close()
-        self._step()
-        return out
+        return self.net.run_stages(a, b, _FastStages(run, self.p, self._step))
 
 
 def fast_forward(
@@ -611,12 +620,8 @@ def fast_forward(
 ) -> Any:
     """``module(a, b)`` with every ``DualStreamRestormer`` in it run by :class:`FastRestormer`
     (inference only; the rest of ``module`` runs as it is).  ``on_stage(i, n)`` after each stage;
-    ``workers`` as for :class:`FastRestormer`."""
-    with torch.inference_mode():
-        return call_with_backbones(
-            module,
-            a,
-            b,
-            lambda net, x, y: FastRestormer(net, band_pixels, on_stage, workers)(x, y),
-            "for fast inference",
-        )
+    ``workers`` as for :class:`FastRestormer`.  ``TypeError`` for a module without such a backbone."""
+    if not supports_fast(module):
+        raise TypeError(f"{type(module).__name__} has no DualStreamRestormer for fast inference")
+    with torch.inference_mode(), backbones_run_by(lambda net, x, y: FastRestormer(net, band_pixels, on_stage, workers)(x, y)):
+        return module(a, b)
