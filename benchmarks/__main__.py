@@ -27,9 +27,9 @@ which the other jobs of a shared machine disturb least; ``--threads`` changes th
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import contextlib
 import datetime as dt
+import importlib.metadata
 import io
 import json
 import os
@@ -97,7 +97,7 @@ def _load() -> str:
 def conditions(args: argparse.Namespace, load_start: str) -> dict:
     """When, where and how a part was measured (stored with its results)."""
     return {
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
         "versions": _versions(),
         "device": args.device,
@@ -133,13 +133,27 @@ def meta_part(args: argparse.Namespace) -> dict:
     load = _load()
     crop, task = (64, (64, 64)) if args.quick else (256, (240, 320))
     impls = ["torch.func", "torch.func:recompute", "torch.func:double_backward", "higher", "reference"]
-    data = meta_step.run_all(impls, crop, task, [1], 1 if args.quick else args.repeats, args.device, args.threads,
-                             log=lambda s: print(s, file=sys.stderr))
+    data = meta_step.run_all(
+        impls,
+        crop,
+        task,
+        [1],
+        1 if args.quick else args.repeats,
+        args.device,
+        args.threads,
+        log=lambda s: print(s, file=sys.stderr),
+    )
     # the meta-gradients in float64 (small sizes): differences of rounding only?
     data["float64_check"] = meta_step.run_all(
-        ["torch.func", "torch.func:double_backward", "higher", "reference"], 32 if args.quick else 64,
-        (32, 32) if args.quick else (64, 64), [1], 1, args.device, args.threads,
-        log=lambda s: print(s, file=sys.stderr), dtype="float64",
+        ["torch.func", "torch.func:double_backward", "higher", "reference"],
+        32 if args.quick else 64,
+        (32, 32) if args.quick else (64, 64),
+        [1],
+        1,
+        args.device,
+        args.threads,
+        log=lambda s: print(s, file=sys.stderr),
+        dtype="float64",
     )
     data["conditions"] = conditions(args, load)
     return data
@@ -156,12 +170,16 @@ def render_meta(data: dict) -> str:
         if impl not in rows or "reference" not in rows:
             continue
         tr, mr = t(impl) / t("reference"), m(impl) / m("reference")
-        line = (f"- `{impl}`: time {tr:.2f}× the reference-style step (target ≤ {META_TIME_TARGET}: "
-                f"{'met' if tr <= META_TIME_TARGET else 'not met'}), peak memory {mr:.2f}× "
-                f"(target ≤ {META_MEMORY_TARGET}: {'met' if mr <= META_MEMORY_TARGET else 'not met'})")
+        line = (
+            f"- `{impl}`: time {tr:.2f}× the reference-style step (target ≤ {META_TIME_TARGET}: "
+            f"{'met' if tr <= META_TIME_TARGET else 'not met'}), peak memory {mr:.2f}× "
+            f"(target ≤ {META_MEMORY_TARGET}: {'met' if mr <= META_MEMORY_TARGET else 'not met'})"
+        )
         if "higher" in rows:
-            line += (f"; {'no slower' if t(impl) <= t('higher') else 'slower'} than `higher` "
-                     f"({t(impl):.2f} vs {t('higher'):.2f} s)")
+            line += (
+                f"; {'no slower' if t(impl) <= t('higher') else 'slower'} than `higher` "
+                f"({t(impl):.2f} vs {t('higher'):.2f} s)"
+            )
         verdicts.append(line + ".")
     crop, task = data["crop"], data["task"]
     lines = [
@@ -178,16 +196,25 @@ def render_meta(data: dict) -> str:
     check = data.get("float64_check")
     if check:
         diffs = ", ".join(f"`{k}` {v:.1e}" for k, v in check["grad_rel_diff"]["1"].items() if k != "torch.func")
-        lines += ["", f"The same meta-gradients in float64 at {check['crop']}×{check['crop']} crops, task "
-                      f"{check['task'][0]}×{check['task'][1]}, relative difference from `torch.func`: {diffs}."]
+        lines += [
+            "",
+            f"The same meta-gradients in float64 at {check['crop']}×{check['crop']} crops, task "
+            f"{check['task'][0]}×{check['task'][1]}, relative difference from `torch.func`: {diffs}.",
+        ]
     return "\n".join(lines)
 
 
 def inference_part(args: argparse.Namespace) -> dict:
     load = _load()
     sizes = [(120, 160)] if args.quick else [(480, 640), (1024, 1280)]
-    data = inference_speed.run_all(sizes, list(inference_speed.ENGINES), 1 if args.quick else args.repeats, args.threads,
-                                   args.device, log=lambda s: print(s, file=sys.stderr))
+    data = inference_speed.run_all(
+        sizes,
+        list(inference_speed.ENGINES),
+        1 if args.quick else args.repeats,
+        args.threads,
+        args.device,
+        log=lambda s: print(s, file=sys.stderr),
+    )
     data["conditions"] = conditions(args, load)
     return data
 
@@ -204,30 +231,38 @@ def render_inference(data: dict) -> str:
             paired = inference_speed.paired_ratios(r, data["flops_per_pixel"])
             median = statistics.median(paired) if paired else ratio
             met = max(ratio, median) <= INFERENCE_FLOOR_TARGET  # both measures within the target
-            verdicts.append(f"- `{r['engine']}` at 480×640: {ratio:.1f}× the floor (best pair / best rate)"
-                            + (f", {median:.1f}× paired (median of {len(paired)})" if paired else "")
-                            + f" (target ≤ {INFERENCE_FLOOR_TARGET:.0f}: {'met' if met else 'not met'}).")
-    return "\n".join([
-        header(c, "Inference"),
-        "",
-        f"The network: {data['flops_per_pixel'] / 2:,.0f} multiply-adds per pixel "
-        f"({data['flops_per_pixel'] * 480 * 640 / 2e9:.1f} GMAC at 480×640). Matrix-product rate "
-        f"{', then '.join(f'{x / 1e9:.0f}' for x in data['matmul_rates'])} GFLOP/s (before, after the engines; "
-        f"{'CPU time, 1 thread' if one else 'wall time'}); floor = FLOPs / the larger rate. Best of {c['repeats']} pairs "
-        "after a warm-up pair.",
-        "",
-        inference_speed.table(data),
-        "",
-        *verdicts,
-    ])
+            verdicts.append(
+                f"- `{r['engine']}` at 480×640: {ratio:.1f}× the floor (best pair / best rate)"
+                + (f", {median:.1f}× paired (median of {len(paired)})" if paired else "")
+                + f" (target ≤ {INFERENCE_FLOOR_TARGET:.0f}: {'met' if met else 'not met'})."
+            )
+    return "\n".join(
+        [
+            header(c, "Inference"),
+            "",
+            f"The network: {data['flops_per_pixel'] / 2:,.0f} multiply-adds per pixel "
+            f"({data['flops_per_pixel'] * 480 * 640 / 2e9:.1f} GMAC at 480×640). Matrix-product rate "
+            f"{', then '.join(f'{x / 1e9:.0f}' for x in data['matmul_rates'])} GFLOP/s (before, after the engines; "
+            f"{'CPU time, 1 thread' if one else 'wall time'}); floor = FLOPs / the larger rate. Best of {c['repeats']} "
+            "pairs "
+            "after a warm-up pair.",
+            "",
+            inference_speed.table(data),
+            "",
+            *verdicts,
+        ]
+    )
 
 
 def metrics_part(args: argparse.Namespace) -> dict:
     from benchmarks import metrics_speed
 
     load = _load()
-    argv = (["--profiles", "cddfuse", "--repeats", "1", "--skip-end-to-end"] if args.quick
-            else ["--profiles", "cddfuse", "tdfusion", "vifb", "--mef"])
+    argv = (
+        ["--profiles", "cddfuse", "--repeats", "1", "--skip-end-to-end"]
+        if args.quick
+        else ["--profiles", "cddfuse", "tdfusion", "vifb", "--mef"]
+    )
     argv += ["--threads", str(args.threads), "--device", args.device]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -238,8 +273,9 @@ def metrics_part(args: argparse.Namespace) -> dict:
 
 
 def render_metrics(data: dict) -> str:
-    return "\n".join([header(data["conditions"], "Latest run of `python -m benchmarks --parts metrics`"), "",
-                      data["output"].strip()])
+    return "\n".join(
+        [header(data["conditions"], "Latest run of `python -m benchmarks --parts metrics`"), "", data["output"].strip()]
+    )
 
 
 RUN = {"meta": meta_part, "inference": inference_part, "metrics": metrics_part}
@@ -247,18 +283,25 @@ RENDER = {"meta": render_meta, "inference": render_inference, "metrics": render_
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
-    parser.add_argument("--quick", action="store_true", help="small sizes, one repeat; prints, leaves the docs alone "
-                        "unless --doc is given")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes, one repeat; prints, leaves the docs alone unless --doc is given",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (meta-step, inference, metrics)")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads per process (default 1: CPU times)")
     parser.add_argument("--repeats", type=int, default=2, help="timed repeats per configuration (best kept)")
-    parser.add_argument("--doc", type=Path, help=f"document to update (default {DOC.relative_to(ROOT)}; none with --quick)")
+    parser.add_argument(
+        "--doc", type=Path, help=f"document to update (default {DOC.relative_to(ROOT)}; none with --quick)"
+    )
     parser.add_argument("--json", type=Path, help="also write all results to this JSON file")
-    parser.add_argument("--from-json", type=Path, help="render the sections from a JSON file written by --json "
-                        "(no measurement)")
+    parser.add_argument(
+        "--from-json", type=Path, help="render the sections from a JSON file written by --json (no measurement)"
+    )
     args = parser.parse_args(argv)
     doc = args.doc or (None if args.quick else DOC)
     if args.from_json:

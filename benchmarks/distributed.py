@@ -16,6 +16,7 @@ the machine slow both configurations, unevenly.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -31,8 +32,14 @@ def config(size: int, batch: int, steps: int, threads_note: str) -> dict:
         "name": f"bench_dist_{threads_note}",
         "seed": 0,
         "device": "cpu",
-        "data": {"name": "synthetic", "num_images": max(16, 2 * steps * batch), "height": size, "width": size,
-                 "crop_size": (3 * size) // 4, "batch_size": batch},
+        "data": {
+            "name": "synthetic",
+            "num_images": max(16, 2 * steps * batch),
+            "height": size,
+            "width": size,
+            "crop_size": (3 * size) // 4,
+            "batch_size": batch,
+        },
         "val_data": {"name": "synthetic", "num_images": 1, "height": size, "width": size},
         "learner": {"name": "restormer"},
         "loss_generator": {"name": "tdfusion"},
@@ -50,7 +57,7 @@ def step_times(log: Path) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {"meta": [], "learner": []}
     for phase in out:
         times = [r["time"] for r in records if r.get("phase") == phase and r.get("epoch") == 2]
-        out[phase] = [b - a for a, b in zip(times, times[1:])]
+        out[phase] = [b - a for a, b in itertools.pairwise(times)]
     return out
 
 
@@ -63,12 +70,28 @@ def run_once(nproc: int, threads: int, size: int, batch: int, steps: int, work: 
     cfg_path = work / f"n{nproc}.toml"
     cfg_path.write_text(load_config(config(size, per_rank, steps, f"{nproc}x{threads}")).to_toml())
     out = work / f"run-n{nproc}-{len(list(work.glob('run-*')))}"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     env.update(OMP_NUM_THREADS=str(threads), YOLO_OFFLINE="1", TORCH_CPP_LOG_LEVEL="ERROR")
     command = [sys.executable, "-m", "metaloss", "run", str(cfg_path), "--out", str(out), "--quiet"]
     if nproc > 1:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-                   "-m", "metaloss", "run", str(cfg_path), "--out", str(out), "--quiet"]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            "-m",
+            "metaloss",
+            "run",
+            str(cfg_path),
+            "--out",
+            str(out),
+            "--quiet",
+        ]
     load_before = os.getloadavg()
     proc = subprocess.run(command, env=env, capture_output=True, text=True)
     load_after = os.getloadavg()
@@ -117,23 +140,31 @@ def main(argv: list[str] | None = None) -> int:
     summary = []
     for nproc, threads in setups:
         rs = [r for r in results if (r["processes"], r["threads_per_process"]) == (nproc, threads)]
-        summary.append({
-            "processes": nproc,
-            "threads_per_process": rs[0]["threads_per_process"],
-            "meta_samples_per_s": statistics.median(r["meta_samples_per_s"] for r in rs),
-            "learner_samples_per_s": statistics.median(r["learner_samples_per_s"] for r in rs),
-            "meta_step_s": statistics.median(r["meta_step_s"] for r in rs),
-            "learner_step_s": statistics.median(r["learner_step_s"] for r in rs),
-            "load": [round(x, 2) for r in rs for x in (r["load_before"][0], r["load_after"][0])],
-        })
+        summary.append(
+            {
+                "processes": nproc,
+                "threads_per_process": rs[0]["threads_per_process"],
+                "meta_samples_per_s": statistics.median(r["meta_samples_per_s"] for r in rs),
+                "learner_samples_per_s": statistics.median(r["learner_samples_per_s"] for r in rs),
+                "meta_step_s": statistics.median(r["meta_step_s"] for r in rs),
+                "learner_step_s": statistics.median(r["learner_step_s"] for r in rs),
+                "load": [round(x, 2) for r in rs for x in (r["load_before"][0], r["load_after"][0])],
+            }
+        )
     import torch
 
     meta = {"machine": platform.machine(), "cores": cpu_count(), "torch": torch.__version__, "args": vars(args)}
-    print("\n| processes x threads | meta-step (s) | meta samples/s | learner step (s) | learner samples/s | load (1-min, before/after each run) |")
+    print(
+        "\n| processes x threads | meta-step (s) | meta samples/s | learner step (s) | learner samples/s "
+        "| load (1-min, "
+        "before/after each run) |"
+    )
     print("|---|---|---|---|---|---|")
     for s in summary:
-        print(f"| {s['processes']} x {s['threads_per_process']} | {s['meta_step_s']:.2f} | {s['meta_samples_per_s']:.2f} "
-              f"| {s['learner_step_s']:.2f} | {s['learner_samples_per_s']:.2f} | {', '.join(map(str, s['load']))} |")
+        print(
+            f"| {s['processes']} x {s['threads_per_process']} | {s['meta_step_s']:.2f} | {s['meta_samples_per_s']:.2f} "
+            f"| {s['learner_step_s']:.2f} | {s['learner_samples_per_s']:.2f} | {', '.join(map(str, s['load']))} |"
+        )
     print(json.dumps(meta))
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "runs": results, "summary": summary}, indent=2))

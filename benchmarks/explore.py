@@ -33,7 +33,12 @@ def main(argv: list[str] | None = None) -> int:
         values = score(out / "checkpoints" / "last.pt", DATA / "tno25", "ir", "vi", out / "tno25")
         state[label] = {"sets": sets, "seconds": seconds[label], **values}
         saved.write_text(json.dumps(state, indent=1))
-        print(label, f"{seconds[label] / 60:.1f} min", {m: round(values[m], 3) for m in ("VIF", "Qabf", "SSIM")}, flush=True)
+        print(
+            label,
+            f"{seconds[label] / 60:.1f} min",
+            {m: round(values[m], 3) for m in ("VIF", "Qabf", "SSIM")},
+            flush=True,
+        )
     return 0
 
 

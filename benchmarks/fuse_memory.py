@@ -1,6 +1,6 @@
 """Peak resident memory and time of a whole `metaloss fuse` process on LLVIP 1280×1024 pairs.
 
-Each configuration runs `metaloss.fuse_cli.main` (the code behind `metaloss fuse`) in a child process
+Each configuration runs `metaloss.cli.main(["fuse", ...])` (what `metaloss fuse` runs) in a child process
 on the same pairs; its peak RSS is the child's own ``VmHWM`` (everything included: Python, torch,
 OpenCV, images, model, activations).  The fused PNGs of every
 configuration are compared with those of the whole-image run (max |difference| in grey levels of
@@ -32,7 +32,10 @@ CONFIGS: list[tuple[str, list[str]]] = [
     ("default + `--save-weights`", ["--save-weights"]),
     ("torch engine, exact in 384 chunks (`--engine torch`)", ["--engine", "torch"]),
     ("torch engine, exact, `--tile 256`", ["--engine", "torch", "--tiling", "exact", "--tile", "256"]),
-    ("torch engine, blend, `--tile 640 --overlap 192`", ["--engine", "torch", "--tiling", "blend", "--tile", "640", "--overlap", "192"]),
+    (
+        "torch engine, blend, `--tile 640 --overlap 192`",
+        ["--engine", "torch", "--tiling", "blend", "--tile", "640", "--overlap", "192"],
+    ),
 ]
 
 
@@ -47,7 +50,9 @@ def _checkpoint(path: Path, seed: int) -> Path:
     try:
         from metaloss_tdfusion.loss_generator import TDFusionLossGenerator
 
-        return write_model_checkpoint(path, fusion, {"name": "restormer"}, TDFusionLossGenerator(), {"name": "tdfusion"})
+        return write_model_checkpoint(
+            path, fusion, {"name": "restormer"}, TDFusionLossGenerator(), {"name": "tdfusion"}
+        )
     except ImportError:  # pragma: no cover
         from metaloss.models.conv_generator import ConvLossGenerator
 
@@ -56,8 +61,10 @@ def _checkpoint(path: Path, seed: int) -> Path:
 
 #: ``metaloss fuse`` in a child that reports its own peak RSS on its last stderr line (``VmHWM``:
 #: ``os.wait4``'s ``ru_maxrss`` would include this parent's resident memory at the spawn).
-CHILD = ("import sys; from metaloss.fuse_cli import main; from metaloss.utils.memory import peak_rss_bytes; "
-         "rc = main(sys.argv[1:]); print('PEAK_RSS', peak_rss_bytes(), file=sys.stderr); sys.exit(rc)")
+CHILD = (
+    "import sys; from metaloss.cli import main; from metaloss.utils.memory import peak_rss_bytes; "
+    "rc = main(['fuse', *sys.argv[1:]]); print('PEAK_RSS', peak_rss_bytes(), file=sys.stderr); sys.exit(rc)"
+)
 
 
 def _run(cmd: list[str], env: dict[str, str]) -> tuple[int, float, float, str]:
@@ -107,8 +114,21 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for i, (label, extra) in enumerate(configs):
             out = root / f"out{i}"
-            cmd = [sys.executable, "-c", CHILD, "--checkpoint", str(ckpt), "--ir", str(root / "ir"),
-                   "--vi", str(root / "vi"), "--out", str(out), "--quiet", *extra]
+            cmd = [
+                sys.executable,
+                "-c",
+                CHILD,
+                "--checkpoint",
+                str(ckpt),
+                "--ir",
+                str(root / "ir"),
+                "--vi",
+                str(root / "vi"),
+                "--out",
+                str(out),
+                "--quiet",
+                *extra,
+            ]
             rc, peak, seconds, err = _run(cmd, env)
             if rc != 0:
                 print(f"{label}: exit {rc}\n{err}", file=sys.stderr)
@@ -117,10 +137,18 @@ def main(argv: list[str] | None = None) -> int:
             diff, over = _compare(root / "out0", out) if i else (0, 0.0)
             rows.append((label, f"{peak:,.0f}", f"{seconds / len(names):.1f}", str(diff), f"{100 * over:.3f} %"))
             print(f"done: {label}: {peak:.0f} MiB, {seconds:.0f} s", file=sys.stderr, flush=True)
-    model = str(args.checkpoint) if args.checkpoint else f"seeded (seed {args.seed}) untrained RestormerFusion + TDFusion generator"
-    print(f"`metaloss fuse` on {len(names)} LLVIP pair(s) {', '.join(names)} (1280×1024), {model}; "
-          f"{platform.machine()}, OMP_NUM_THREADS={args.threads}, torch CPU\n")
-    print("| configuration | peak RSS (MiB) | s / pair | max \\|Δ\\| vs whole (grey levels) | pixels with \\|Δ\\| > 1 |")
+    model = (
+        str(args.checkpoint)
+        if args.checkpoint
+        else f"seeded (seed {args.seed}) untrained RestormerFusion + TDFusion generator"
+    )
+    print(
+        f"`metaloss fuse` on {len(names)} LLVIP pair(s) {', '.join(names)} (1280×1024), {model}; "
+        f"{platform.machine()}, OMP_NUM_THREADS={args.threads}, torch CPU\n"
+    )
+    print(
+        "| configuration | peak RSS (MiB) | s / pair | max \\|Δ\\| vs whole (grey levels) | pixels with \\|Δ\\| > 1 |"
+    )
     print("|---|---:|---:|---:|---:|")
     for row in rows:
         print("| " + " | ".join(row) + " |")

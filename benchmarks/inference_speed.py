@@ -73,8 +73,16 @@ def _clock(threads: int, cuda: bool) -> tuple:
     return now
 
 
-def measure_engine(engine: str, height: int, width: int, repeats: int, threads: int, device: str, out_file: str | None,
-                   paired_repeats: int = 0) -> dict:
+def measure_engine(
+    engine: str,
+    height: int,
+    width: int,
+    repeats: int,
+    threads: int,
+    device: str,
+    out_file: str | None,
+    paired_repeats: int = 0,
+) -> dict:
     import torch
 
     from metaloss.utils.memory import set_allocator_policy
@@ -189,8 +197,15 @@ def _child(args: list[str], threads: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run_all(sizes: list[tuple[int, int]], engines: list[str], repeats: int, threads: int, device: str, log=print,
-            paired_sizes: tuple[tuple[int, int], ...] = ((480, 640),)) -> dict:
+def run_all(
+    sizes: list[tuple[int, int]],
+    engines: list[str],
+    repeats: int,
+    threads: int,
+    device: str,
+    log=print,
+    paired_sizes: tuple[tuple[int, int], ...] = ((480, 640),),
+) -> dict:
     import torch
 
     rate = lambda: _child(["--rate", "--threads", str(threads), "--device", device], threads)["rate"]
@@ -214,16 +229,40 @@ def run_all(sizes: list[tuple[int, int]], engines: list[str], repeats: int, thre
             for engine in ["torch", *[e for e in engines if e != "torch"]]:
                 outs[engine] = os.path.join(tmp, f"{engine.replace(':', '_')}-{h}x{w}.pt")
                 paired = repeats if (h, w) in paired_sizes else 0
-                r = _child(["--one", engine, "--sizes", f"{h}x{w}", "--repeats", str(repeats), "--threads", str(threads),
-                            "--device", device, "--out-file", outs[engine], "--paired", str(paired)], threads)
+                r = _child(
+                    [
+                        "--one",
+                        engine,
+                        "--sizes",
+                        f"{h}x{w}",
+                        "--repeats",
+                        str(repeats),
+                        "--threads",
+                        str(threads),
+                        "--device",
+                        device,
+                        "--out-file",
+                        outs[engine],
+                        "--paired",
+                        str(paired),
+                    ],
+                    threads,
+                )
                 r["max_abs_diff"] = float((torch.load(outs[engine]) - torch.load(outs["torch"])).abs().max())
                 results.append(r)
-                log(f"  {engine} {h}x{w}: {min(r['cpu_s']):.2f} CPU-s, {min(r['wall_s']):.2f} s wall, "
-                    f"peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GiB, max |diff| {r['max_abs_diff']:.1e}")
+                log(
+                    f"  {engine} {h}x{w}: {min(r['cpu_s']):.2f} CPU-s, {min(r['wall_s']):.2f} s wall, "
+                    f"peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GiB, max |diff| {r['max_abs_diff']:.1e}"
+                )
     rates.append(rate())
     log(f"  matmul rate after: {rates[1] / 1e9:.0f} GFLOP/s")
-    return {"threads": threads, "device": device, "flops_per_pixel": per_pixel, "matmul_rates": rates,
-            "results": [r for r in results if r["engine"] in engines]}
+    return {
+        "threads": threads,
+        "device": device,
+        "flops_per_pixel": per_pixel,
+        "matmul_rates": rates,
+        "results": [r for r in results if r["engine"] in engines],
+    }
 
 
 def paired_ratios(result: dict, flops_per_pixel: float) -> list[float]:
@@ -237,16 +276,21 @@ def table(data: dict) -> str:
     rate = max(data["matmul_rates"])
     one = data["threads"] == 1 and not data["device"].startswith("cuda")
     unit = "CPU s" if one else "wall s"
-    out = [f"| size | engine | {unit} / pair | floor (s) | × floor | × floor, paired (median, range) | peak RSS (GiB) | max \\|Δ\\| vs eager |",
-           "|---|---|---:|---:|---:|---:|---:|---:|"]
+    out = [
+        f"| size | engine | {unit} / pair | floor (s) | × floor | × floor, paired (median, range) | peak RSS (GiB) | "
+        "max \\|Δ\\| vs eager |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in data["results"]:
         h, w = r["size"]
         t = min(r["cpu_s"] if one else r["wall_s"])
         floor = data["flops_per_pixel"] * h * w / rate
         ratios = paired_ratios(r, data["flops_per_pixel"])
         paired = f"{statistics.median(ratios):.1f} ({min(ratios):.1f}–{max(ratios):.1f})" if ratios else "–"
-        out.append(f"| {h}×{w} | `{r['engine']}` | {t:.2f} | {floor:.2f} | {t / floor:.1f} | {paired} | "
-                   f"{r['peak_rss_bytes'] / 2**30:.2f} | {r['max_abs_diff']:.0e} |")
+        out.append(
+            f"| {h}×{w} | `{r['engine']}` | {t:.2f} | {floor:.2f} | {t / floor:.1f} | {paired} | "
+            f"{r['peak_rss_bytes'] / 2**30:.2f} | {r['max_abs_diff']:.0e} |"
+        )
     return "\n".join(out)
 
 
@@ -273,9 +317,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.one:
         h, w = args.sizes[0]
-        print(json.dumps(measure_engine(args.one, h, w, args.repeats, args.threads, args.device, args.out_file, args.paired)))
+        print(
+            json.dumps(
+                measure_engine(args.one, h, w, args.repeats, args.threads, args.device, args.out_file, args.paired)
+            )
+        )
         return 0
-    data = run_all(args.sizes, args.engines, args.repeats, args.threads, args.device, log=lambda s: print(s, file=sys.stderr))
+    data = run_all(
+        args.sizes, args.engines, args.repeats, args.threads, args.device, log=lambda s: print(s, file=sys.stderr)
+    )
     data["machine"] = platform.processor() or platform.machine()
     print(table(data))
     if args.json:

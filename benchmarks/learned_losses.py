@@ -32,28 +32,39 @@ FIGURE = ROOT / "docs" / "figures" / "learned_losses_tno25.png"
 #: what separates the variants: the loss (generator and intensity norm); everything else is the config's
 VARIANTS: dict[str, dict[str, object]] = {
     "fixed_half": {  # (a) the old baseline: w = 0.5, max-rule gradient term
-        "loss_generator": '{name = "fixed", ir_weight = 0.5}', "loss.intensity_norm": '"l2"',
-        "loss.gradient_target": '"max"', "meta.meta_steps": "0",
+        "loss_generator": '{name = "fixed", ir_weight = 0.5}',
+        "loss.intensity_norm": '"l2"',
+        "loss.gradient_target": '"max"',
+        "meta.meta_steps": "0",
     },
     "max_l1": {  # (b) SeAFusion / PIAFusion: |I_f - max(I_a, I_b)| + max-rule gradient term, their 10x weighting
-        "loss_generator": '{name = "fixed", intensity_rule = "max"}', "loss.intensity_norm": '"l1"',
-        "loss.gradient_target": '"max"', "loss.alpha": "10.0", "meta.meta_steps": "0",
+        "loss_generator": '{name = "fixed", intensity_rule = "max"}',
+        "loss.intensity_norm": '"l1"',
+        "loss.gradient_target": '"max"',
+        "loss.alpha": "10.0",
+        "meta.meta_steps": "0",
     },
     "max_target": {  # (c) (I_f - max(I_a, I_b))^2 + |grad I_f - grad max(I_a, I_b)|: both terms ask for one image
-        "loss_generator": '{name = "fixed", intensity_rule = "max"}', "loss.intensity_norm": '"l2"',
-        "loss.gradient_target": '"intensity"', "meta.meta_steps": "0",
+        "loss_generator": '{name = "fixed", intensity_rule = "max"}',
+        "loss.intensity_norm": '"l2"',
+        "loss.gradient_target": '"intensity"',
+        "meta.meta_steps": "0",
     },
     "learned": {  # the loss proposal module from 0.5 (no prior), meta-trained
         "loss_generator": '{name = "refusion", gradient_weights = false, symmetric = true}',
-        "loss.intensity_norm": '"l2"', "loss.gradient_target": '"intensity"',
+        "loss.intensity_norm": '"l2"',
+        "loss.gradient_target": '"intensity"',
     },
     "learned_prior": {  # the config's learned loss: a meta-learned correction around a near-max rule
         "loss_generator": '{name = "refusion", gradient_weights = false, symmetric = true, prior_sharpness = 50.0}',
-        "loss.intensity_norm": '"l2"', "loss.gradient_target": '"intensity"',
+        "loss.intensity_norm": '"l2"',
+        "loss.gradient_target": '"intensity"',
     },
     "prior_only": {  # the same generator never meta-trained: the soft max rule alone (what the learning adds)
         "loss_generator": '{name = "refusion", gradient_weights = false, symmetric = true, prior_sharpness = 50.0}',
-        "loss.intensity_norm": '"l2"', "loss.gradient_target": '"intensity"', "meta.meta_steps": "0",
+        "loss.intensity_norm": '"l2"',
+        "loss.gradient_target": '"intensity"',
+        "meta.meta_steps": "0",
     },
 }
 HEADLINE = ("VIF", "Qabf", "SSIM")
@@ -74,7 +85,11 @@ def summarise(results: dict[str, dict[str, float]]) -> dict[str, dict[str, tuple
     out = {}
     for variant, runs in by_variant.items():
         out[variant] = {
-            m: (statistics.fmean(r[m] for r in runs), statistics.stdev(r[m] for r in runs) if len(runs) > 1 else 0.0, len(runs))
+            m: (
+                statistics.fmean(r[m] for r in runs),
+                statistics.stdev(r[m] for r in runs) if len(runs) > 1 else 0.0,
+                len(runs),
+            )
             for m in METRICS
         }
     return out
@@ -85,15 +100,17 @@ def render(results: dict[str, dict[str, float]], meta: dict[str, object]) -> str
     head = "| loss | runs | " + " | ".join(METRICS) + " |\n|---|---:|" + "---:|" * len(METRICS)
     rows = [
         f"| {variant} | {next(iter(s.values()))[2]} | "
-        + " | ".join(f"{s[m][0]:.3f} ± {s[m][1]:.3f}" if s[m][2] > 1 else f"{s[m][0]:.3f}" for m in METRICS) + " |"
+        + " | ".join(f"{s[m][0]:.3f} ± {s[m][1]:.3f}" if s[m][2] > 1 else f"{s[m][0]:.3f}" for m in METRICS)
+        + " |"
         for variant, s in stats.items()
     ]
-    return (f"_Measured by `python -m benchmarks.learned_losses {meta.get('args', '')}` on {meta.get('machine', '?')}._ "
-            f"Budget of every run: `{CONFIG}` as it is (2 epochs of 796 learner steps on 64x64 crops of RoadScene's "
-            "199 training pairs; the learned variants also take 100 meta-steps after the one-epoch warm-up), only the "
-            "loss changed. tno25, `cddfuse` profile through `metaloss fuse` (stretch on) and `metaloss eval`, "
-            "mean ± sample standard deviation over the seeds:\n\n"
-            + head + "\n" + "\n".join(rows) + "\n")
+    return (
+        f"_Measured by `python -m benchmarks.learned_losses {meta.get('args', '')}` on {meta.get('machine', '?')}._ "
+        f"Budget of every run: `{CONFIG}` as it is (2 epochs of 796 learner steps on 64x64 crops of RoadScene's "
+        "199 training pairs; the learned variants also take 100 meta-steps after the one-epoch warm-up), only the "
+        "loss changed. tno25, `cddfuse` profile through `metaloss fuse` (stretch on) and `metaloss eval`, "
+        "mean ± sample standard deviation over the seeds:\n\n" + head + "\n" + "\n".join(rows) + "\n"
+    )
 
 
 def figure(runs: dict[str, Path], names: list[str], out: Path) -> None:
@@ -132,7 +149,9 @@ def figure(runs: dict[str, Path], names: list[str], out: Path) -> None:
     for ax in axes.flat:
         ax.axis("off")
     if shown is not None:
-        fig.colorbar(shown, ax=axes[:, -len(learned):].ravel().tolist(), shrink=0.8, label=f"W infrared ({lo:.2f} to {hi:.2f})")
+        fig.colorbar(
+            shown, ax=axes[:, -len(learned) :].ravel().tolist(), shrink=0.8, label=f"W infrared ({lo:.2f} to {hi:.2f})"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)
     plt.close(fig)
@@ -150,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     state = json.loads(saved.read_text()) if saved.is_file() else {"results": {}, "seconds": {}}
     if not args.render:
         todo = [(v, s) for s in args.seeds for v in args.variants if f"{v}-s{s}" not in state["results"]]
+
         def train_and_score(variant: str, seed: int) -> tuple[float, dict[str, float]]:
             key, out = f"{variant}-s{seed}", OUT / f"{variant}-s{seed}"
             seconds = train_concurrently({key: (CONFIG, out, overrides(variant, seed))})[key]
@@ -162,9 +182,17 @@ def main(argv: list[str] | None = None) -> int:
                 key = futures[future]
                 state["seconds"][key], state["results"][key] = future.result()
                 saved.write_text(json.dumps(state, indent=2))
-                print(key, f"{state['seconds'][key] / 60:.1f} min", {m: round(state["results"][key][m], 3) for m in HEADLINE}, flush=True)
-        state["meta"] = {"machine": machine(), "date": time.strftime("%Y-%m-%d"),
-                         "args": " ".join(sys.argv[1:] if argv is None else argv)}
+                print(
+                    key,
+                    f"{state['seconds'][key] / 60:.1f} min",
+                    {m: round(state["results"][key][m], 3) for m in HEADLINE},
+                    flush=True,
+                )
+        state["meta"] = {
+            "machine": machine(),
+            "date": time.strftime("%Y-%m-%d"),
+            "args": " ".join(sys.argv[1:] if argv is None else argv),
+        }
         saved.write_text(json.dumps(state, indent=2))
     seed = min(int(k.rsplit("-s", 1)[1]) for k in state["results"])
     runs = {v: OUT / f"{v}-s{seed}" for v in VARIANTS if f"{v}-s{seed}" in state["results"]}

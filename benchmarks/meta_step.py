@@ -55,7 +55,14 @@ def _config(impl: str, crop: int, task: tuple[int, int], inner_steps: int, devic
     return {
         "device": device,
         "dtype": dtype,
-        "data": {"name": "synthetic", "num_images": 4, "height": h, "width": w, "crop_size": crop, "task_size": list(task)},
+        "data": {
+            "name": "synthetic",
+            "num_images": 4,
+            "height": h,
+            "width": w,
+            "crop_size": crop,
+            "task_size": list(task),
+        },
         "objective": {"name": "segmentation", "drop_path": 0.0},
         "meta": meta,
         "performance": performance,
@@ -66,8 +73,16 @@ def _rss() -> int:
     return peak_rss_bytes()
 
 
-def measure(impl: str, crop: int, task: tuple[int, int], inner_steps: int, repeats: int, device: str,
-            grad_file: str | None = None, dtype: str = "float32") -> dict:
+def measure(
+    impl: str,
+    crop: int,
+    task: tuple[int, int],
+    inner_steps: int,
+    repeats: int,
+    device: str,
+    grad_file: str | None = None,
+    dtype: str = "float32",
+) -> dict:
     import torch
 
     from metaloss.config import load_config
@@ -99,8 +114,12 @@ def measure(impl: str, crop: int, task: tuple[int, int], inner_steps: int, repea
         step = lambda: reference_meta_step(problem, train, test, opt, inner_lr=lr, lookahead_lr=lr, workdir=workdir)
     else:
         backend = cfg.meta.backend
-        first = lambda: meta_gradient(problem, train, test, inner_lr=lr, inner_steps=inner_steps, backend=backend, lookahead_lr=lr)[0]
-        step = lambda: meta_step(problem, train, test, opt, inner_lr=lr, inner_steps=inner_steps, backend=backend, lookahead_lr=lr)
+        first = lambda: meta_gradient(
+            problem, train, test, inner_lr=lr, inner_steps=inner_steps, backend=backend, lookahead_lr=lr
+        )[0]
+        step = lambda: meta_step(
+            problem, train, test, opt, inner_lr=lr, inner_steps=inner_steps, backend=backend, lookahead_lr=lr
+        )
     sync()
     rss_before = _rss()
     wall0, cpu0 = time.perf_counter(), time.process_time()
@@ -141,14 +160,42 @@ def measure(impl: str, crop: int, task: tuple[int, int], inner_steps: int, repea
     }
 
 
-def run_child(impl: str, crop: int, task: tuple[int, int], inner_steps: int, repeats: int, device: str,
-              threads: int, grad_file: str, dtype: str = "float32") -> dict:
+def run_child(
+    impl: str,
+    crop: int,
+    task: tuple[int, int],
+    inner_steps: int,
+    repeats: int,
+    device: str,
+    threads: int,
+    grad_file: str,
+    dtype: str = "float32",
+) -> dict:
     """``measure`` in a fresh Python process with ``threads`` intra-op threads."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), YOLO_OFFLINE="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    cmd = [sys.executable, "-m", "benchmarks.meta_step", "--one", "--impls", impl, "--crop", str(crop),
-           "--task", *map(str, task), "--inner-steps", str(inner_steps), "--repeats", str(repeats),
-           "--device", device, "--grad-file", grad_file, "--dtype", dtype]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.meta_step",
+        "--one",
+        "--impls",
+        impl,
+        "--crop",
+        str(crop),
+        "--task",
+        *map(str, task),
+        "--inner-steps",
+        str(inner_steps),
+        "--repeats",
+        str(repeats),
+        "--device",
+        device,
+        "--grad-file",
+        grad_file,
+        "--dtype",
+        dtype,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
@@ -164,8 +211,17 @@ def compare(grad_files: dict[str, str], base: str) -> dict[str, float]:
     return {impl: float((flat(path) - ref).norm() / ref.norm()) for impl, path in grad_files.items()}
 
 
-def run_all(impls: list[str], crop: int, task: tuple[int, int], inner_steps: list[int], repeats: int, device: str,
-            threads: int, log=print, dtype: str = "float32") -> dict:
+def run_all(
+    impls: list[str],
+    crop: int,
+    task: tuple[int, int],
+    inner_steps: list[int],
+    repeats: int,
+    device: str,
+    threads: int,
+    log=print,
+    dtype: str = "float32",
+) -> dict:
     results, diffs = [], {}
     with tempfile.TemporaryDirectory(prefix="bench-meta-") as tmp:
         for k in inner_steps:
@@ -176,12 +232,21 @@ def run_all(impls: list[str], crop: int, task: tuple[int, int], inner_steps: lis
                 files[impl] = os.path.join(tmp, f"{impl.replace(':', '_')}-{k}.pt")
                 r = run_child(impl, crop, task, k, repeats, device, threads, files[impl], dtype)
                 results.append(r)
-                log(f"  {impl}, {k} inner step(s): {min(r['cpu_s']):.2f} CPU-s, {min(r['wall_s']):.2f} s wall, "
-                    f"peak {r['peak_bytes'] / 2**30:.2f} GiB ({r['peak_kind']})")
+                log(
+                    f"  {impl}, {k} inner step(s): {min(r['cpu_s']):.2f} CPU-s, {min(r['wall_s']):.2f} s wall, "
+                    f"peak {r['peak_bytes'] / 2**30:.2f} GiB ({r['peak_kind']})"
+                )
             if files:
                 diffs[k] = compare(files, next(iter(files)))
-    return {"crop": crop, "task": list(task), "threads": threads, "device": device, "dtype": dtype, "results": results,
-            "grad_rel_diff": {str(k): v for k, v in diffs.items()}}
+    return {
+        "crop": crop,
+        "task": list(task),
+        "threads": threads,
+        "device": device,
+        "dtype": dtype,
+        "results": results,
+        "grad_rel_diff": {str(k): v for k, v in diffs.items()},
+    }
 
 
 def table(data: dict) -> str:
@@ -190,9 +255,11 @@ def table(data: dict) -> str:
     ref = next((r for r in rows if r["impl"] == "reference"), None)
     cuda = rows and rows[0]["peak_kind"] == "cuda_max_allocated"
     mem = "peak GPU memory (GiB)" if cuda else "peak RSS (GiB)"
-    out = [f"| implementation | inner steps | CPU s / step | wall s / step | {mem} | RSS before the step (GiB) "
-           "| time vs reference | memory vs reference | meta-gradient vs first row (rel. diff.) |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    out = [
+        f"| implementation | inner steps | CPU s / step | wall s / step | {mem} | RSS before the step (GiB) "
+        "| time vs reference | memory vs reference | meta-gradient vs first row (rel. diff.) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         cpu, wall = min(r["cpu_s"]), min(r["wall_s"])
         peak = r["peak_bytes"] / 2**30
@@ -202,9 +269,11 @@ def table(data: dict) -> str:
             t_ratio = f"{min(r[key]) / min(ref[key]):.2f}"
             m_ratio = f"{r['peak_bytes'] / ref['peak_bytes']:.2f}"
         diff = data["grad_rel_diff"].get(str(r["inner_steps"]), {}).get(r["impl"])
-        out.append(f"| `{r['impl']}` | {r['inner_steps']} | {cpu:.2f} | {wall:.2f} | {peak:.2f} | "
-                   f"{r['rss_before_bytes'] / 2**30:.2f} | {t_ratio} | {m_ratio} | "
-                   f"{'' if diff is None else f'{diff:.1e}'} |")
+        out.append(
+            f"| `{r['impl']}` | {r['inner_steps']} | {cpu:.2f} | {wall:.2f} | {peak:.2f} | "
+            f"{r['rss_before_bytes'] / 2**30:.2f} | {t_ratio} | {m_ratio} | "
+            f"{'' if diff is None else f'{diff:.1e}'} |"
+        )
     return "\n".join(out)
 
 
@@ -213,24 +282,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crop", type=int, default=256)
     parser.add_argument("--task", type=int, nargs=2, default=(240, 320))
     parser.add_argument("--inner-steps", type=int, nargs="+", default=[1])
-    parser.add_argument("--impls", nargs="+", default=["torch.func", "torch.func:double_backward", "higher", "reference"],
-                        choices=IMPLS)
+    parser.add_argument(
+        "--impls", nargs="+", default=["torch.func", "torch.func:double_backward", "higher", "reference"], choices=IMPLS
+    )
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads of each child process (default 1)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"],
-                        help="float64: to check that the meta-gradients differ by rounding only")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "float64"],
+        help="float64: to check that the meta-gradients differ by rounding only",
+    )
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # child-process mode
     parser.add_argument("--grad-file", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        r = measure(args.impls[0], args.crop, tuple(args.task), args.inner_steps[0], args.repeats, args.device, args.grad_file,
-                    args.dtype)
+        r = measure(
+            args.impls[0],
+            args.crop,
+            tuple(args.task),
+            args.inner_steps[0],
+            args.repeats,
+            args.device,
+            args.grad_file,
+            args.dtype,
+        )
         print(json.dumps(r))
         return 0
-    data = run_all(args.impls, args.crop, tuple(args.task), args.inner_steps, args.repeats, args.device, args.threads,
-                   log=lambda s: print(s, file=sys.stderr), dtype=args.dtype)
+    data = run_all(
+        args.impls,
+        args.crop,
+        tuple(args.task),
+        args.inner_steps,
+        args.repeats,
+        args.device,
+        args.threads,
+        log=lambda s: print(s, file=sys.stderr),
+        dtype=args.dtype,
+    )
     print(table(data))
     if args.json:
         Path(args.json).write_text(json.dumps(data, indent=2))

@@ -81,8 +81,9 @@ def _load_mef(mef: Path, profile: str):
     return pairs
 
 
-def bench_metrics(data: Path, profile: str, device: str, repeats: int, metrics: list[str] | None = None,
-                  pairs: list | None = None) -> tuple[int, float, float]:
+def bench_metrics(
+    data: Path, profile: str, device: str, repeats: int, metrics: list[str] | None = None, pairs: list | None = None
+) -> tuple[int, float, float]:
     """Best of ``repeats`` passes over the in-memory pairs (default: the VIFB set's): (images, wall s, CPU s)."""
     from metaloss.metrics import evaluate
 
@@ -124,8 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=2, help="passes of the in-memory benchmark (best kept)")
     ap.add_argument("--skip-end-to-end", action="store_true")
-    ap.add_argument("--mef", nargs="?", type=Path, const=DEFAULT_MEF, metavar="DIR",
-                    help=f"also time mefb against vifb on MEFB's fused images (default folder: {DEFAULT_MEF})")
+    ap.add_argument(
+        "--mef",
+        nargs="?",
+        type=Path,
+        const=DEFAULT_MEF,
+        metavar="DIR",
+        help=f"also time mefb against vifb on MEFB's fused images (default folder: {DEFAULT_MEF})",
+    )
     args = ap.parse_args(argv)
 
     if not args.data.is_dir():
@@ -170,10 +177,15 @@ def print_mef_table(mef: Path, device: str) -> None:
 
     pairs = _load_mef(mef, "mefb")  # both profiles read images as MATLAB's imread
     without_qp = [m for m in PROFILES["mefb"].metrics if m != "Qp"]
-    rows = [("vifb", "all 13", None), ("mefb", "all 20", None), ("mefb", "19, without Qp", without_qp),
-            ("mefb", "Qp alone", ["Qp"])]
-    timed = [(profile, label, *bench_metrics(mef, profile, device, 1, metrics, pairs))
-             for profile, label, metrics in rows]
+    rows = [
+        ("vifb", "all 13", None),
+        ("mefb", "all 20", None),
+        ("mefb", "19, without Qp", without_qp),
+        ("mefb", "Qp alone", ["Qp"]),
+    ]
+    timed = [
+        (profile, label, *bench_metrics(mef, profile, device, 1, metrics, pairs)) for profile, label, metrics in rows
+    ]
     base = timed[0][4] / timed[0][2]
     print()
     print(f"MEFB's fused images ({mef}): {len(pairs)} scenes, metrics in memory")

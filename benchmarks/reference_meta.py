@@ -54,7 +54,7 @@ class MetaModule(nn.Module):
         meta = self.__dict__.get(name + "_meta")
         return meta if meta is not None else getattr(self, name)
 
-    def named_leaves(self, prefix: str = "") -> Iterator[tuple[str, "MetaModule", str]]:
+    def named_leaves(self, prefix: str = "") -> Iterator[tuple[str, MetaModule, str]]:
         for name in self._weights:
             yield prefix + name, self, name
         for child_name, child in self.named_children():
@@ -72,7 +72,7 @@ class MetaModule(nn.Module):
             owner.__dict__.pop(name + "_meta", None)
 
     def update_params(self, lr: float, grads: list[Tensor | None]) -> None:
-        for (_, owner, name), g in zip(list(self.named_leaves()), grads):
+        for (_, owner, name), g in zip(list(self.named_leaves()), grads, strict=True):
             current = getattr(owner, name)
             owner.__dict__[name + "_meta"] = current if g is None else current - lr * g
 
@@ -214,19 +214,30 @@ class ShadowRestormerFusion(MetaModule):
     """``metaloss.models.restormer.RestormerFusion`` (reference sizes, with-bias LayerNorm, no conv
     bias) with every weight a shadow tensor; the same parameter names, so ``copy_weights`` works."""
 
-    def __init__(self, dim: int = 16, heads: int = 8, blocks_per_modality: int = 2, fused_blocks: int = 2,
-                 ffn_expansion: float = 2.0) -> None:
+    def __init__(
+        self,
+        dim: int = 16,
+        heads: int = 8,
+        blocks_per_modality: int = 2,
+        fused_blocks: int = 2,
+        ffn_expansion: float = 2.0,
+    ) -> None:
         super().__init__()
         self.backbone = MetaBackbone(dim, heads, blocks_per_modality, fused_blocks, ffn_expansion)
 
     @classmethod
-    def like(cls, net: RestormerFusion) -> "ShadowRestormerFusion":
+    def like(cls, net: RestormerFusion) -> ShadowRestormerFusion:
         bb = net.backbone
         if bb.merge is None or not isinstance(bb.encoder1.blocks[0].norm1, R.WithBiasLayerNorm):
             raise ValueError("the shadow network transcribes the reference configuration only")
         dim = bb.encoder1.stem.out_channels
-        shadow = cls(dim, bb.merge.heads, len(bb.encoder1.blocks), len(bb.decoder),
-                     bb.encoder1.blocks[0].ffn.project_in.out_channels / 2 / dim)
+        shadow = cls(
+            dim,
+            bb.merge.heads,
+            len(bb.encoder1.blocks),
+            len(bb.decoder),
+            bb.encoder1.blocks[0].ffn.project_in.out_channels / 2 / dim,
+        )
         shadow.to(next(net.parameters()).device).copy_weights(net)
         return shadow
 
@@ -252,7 +263,9 @@ def reference_meta_gradient(
     pseudo = ShadowRestormerFusion.like(fusion)
     fused = pseudo(train["ir"], train["vi"])
     maps = generator(train["ir"], train["vi"])
-    inner = fusion_loss(fused, train["ir"], train["vi"], maps, alpha=problem.alpha, weight_form=problem.weight_form).total
+    inner = fusion_loss(
+        fused, train["ir"], train["vi"], maps, alpha=problem.alpha, weight_form=problem.weight_form
+    ).total
     grads = torch.autograd.grad(inner, pseudo.params(), create_graph=True, allow_unused=True)
     pseudo.update_params(inner_lr, list(grads))
     del fused, grads
@@ -274,8 +287,11 @@ def reference_meta_gradient(
             p.grad = None
         outer = task.loss(task(pseudo(test["task_ir"], test["task_vi"])), test)
         outer.backward()
-        gen_grads = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
-                     for p in generator.parameters() if p.requires_grad]
+        gen_grads = [
+            p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
+            for p in generator.parameters()
+            if p.requires_grad
+        ]
     finally:
         # 4. the task network back from disk
         task.load_state_dict(torch.load(path, map_location=next(task.parameters()).device))
@@ -298,7 +314,9 @@ def reference_meta_step(
     workdir: str | os.PathLike[str] | None = None,
 ) -> tuple[list[Tensor], float]:
     """``reference_meta_gradient`` followed by the loss generator's optimizer step."""
-    grads, outer = reference_meta_gradient(problem, train, test, inner_lr=inner_lr, lookahead_lr=lookahead_lr, workdir=workdir)
+    grads, outer = reference_meta_gradient(
+        problem, train, test, inner_lr=inner_lr, lookahead_lr=lookahead_lr, workdir=workdir
+    )
     outer_optimizer.step()
     outer_optimizer.zero_grad(set_to_none=True)
     return grads, outer

@@ -16,6 +16,7 @@ directories under runs/refusion-*/ (not committed).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -32,7 +33,15 @@ METRICS = ["EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM"]
 #: Published values on tno25 (cddfuse profile) that the pretrained model is compared with.
 TNO_REFERENCE = {
     "official ReFusion IVIF checkpoint, its test script, CDDFuse Evaluator": {
-        "EN": 7.10, "SD": 43.8, "SF": 12.9, "AG": 4.86, "MI": 2.04, "SCD": 1.73, "VIF": 0.754, "Qabf": 0.552, "SSIM": 1.016,
+        "EN": 7.10,
+        "SD": 43.8,
+        "SF": 12.9,
+        "AG": 4.86,
+        "MI": 2.04,
+        "SCD": 1.73,
+        "VIF": 0.754,
+        "Qabf": 0.552,
+        "SSIM": 1.016,
     },
     "plain average of the two sources": {"VIF": 0.573, "Qabf": 0.356, "SSIM": 1.014},
     "CDDFuse (published)": {"VIF": 0.77, "Qabf": 0.54, "SSIM": 1.03},
@@ -71,8 +80,17 @@ def train_concurrently(jobs: dict[str, tuple[str, Path, list[str]]]) -> dict[str
     for label, (config, out, overrides) in jobs.items():
         if out.exists():
             shutil.rmtree(out)
-        cmd = [sys.executable, "-m", "metaloss", "run", config, "--out", str(out), "--quiet",
-               *[a for o in overrides for a in ("--set", o)]]
+        cmd = [
+            sys.executable,
+            "-m",
+            "metaloss",
+            "run",
+            config,
+            "--out",
+            str(out),
+            "--quiet",
+            *[a for o in overrides for a in ("--set", o)],
+        ]
         starts[label] = time.perf_counter()
         procs[label] = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     seconds = {}
@@ -88,7 +106,7 @@ def logged_seconds(run_dir: Path, max_gap: float = 300.0) -> float:
     """Training time of a run from its log: the sum of the gaps between consecutive records, gaps
     longer than ``max_gap`` (an interruption before a ``--resume``) left out."""
     times = [json.loads(line)["time"] for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
-    return sum(b - a for a, b in zip(times, times[1:]) if b - a <= max_gap)
+    return sum(b - a for a, b in itertools.pairwise(times) if b - a <= max_gap)
 
 
 def train_or_reuse(config: str, out: Path, overrides: list[str], reuse: bool) -> tuple[float, str]:
@@ -101,7 +119,9 @@ def train_or_reuse(config: str, out: Path, overrides: list[str], reuse: bool) ->
     return train(config, out, overrides), "wall clock, whole command"
 
 
-def score(checkpoint: Path | None, data: Path, ir: str, vi: str, out: Path, stretch: bool | None = None) -> dict[str, float]:
+def score(
+    checkpoint: Path | None, data: Path, ir: str, vi: str, out: Path, stretch: bool | None = None
+) -> dict[str, float]:
     """Fuse ``data/ir`` + ``data/vi`` with ``checkpoint`` (``metaloss fuse``; the stretch as the model
     says unless ``stretch`` is given; ``None``: the plain average of the two sources' grey images) and
     score them (``metaloss eval --profile cddfuse``); the mean of each metric."""
@@ -112,11 +132,37 @@ def score(checkpoint: Path | None, data: Path, ir: str, vi: str, out: Path, stre
         write_average(data / ir, data / vi, fused)
     else:
         flag = [] if stretch is None else ["--stretch" if stretch else "--no-stretch"]
-        metaloss_cli("fuse", "--checkpoint", str(checkpoint), "--ir", str(data / ir), "--vi", str(data / vi),
-                     "--out", str(fused), "--quiet", *flag)
+        metaloss_cli(
+            "fuse",
+            "--checkpoint",
+            str(checkpoint),
+            "--ir",
+            str(data / ir),
+            "--vi",
+            str(data / vi),
+            "--out",
+            str(fused),
+            "--quiet",
+            *flag,
+        )
     report = out / "metrics.json"
-    metaloss_cli("eval", "--ir", str(data / ir), "--vi", str(data / vi), "--fused", str(fused),
-                 "--profile", "cddfuse", "--metrics", *METRICS, "--json", str(report), "--summary", "--no-progress")
+    metaloss_cli(
+        "eval",
+        "--ir",
+        str(data / ir),
+        "--vi",
+        str(data / vi),
+        "--fused",
+        str(fused),
+        "--profile",
+        "cddfuse",
+        "--metrics",
+        *METRICS,
+        "--json",
+        str(report),
+        "--summary",
+        "--no-progress",
+    )
     result = json.loads(report.read_text())
     (method,) = result["methods"].values()
     return {m: float(v) for m, v in method["mean"].items()}
@@ -172,8 +218,14 @@ def ship(checkpoint: Path, name: str) -> Path:
     generator = build_plugin("loss_generators", cfg["loss_generator"])
     generator.load_state_dict(trainer["generator"])
     target = ROOT / "metaloss" / "pretrained" / name
-    write_model_checkpoint(target, fusion, cfg["learner"], generator, cfg["loss_generator"],
-                     stretch=bool(cfg.get("eval", {}).get("stretch", True)))
+    write_model_checkpoint(
+        target,
+        fusion,
+        cfg["learner"],
+        generator,
+        cfg["loss_generator"],
+        stretch=bool(cfg.get("eval", {}).get("stretch", True)),
+    )
     read_checkpoint(target)  # readable as data
     return target
 
@@ -201,8 +253,10 @@ def machine() -> str:
     import torch
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-            f"{time.strftime('%Y-%m-%d')}, load average {load:.1f} at the end")
+    return (
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"{time.strftime('%Y-%m-%d')}, load average {load:.1f} at the end"
+    )
 
 
 def figure(checkpoint: Path, data: Path, ir: str, vi: str, names: list[str], out: Path) -> None:
@@ -220,10 +274,16 @@ def figure(checkpoint: Path, data: Path, ir: str, vi: str, names: list[str], out
     for row, name in enumerate(names):
         pair = load_pair(next((data / ir).glob(name + ".*")), next((data / vi).glob(name + ".*")))
         result = fuse_images(model, pair, weights=True)
-        panels = [(pair.ir.y[0].numpy(), "infrared", "gray"), (pair.vi.y[0].numpy(), "visible (Y)", "gray"),
-                  (result.image, "fused", "gray"), (result.maps["w_ir"].numpy(), "learned W (infrared)", "inferno")]
-        for ax, (img, title, cmap) in zip(axes[row], panels):
-            ax.imshow(img, cmap=cmap, vmin=0 if img.dtype != "uint8" else None, vmax=1 if img.dtype != "uint8" else None)
+        panels = [
+            (pair.ir.y[0].numpy(), "infrared", "gray"),
+            (pair.vi.y[0].numpy(), "visible (Y)", "gray"),
+            (result.image, "fused", "gray"),
+            (result.maps["w_ir"].numpy(), "learned W (infrared)", "inferno"),
+        ]
+        for ax, (img, title, cmap) in zip(axes[row], panels, strict=True):
+            ax.imshow(
+                img, cmap=cmap, vmin=0 if img.dtype != "uint8" else None, vmax=1 if img.dtype != "uint8" else None
+            )
             ax.set_title(f"{name}: {title}" if title == "infrared" else title, fontsize=9)
             ax.axis("off")
     fig.tight_layout()
@@ -285,15 +345,21 @@ def main(argv: list[str] | None = None) -> int:
             fixed = runs / "refusion-pretrained-fixed"  # the same run with fixed w = 0.5 (no meta phase), if made
             if (fixed / "checkpoints" / "last.pt").exists():
                 rows["the same budget, fixed w = 0.5 (no meta phase)"] = score(
-                    fixed / "checkpoints" / "last.pt", DATA / "tno25", "ir", "vi", fixed / "tno25")
+                    fixed / "checkpoints" / "last.pt", DATA / "tno25", "ir", "vi", fixed / "tno25"
+                )
             rows.update(TNO_REFERENCE)
-            body = (f"_Measured by `python -m benchmarks.refusion pretrained` on {machine()}._\n\n"
-                    f"Training: `metaloss run examples/refusion_roadscene.toml` took **{seconds / 60:.1f} min** "
-                    f"({how}).\n\n"
-                    f"tno25, `cddfuse` profile (`metaloss fuse` with each model's own stretch setting, then `metaloss eval`):\n\n"
-                    f"{table(rows)}\n\n"
-                    "Targets (at least the official ReFusion model): "
-                    + ", ".join(f"{m} >= {t} ({'met' if met[m] else 'NOT met'}: {values[m]:.3f})" for m, t in TNO_TARGET.items()))
+            body = (
+                f"_Measured by `python -m benchmarks.refusion pretrained` on {machine()}._\n\n"
+                f"Training: `metaloss run examples/refusion_roadscene.toml` took **{seconds / 60:.1f} min** "
+                f"({how}).\n\n"
+                "tno25, `cddfuse` profile (`metaloss fuse` with each model's own stretch setting, then `metaloss "
+                "eval`):\n\n"
+                f"{table(rows)}\n\n"
+                "Targets (at least the official ReFusion model): "
+                + ", ".join(
+                    f"{m} >= {t} ({'met' if met[m] else 'NOT met'}: {values[m]:.3f})" for m, t in TNO_TARGET.items()
+                )
+            )
             write_section(ROOT / "docs" / "pretrained.md", "TNO", body)
             if args.heldout is not None:  # scores that `heldout` saved for this very checkpoint
                 saved = json.loads(args.heldout.read_text())
@@ -302,10 +368,14 @@ def main(argv: list[str] | None = None) -> int:
                 checked = saved["results"]
             else:
                 checked = held_out(ckpt, out / "heldout")
-            body = (f"_Measured by `python -m benchmarks.refusion pretrained` on {machine()}._ The same model on the "
-                    "infrared-visible pairs of `../shared/data` that no shipped model trains on, `cddfuse` profile:\n\n"
-                    + "\n\n".join(f"{name} ({len(list((DATA / HELD_OUT[name][0] / 'ir').iterdir()))} pairs):\n\n{table(rows)}"
-                                    for name, rows in checked.items()))
+            body = (
+                f"_Measured by `python -m benchmarks.refusion pretrained` on {machine()}._ The same model on the "
+                "infrared-visible pairs of `../shared/data` that no shipped model trains on, `cddfuse` profile:\n\n"
+                + "\n\n".join(
+                    f"{name} ({len(list((DATA / HELD_OUT[name][0] / 'ir').iterdir()))} pairs):\n\n{table(rows)}"
+                    for name, rows in checked.items()
+                )
+            )
             write_section(ROOT / "docs" / "pretrained.md", "HELDOUT", body)
         return 0
 
@@ -320,9 +390,11 @@ def main(argv: list[str] | None = None) -> int:
             print("shipped", ship(ckpt, "medical.pt"))
         if not args.no_doc:
             rows = {"metaloss medical model (this run)": values, **MEDICAL_REFERENCE}
-            body = (f"_Measured by `python -m benchmarks.refusion medical` on {machine()}._\n\n"
-                    f"Training: `metaloss run examples/refusion_medical.toml` took **{seconds / 60:.1f} min** ({how}).\n\n"
-                    f"All 21 MRI–CT pairs (CT in the infrared role), `cddfuse` profile:\n\n{table(rows)}")
+            body = (
+                f"_Measured by `python -m benchmarks.refusion medical` on {machine()}._\n\n"
+                f"Training: `metaloss run examples/refusion_medical.toml` took **{seconds / 60:.1f} min** ({how}).\n\n"
+                f"All 21 MRI–CT pairs (CT in the infrared role), `cddfuse` profile:\n\n{table(rows)}"
+            )
             write_section(ROOT / "docs" / "pretrained.md", "MEDICAL", body)
         return 0
 
@@ -330,23 +402,33 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, dict[str, float]] = {}
     variants = {
         "learned (ReFusion loss proposal, meta-trained)": [],
-        "fixed W = V = 0.5 (no meta phase)": ['loss_generator={name="fixed", ir_weight=0.5, ir_gradient_weight=0.5}',
-                                               "meta.meta_steps=0"],
+        "fixed W = V = 0.5 (no meta phase)": [
+            'loss_generator={name="fixed", ir_weight=0.5, ir_gradient_weight=0.5}',
+            "meta.meta_steps=0",
+        ],
     }
-    outs = {label: runs / ("refusion-ablation-" + ("learned" if not extra else "fixed")) for label, extra in variants.items()}
+    outs = {
+        label: runs / ("refusion-ablation-" + ("learned" if not extra else "fixed"))
+        for label, extra in variants.items()
+    }
     times = train_concurrently(
-        {label: ("examples/refusion_ablation.toml", outs[label], [*args.overrides, *extra]) for label, extra in variants.items()}
+        {
+            label: ("examples/refusion_ablation.toml", outs[label], [*args.overrides, *extra])
+            for label, extra in variants.items()
+        }
     )
     for label, out in outs.items():
         rows[label] = score(out / "checkpoints" / "last.pt", DATA / "tno25", "ir", "vi", out / "tno25")
         print(label, json.dumps(rows[label]), f"{times[label]:.0f} s", file=sys.stderr)
     if not args.no_doc:
-        body = (f"_Measured by `python -m benchmarks.refusion ablation` on {machine()}._\n\n"
-                "Both runs: `examples/refusion_ablation.toml` (same data, networks, learner steps, crops, seed), run "
-                "at the same time with one CPU thread each; the fixed one replaces the loss proposal module by constant "
-                "weights and skips the meta phase.\n\n"
-                f"tno25, `cddfuse` profile:\n\n{table(rows)}\n\n"
-                + "\n".join(f"- {label}: {times[label] / 60:.1f} min of training" for label in rows))
+        body = (
+            f"_Measured by `python -m benchmarks.refusion ablation` on {machine()}._\n\n"
+            "Both runs: `examples/refusion_ablation.toml` (same data, networks, learner steps, crops, seed), run "
+            "at the same time with one CPU thread each; the fixed one replaces the loss proposal module by constant "
+            "weights and skips the meta phase.\n\n"
+            f"tno25, `cddfuse` profile:\n\n{table(rows)}\n\n"
+            + "\n".join(f"- {label}: {times[label] / 60:.1f} min of training" for label in rows)
+        )
         write_section(ROOT / "docs" / "refusion.md", "ABLATION", body)
     return 0
 

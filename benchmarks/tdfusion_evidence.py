@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
+from metaloss.checkpoint import read_checkpoint
 from metaloss.config import load_config
 from metaloss.data.collate import collate_pairs
-from metaloss.checkpoint import read_checkpoint
 from metaloss.experiment import build_dataset, build_experiment, evaluate, run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,22 +36,47 @@ TASK_METRIC = {"segmentation": "task/mIoU", "detection": "task/mAP50"}
 
 
 def config(
-    task: str, seed: int, learned: bool, size: int, epochs: int, meta_steps: int, images: int,
-    warmup: int = 1, outer_lr: float = 1e-3,
+    task: str,
+    seed: int,
+    learned: bool,
+    size: int,
+    epochs: int,
+    meta_steps: int,
+    images: int,
+    warmup: int = 1,
+    outer_lr: float = 1e-3,
 ) -> dict:
     return {
         "name": f"evidence-{task}-{'learned' if learned else 'fixed'}-{seed}",
         "seed": seed,
         "device": "cpu",
-        "data": {"name": "synthetic", "num_images": images, "height": size, "width": size, "crop_size": size,
-                 "task_size": [size, size], "seed": seed, "complementary": True},
-        "val_data": {"name": "synthetic", "num_images": 16, "height": size, "width": size, "seed": seed,
-                     "complementary": True},
+        "data": {
+            "name": "synthetic",
+            "num_images": images,
+            "height": size,
+            "width": size,
+            "crop_size": size,
+            "task_size": [size, size],
+            "seed": seed,
+            "complementary": True,
+        },
+        "val_data": {
+            "name": "synthetic",
+            "num_images": 16,
+            "height": size,
+            "width": size,
+            "seed": seed,
+            "complementary": True,
+        },
         "learner": {"name": "restormer"},
         "loss_generator": {"name": "tdfusion"} if learned else {"name": "fixed", "ir_weight": 0.5},
         "objective": {"name": task},
-        "meta": {"epochs": epochs, "meta_steps": meta_steps if learned else 0, "outer_lr": outer_lr,
-                 "warmup_epochs": warmup if learned else 0},
+        "meta": {
+            "epochs": epochs,
+            "meta_steps": meta_steps if learned else 0,
+            "outer_lr": outer_lr,
+            "warmup_epochs": warmup if learned else 0,
+        },
         "optim": {"learner_lr": 1e-3, "objective_lr": 1e-3, "lr_step": 1000},
         "eval": {"num_images": 16, "metrics": []},
         "checkpoint": {"every": 0},
@@ -86,8 +111,13 @@ def held_out(run_dir: Path, cfg_dict: dict, scenes: int) -> tuple[dict, dict]:
         if markings.any():
             marks.append(float(w[markings].mean()))
     mean = lambda xs: statistics.mean(xs) if xs else float("nan")
-    return metrics, {"w_ir_objects": mean(obj), "w_ir_background": mean(bg), "w_ir_markings": mean(marks),
-                     "w_ir_objects_swapped": mean(swapped_obj), "w_ir_background_swapped": mean(swapped_bg)}
+    return metrics, {
+        "w_ir_objects": mean(obj),
+        "w_ir_background": mean(bg),
+        "w_ir_markings": mean(marks),
+        "w_ir_objects_swapped": mean(swapped_obj),
+        "w_ir_background_swapped": mean(swapped_bg),
+    }
 
 
 def figure(run_dir: Path, cfg_dict: dict, out: Path, n: int = 3) -> None:
@@ -108,10 +138,15 @@ def figure(run_dir: Path, cfg_dict: dict, out: Path, n: int = 3) -> None:
         with torch.no_grad():
             w = exp.problem.loss_generator.eval()(s["ir"], s["vi"])["intensity"][0, 0]
             fused = exp.problem.fuse(s["ir"], s["vi"])[0, 0]
-        panels = [(s["ir"][0, 0], "infrared", "gray"), (s["vi"][0, 0], "visible", "gray"), (s["mask"][0].float() / 3, "labels: objects, markings", "viridis"),
-                  (w, "learned w_ir", "inferno"), (fused, "fused", "gray")]
-        for ax, (img, title, cmap) in zip(axes[row], panels):
-            im = ax.imshow(img.float().numpy(), cmap=cmap, vmin=0, vmax=1)
+        panels = [
+            (s["ir"][0, 0], "infrared", "gray"),
+            (s["vi"][0, 0], "visible", "gray"),
+            (s["mask"][0].float() / 3, "labels: objects, markings", "viridis"),
+            (w, "learned w_ir", "inferno"),
+            (fused, "fused", "gray"),
+        ]
+        for ax, (img, title, cmap) in zip(axes[row], panels, strict=True):
+            ax.imshow(img.float().numpy(), cmap=cmap, vmin=0, vmax=1)
             ax.set_title(title, fontsize=9)
             ax.axis("off")
     fig.tight_layout()
@@ -134,9 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/evidence")
     parser.add_argument("--quick", action="store_true", help="tiny budget, to check the script")
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/tdfusion.md")
-    parser.add_argument("--combine", nargs="+", type=Path, metavar="JSON",
-                        help="no training: summarise the results.json files of earlier runs (e.g. one process per task, "
-                        "run concurrently with --no-doc) with this run's budget arguments")
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        help="no training: summarise the results.json files of earlier runs (e.g. one process per task, "
+        "run concurrently with --no-doc) with this run's budget arguments",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.epochs, args.meta_steps, args.images, args.scenes, args.warmup = [0], 2, 2, 4, 4, 1
@@ -161,13 +201,29 @@ def train_and_score(args: argparse.Namespace) -> list[dict]:
     for task in args.tasks:
         for seed in args.seeds:
             for learned in (True, False):
-                cfg = config(task, seed, learned, args.size, args.epochs, args.meta_steps, args.images, args.warmup, args.outer_lr)
+                cfg = config(
+                    task,
+                    seed,
+                    learned,
+                    args.size,
+                    args.epochs,
+                    args.meta_steps,
+                    args.images,
+                    args.warmup,
+                    args.outer_lr,
+                )
                 run_dir = out / cfg["name"]
                 start = time.perf_counter()
                 run(load_config(cfg), run_dir, quiet=True)
                 metrics, weights = held_out(run_dir, cfg, args.scenes)
-                row = {"task": task, "seed": seed, "variant": "learned" if learned else "fixed",
-                       "metric": metrics[TASK_METRIC[task]], "seconds": time.perf_counter() - start, **weights}
+                row = {
+                    "task": task,
+                    "seed": seed,
+                    "variant": "learned" if learned else "fixed",
+                    "metric": metrics[TASK_METRIC[task]],
+                    "seconds": time.perf_counter() - start,
+                    **weights,
+                }
                 results.append(row)
                 print(json.dumps(row), file=sys.stderr)
                 (out / "results.json").write_text(json.dumps(results, indent=2))  # after every run
@@ -179,7 +235,8 @@ def train_and_score(args: argparse.Namespace) -> list[dict]:
 def summarise(results: list[dict], args: argparse.Namespace) -> str:
     lines = [
         f"Budget per run: {args.epochs} epochs x ({args.meta_steps} meta-steps for the learned loss + one pass over "
-        f"{args.images} scenes of {args.size}x{args.size}), warm-up {args.warmup} epoch(s), outer lr {args.outer_lr:g}; held-out: {args.scenes} scenes of the test split; "
+        f"{args.images} scenes of {args.size}x{args.size}), warm-up {args.warmup} epoch(s), "
+        f"outer lr {args.outer_lr:g}; held-out: {args.scenes} scenes of the test split; "
         f"seeds {args.seeds}.",
         "",
         "| task | metric | learned (mean) | fixed 0.5 (mean) | learned w_ir on objects | on background | difference |",
@@ -195,15 +252,22 @@ def summarise(results: list[dict], args: argparse.Namespace) -> str:
             f"{m(learned, 'w_ir_objects'):.3f} | {m(learned, 'w_ir_background'):.3f} | "
             f"{m(learned, 'w_ir_objects') - m(learned, 'w_ir_background'):+.3f} |"
         )
-    lines += ["", "Per run (w_ir: the learned infrared weight; swapped: the same with the infrared image in the visible "
-              "image's input slot; the fixed loss has 0.5 everywhere):", "",
-              "| task | seed | variant | metric | w_ir objects | background | markings | objects, swapped | background, swapped | seconds |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Per run (w_ir: the learned infrared weight; swapped: the same with the infrared image in the visible "
+        "image's input slot; the fixed loss has 0.5 everywhere):",
+        "",
+        "| task | seed | variant | metric | w_ir objects | background | markings | objects, swapped "
+        "| background, swapped | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
-        w = lambda k: "" if r["variant"] == "fixed" else f"{r[k]:.3f}"
-        lines.append(f"| {r['task']} | {r['seed']} | {r['variant']} | {r['metric']:.3f} | {w('w_ir_objects')} | "
-                     f"{w('w_ir_background')} | {w('w_ir_markings')} | {w('w_ir_objects_swapped')} | "
-                     f"{w('w_ir_background_swapped')} | {r['seconds']:.0f} |")
+        w = lambda k, r=r: "" if r["variant"] == "fixed" else f"{r[k]:.3f}"
+        lines.append(
+            f"| {r['task']} | {r['seed']} | {r['variant']} | {r['metric']:.3f} | {w('w_ir_objects')} | "
+            f"{w('w_ir_background')} | {w('w_ir_markings')} | {w('w_ir_objects_swapped')} | "
+            f"{w('w_ir_background_swapped')} | {r['seconds']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -213,7 +277,9 @@ def write_doc(table: str) -> None:
     head, rest = text.split(begin, 1)
     _, tail = rest.split(end, 1)
     stamp = time.strftime("%Y-%m-%d")
-    DOC.write_text(f"{head}{begin}\n_Measured {stamp} by `python -m benchmarks.tdfusion_evidence`._\n\n{table}\n{end}{tail}")
+    DOC.write_text(
+        f"{head}{begin}\n_Measured {stamp} by `python -m benchmarks.tdfusion_evidence`._\n\n{table}\n{end}{tail}"
+    )
 
 
 if __name__ == "__main__":

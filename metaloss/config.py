@@ -92,7 +92,10 @@ class LossConfig(_Strict):
         "linear", description="'linear': mean(w*(If-I)^2) as the paper; 'squared': mse(w*(If-I)) as the reference code"
     )
     intensity_norm: Literal["l2", "l1"] = Field(
-        "l2", description="'l2': (If-I)^2 in the intensity term; 'l1': |If-I| (with the max rule: SeAFusion's |If-max(Ia,Ib)|)"
+        "l2",
+        description=(
+            "'l2': (If-I)^2 in the intensity term; 'l1': |If-I| (with the max rule: SeAFusion's |If-max(Ia,Ib)|)"
+        ),
     )
     gradient_target: Literal["max", "intensity"] = Field(
         "max",
@@ -117,7 +120,9 @@ class MetaConfig(_Strict):
         "adam", description="'maxabs_sgd': phi -= lr * g / max|g| (the reference's outer update)"
     )
     outer_lr: float = Field(1e-4, gt=0, description="loss generator learning rate")
-    objective_lookahead: bool = Field(True, description="update the objective network by one step before the outer loss")
+    objective_lookahead: bool = Field(
+        True, description="update the objective network by one step before the outer loss"
+    )
     warmup_epochs: int = Field(
         0,
         ge=0,
@@ -133,7 +138,7 @@ class MetaConfig(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _check(self) -> "MetaConfig":
+    def _check(self) -> MetaConfig:
         if self.warmup_epochs >= self.epochs and self.meta_steps:
             raise ValueError(
                 f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs}), or no meta-step would run"
@@ -156,7 +161,9 @@ class OptimConfig(_Strict):
 class EvalConfig(_Strict):
     every: int = Field(1, ge=0, description="evaluate every n epochs (and at the end); 0 = only at the end")
     num_images: int = Field(8, ge=0, description="validation pairs to fuse and score; 0 = all")
-    profile: str = Field("cddfuse", description="metric conventions: 'cddfuse', 'vifb', 'tdfusion' or 'mefb' (docs/metrics.md)")
+    profile: str = Field(
+        "cddfuse", description="metric conventions: 'cddfuse', 'vifb', 'tdfusion' or 'mefb' (docs/metrics.md)"
+    )
     stretch: bool = Field(
         True,
         description="min-max stretch each fused image before scoring it, as the reference test scripts do; "
@@ -216,7 +223,9 @@ class DistributedConfig(_Strict):
     ``data.batch_size`` is per process: the global batch is ``batch_size`` x the number of processes.
     """
 
-    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="'auto': nccl on CUDA devices, gloo on the CPU")
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="'auto': nccl on CUDA devices, gloo on the CPU"
+    )
     sync_batchnorm: bool = Field(
         True, description="BatchNorm layers normalise with the global batch's statistics; false: each process's own"
     )
@@ -351,7 +360,7 @@ def _bools_as_numbers(raw: Any, resolved: Any, key: str = "") -> list[tuple[str,
     if isinstance(raw, dict) and isinstance(resolved, dict):
         pairs = [(f"{key}.{k}" if key else str(k), v, resolved[k]) for k, v in raw.items() if k in resolved]
     elif isinstance(raw, list) and isinstance(resolved, list):
-        pairs = [(f"{key}.{i}", v, r) for i, (v, r) in enumerate(zip(raw, resolved))]
+        pairs = [(f"{key}.{i}", v, r) for i, (v, r) in enumerate(zip(raw, resolved, strict=False))]
     else:
         return []
     return [problem for k, v, r in pairs for problem in _bools_as_numbers(v, r, k)]
@@ -384,7 +393,10 @@ def upgrade_keys(data: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, 
         if parent is None or old[-1] not in parent:
             continue
         if new[-1] in parent:
-            raise ValueError(f"{'.'.join(old)} and {'.'.join(new)} are the same key (the old and the new name); give only {'.'.join(new)}")
+            raise ValueError(
+                f"{'.'.join(old)} and {'.'.join(new)} are the same key (the old and the new name); "
+                f"give only {'.'.join(new)}"
+            )
         parent[new[-1]] = parent.pop(old[-1])
         changed.append((".".join(old), ".".join(new)))
     meta = _table(data, FIRST_ORDER[:-1])
@@ -525,11 +537,6 @@ def resolve_plugins(cfg: ExperimentConfig, label: str = "<config>") -> Experimen
     return cfg
 
 
-def plugin_options(section: PluginSection, obj: Any) -> dict[str, Any]:
-    """The keyword arguments to build ``obj`` from ``section`` (validated, python-typed)."""
-    return _plugin_kwargs(obj, section.options)
-
-
 def _plugin_kwargs(obj: Any, options: dict[str, Any]) -> dict[str, Any]:
     return registry.config_model(obj).model_validate(options).model_dump()
 
@@ -614,8 +621,13 @@ def check_eval_size(cfg: ExperimentConfig, height: int, width: int, label: str =
     if short:
         needs = ", ".join(f"{s.name} needs at least {s.min_size}x{s.min_size}" for s in short)
         source = "[val_data]" if cfg.val_data is not None else "[data], split 'val'"
-        raise ConfigError(label, [(
-            "eval.metrics",
-            f"{needs}, but the validation images ({source}) are {height}x{width}; "
-            "use larger validation images or leave these metrics out",
-        )])
+        raise ConfigError(
+            label,
+            [
+                (
+                    "eval.metrics",
+                    f"{needs}, but the validation images ({source}) are {height}x{width}; "
+                    "use larger validation images or leave these metrics out",
+                )
+            ],
+        )

@@ -37,8 +37,9 @@ import sys
 import tempfile
 import warnings
 import weakref
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -96,7 +97,7 @@ class DistributedContext:
     group: Any = None
 
     @classmethod
-    def single(cls, device: torch.device | str = "cpu") -> "DistributedContext":
+    def single(cls, device: torch.device | str = "cpu") -> DistributedContext:
         return cls(device=torch.device(device))
 
     @property
@@ -156,7 +157,7 @@ class DistributedContext:
         keys = sorted(values)
         t = torch.tensor([float(values[k]) * weights[k] for k in keys], dtype=torch.float64, device=self._comm_device)
         dist.all_reduce(t, group=self.group)
-        return dict(zip(keys, t.tolist()))
+        return dict(zip(keys, t.tolist(), strict=True))
 
     # -- objects ----------------------------------------------------------------------------------
     @property
@@ -181,7 +182,7 @@ class DistributedContext:
         if self.is_main:
             try:
                 payload = ("ok", fn())
-            except Exception as err:  # noqa: BLE001 - re-raised below on every rank
+            except Exception as err:
                 error, payload = err, ("error", f"rank 0: {err}")
         payload = self.broadcast_object(payload)
         if error is not None:
@@ -200,14 +201,14 @@ class _AllReduceSum(torch.autograd.Function):
     of the incoming gradients; it goes through ``apply`` again, so it is differentiable to any order."""
 
     @staticmethod
-    def forward(ctx: Any, tensor: Tensor, group: Any) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, tensor: Tensor, group: Any) -> Tensor:
         ctx.group = group
         out = tensor.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(out, group=group)
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         return _AllReduceSum.apply(grad, ctx.group), None
 
 
@@ -402,8 +403,16 @@ def launch(nproc: int, module_args: Sequence[str]) -> int:
         os.environ["OMP_NUM_THREADS"] = str(threads_per_process(nproc))
     with tempfile.TemporaryDirectory(prefix="metaloss_torchrun_") as log_dir:  # torchrun's copies of the output
         args = parse_args(
-            ["--standalone", f"--nproc-per-node={nproc}", f"--log-dir={log_dir}", "--tee=3",
-             "--log-line-prefix-template=[rank${rank}]: ", "--module", "metaloss", *module_args]
+            [
+                "--standalone",
+                f"--nproc-per-node={nproc}",
+                f"--log-dir={log_dir}",
+                "--tee=3",
+                "--log-line-prefix-template=[rank${rank}]: ",
+                "--module",
+                "metaloss",
+                *module_args,
+            ]
         )
         try:
             run(args)
@@ -413,6 +422,9 @@ def launch(nproc: int, module_args: Sequence[str]) -> int:
                 + (f"signal {-f.exitcode}" if f.exitcode < 0 else f"exit code {f.exitcode}")
                 for rank, f in sorted(err.failures.items())
             ]
-            print(f"metaloss: error: the distributed run failed: {'; '.join(failed)} (its messages are above)", file=sys.stderr)
+            print(
+                f"metaloss: error: the distributed run failed: {'; '.join(failed)} (its messages are above)",
+                file=sys.stderr,
+            )
             return 1
     return 0

@@ -1,6 +1,6 @@
 """Generate docs/config.md from the config models and the built-in plugins' signatures.
 
-    python -m metaloss.docgen docs/config.md
+python -m metaloss.docgen docs/config.md
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def _constraints(field: FieldInfo) -> str:
     return ", ".join(parts)
 
 
-def _table(model: type[BaseModel], skip: set[str] = set()) -> list[str]:
+def _table(model: type[BaseModel], skip: frozenset[str] = frozenset()) -> list[str]:
     rows = ["| key | type | default | range | meaning |", "|---|---|---|---|---|"]
     for name, field in model.model_fields.items():
         if name in skip:
@@ -109,7 +109,12 @@ def generate(builtin_only: bool = True) -> str:
             obj = registry.load(group, info.config_name)
             model = registry.config_model(obj)
             doc = (obj.__doc__ or "").strip().splitlines()
-            lines += [f"### `{registry.GROUPS[group]}`: `{info.name}`", "", f"`{info.value}`" + (f": {doc[0]}" if doc else ""), ""]
+            lines += [
+                f"### `{registry.GROUPS[group]}`: `{info.name}`",
+                "",
+                f"`{info.value}`" + (f": {doc[0]}" if doc else ""),
+                "",
+            ]
             lines += _table(model) if model.model_fields else ["(no keys)"]
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"

@@ -20,9 +20,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -37,6 +38,7 @@ from metaloss.data.images import stretch
 from metaloss.meta.guard import ROLES, NonFiniteStop
 from metaloss.meta.trainer import AlternatingTrainer, TrainerHooks, seed_everything
 from metaloss.problem import FusionProblem
+from metaloss.protocols import Task
 from metaloss.utils.io import atomic_write_json, atomic_write_text, naming_the_file
 from metaloss.utils.memory import set_allocator_policy
 from metaloss.utils.runlock import LOCK_NAME, RunLock, RunLocked
@@ -54,7 +56,8 @@ class RunInterrupted(KeyboardInterrupt):
     def __init__(self, run_dir: Path, epoch: int, epochs: int, signal: str = "SIGINT"):
         self.run_dir, self.epoch, self.epochs, self.signal = run_dir, epoch, epochs, signal
         super().__init__(
-            f"interrupted by {signal}; {run_dir / 'checkpoints' / 'last.pt'} holds the state after epoch {epoch} of {epochs}"
+            f"interrupted by {signal}; {run_dir / 'checkpoints' / 'last.pt'} holds the state after epoch {epoch} of "
+            f"{epochs}"
         )
 
 
@@ -164,7 +167,7 @@ def evaluate(exp: Experiment) -> dict[str, float]:
     problem, cfg = exp.problem, exp.config
     task = problem.objective
     task.eval()
-    evaluator = task.evaluator()
+    evaluator = cast(Task, task).evaluator()
     scores: dict[str, list[float]] = {}
     for batch in _val_batches(exp):
         ir, vi = batch["ir"].to(exp.device), batch["vi"].to(exp.device)
@@ -173,7 +176,11 @@ def evaluate(exp: Experiment) -> dict[str, float]:
             fused = torch.stack([stretch(f) for f in fused])
         if cfg.eval.metrics:
             values = fusion_metrics.evaluate(
-                (fused * 255).round(), (ir * 255).round(), (vi * 255).round(), profile=cfg.eval.profile, metrics=cfg.eval.metrics
+                (fused * 255).round(),
+                (ir * 255).round(),
+                (vi * 255).round(),
+                profile=cfg.eval.profile,
+                metrics=cfg.eval.metrics,
             )
             for name, v in values.items():
                 scores.setdefault(name, []).extend(v.double().cpu().tolist())
@@ -321,8 +328,10 @@ def _apply_config_changes(
     run_dir.log({"phase": "config_change", "epoch": trainer.epoch, "changes": changes, "applied": sorted(applied)})
     run_dir.update_config(cfg)
     if not quiet:
-        lines = [f"  {k}: {old} -> {new}" + (" (applied to the restored optimizer and schedule)" if k in applied else "")
-                 for k, (old, new) in sorted(changes.items())]
+        lines = [
+            f"  {k}: {old} -> {new}" + (" (applied to the restored optimizer and schedule)" if k in applied else "")
+            for k, (old, new) in sorted(changes.items())
+        ]
         print("resuming with a changed config:\n" + "\n".join(lines), file=sys.stderr)
 
 
@@ -377,7 +386,9 @@ def run(
         if not resume:
             run_dir.check_new()  # first: no lock file is left in a folder the run may not use
         elif not run_dir.path.is_dir():
-            raise RunError(f"no run directory at {run_dir.path} to resume (no checkpoint at {run_dir.checkpoints / 'last.pt'})")
+            raise RunError(
+                f"no run directory at {run_dir.path} to resume (no checkpoint at {run_dir.checkpoints / 'last.pt'})"
+            )
         made.extend(p for p in (run_dir.path, *run_dir.path.parents) if not p.exists())
         held.append(run_dir.lock())
 
@@ -397,7 +408,12 @@ def run(
 
 
 def _train(
-    cfg: ExperimentConfig, run_dir: RunDirectory, parallel: distributed.DistributedContext | None, *, quiet: bool, resume: bool
+    cfg: ExperimentConfig,
+    run_dir: RunDirectory,
+    parallel: distributed.DistributedContext | None,
+    *,
+    quiet: bool,
+    resume: bool,
 ) -> dict[str, Any]:
     """:func:`run` once the run directory is held."""
     main = parallel is None or parallel.is_main
@@ -442,7 +458,8 @@ def _train(
             differences = _config_differences(state.get("config"), cfg)
             raise RunError(
                 f"checkpoint {run_dir.checkpoints / 'last.pt'} does not fit this config"
-                + (f" ({differences})" if differences else "") + f": {err}"
+                + (f" ({differences})" if differences else "")
+                + f": {err}"
             ) from err
         _apply_config_changes(state.get("config"), cfg, trainer, run_dir, quiet or not main)
     n_train = len(exp.train_set)  # type: ignore[arg-type]
@@ -527,7 +544,11 @@ class _NonWritingRunDirectory(RunDirectory):
 
 def _parallel_info(trainer: AlternatingTrainer) -> dict[str, Any]:
     p = trainer.parallel
-    return {"world_size": p.world_size, "backend": getattr(p, "backend", None), "global_batch_size": trainer.global_batch_size}
+    return {
+        "world_size": p.world_size,
+        "backend": getattr(p, "backend", None),
+        "global_batch_size": trainer.global_batch_size,
+    }
 
 
 def _count(module: nn.Module) -> int:
@@ -544,4 +565,3 @@ def _environment() -> dict[str, Any]:
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "pid": os.getpid(),
     }
-

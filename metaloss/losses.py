@@ -17,8 +17,9 @@ The squared form squares the V weights as well.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Mapping
+from typing import Literal
 
 import torch
 import torch.nn.functional as F

@@ -53,7 +53,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     out_path = _png_path(run_dir, out)
     val_keys = sorted({k for e in epochs for k in e if k.startswith("val/")})
     fig, axes = plt.subplots(1, 3 if val_keys else 2, figsize=(15 if val_keys else 10, 4), squeeze=False)
-    for ax, phase in zip(axes[0], ("meta", "learner")):
+    for ax, phase in zip(axes[0], ("meta", "learner"), strict=False):
         for (p, key), (xs, ys) in sorted(series.items()):
             if p == phase:
                 ax.plot(xs, ys, label=key, linewidth=1)
@@ -65,7 +65,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         ax = axes[0][2]
         for key in val_keys:
             pts = [(e["epoch"], e[key]) for e in epochs if key in e]
-            ax.plot(*zip(*pts), marker="o", label=key[4:])
+            ax.plot(*zip(*pts, strict=True), marker="o", label=key[4:])
         ax.set_title("validation")
         ax.set_xlabel("epoch")
         ax.legend(fontsize=7)

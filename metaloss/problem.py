@@ -10,6 +10,8 @@ The task's targets follow its images through the task's ``view_targets`` hook
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -17,7 +19,7 @@ from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
 from metaloss.losses import FusionLoss, GradientTarget, IntensityNorm, WeightForm, fusion_loss
-from metaloss.protocols import Batch, ParamDict, TargetView
+from metaloss.protocols import Batch, ParamDict, TargetView, Task
 
 #: The keys of a batch that are not targets: the pair and its name.
 PAIR_KEYS = ("name", "ir", "vi")
@@ -130,7 +132,7 @@ class FusionProblem(nn.Module):
         view = TargetView(
             image_size=(h, w),
             crop=crop if self.task_from_crop else None,
-            size=tuple(out["task_ir"].shape[-2:]),  # type: ignore[arg-type]
+            size=tuple(out["task_ir"].shape[-2:]),
             repeat=2 if swap else 1,
             batch_size=ir.shape[0],
         )
@@ -156,13 +158,26 @@ class FusionProblem(nn.Module):
             maps = checkpoint(self.loss_generator, ir, vi, use_reentrant=False)
         else:
             maps = self.loss_generator(ir, vi)
-        return fusion_loss(fused, ir, vi, maps, alpha=self.alpha, weight_form=self.weight_form, intensity_norm=self.intensity_norm,
-                           gradient_target=self.gradient_target)
+        return fusion_loss(
+            fused,
+            ir,
+            vi,
+            maps,
+            alpha=self.alpha,
+            weight_form=self.weight_form,
+            intensity_norm=self.intensity_norm,
+            gradient_target=self.gradient_target,
+        )
+
+    @property
+    def _task(self) -> Task:
+        """The objective's task methods (``nn.Module.__getattr__`` would type them as tensors)."""
+        return cast(Task, self.objective)
 
     def objective_loss(self, objective_params: ParamDict, learner_params: ParamDict, batch: Batch) -> Tensor:
         with torch.no_grad():
             fused = functional_call(self.learner, learner_params, (batch["task_ir"], batch["task_vi"]))
-        return self.objective.loss(functional_call(self.objective, objective_params, (fused,)), batch)
+        return self._task.loss(functional_call(self.objective, objective_params, (fused,)), batch)
 
     def outer_loss(self, learner_params: ParamDict, objective_params: ParamDict | None, batch: Batch) -> Tensor:
         inputs = (batch["task_ir"], batch["task_vi"])
@@ -173,7 +188,7 @@ class FusionProblem(nn.Module):
         else:
             fused = functional_call(self.learner, learner_params, inputs)
         assert objective_params is not None
-        return self.objective.loss(functional_call(self.objective, objective_params, (fused,)), batch)
+        return self._task.loss(functional_call(self.objective, objective_params, (fused,)), batch)
 
     # -- inference ------------------------------------------------------------------------------
     @torch.no_grad()

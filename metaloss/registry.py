@@ -158,7 +158,9 @@ def resolve(group: str, name: str) -> md.EntryPoint:
         mine = [ep for ep in eps if _canonical(distribution_name(ep)) == _canonical(distribution)]
         if mine:
             return mine[0]
-        raise UnknownPluginError(group, name, [qualified_name(distribution_name(ep), bare) for ep in eps] or available(group))
+        raise UnknownPluginError(
+            group, name, [qualified_name(distribution_name(ep), bare) for ep in eps] or available(group)
+        )
     if len(eps) > 1:
         raise AmbiguousPluginError(group, bare, [distribution_name(ep) for ep in eps])
     if not eps:
@@ -242,7 +244,7 @@ def config_model(obj: Any) -> type[pydantic.BaseModel]:
         default = p.default if p.default is not inspect.Parameter.empty else ...
         fields[pname] = (annotation, default)
     model_name = f"{getattr(obj, '__name__', 'Plugin')}Config"
-    return pydantic.create_model(  # type: ignore[call-overload]
+    return pydantic.create_model(
         model_name,
         __config__=pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True, allow_inf_nan=False),
         **fields,

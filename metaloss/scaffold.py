@@ -43,7 +43,7 @@ class PluginNames:
     cls: str
 
     @classmethod
-    def from_name(cls, name: str) -> "PluginNames":
+    def from_name(cls, name: str) -> PluginNames:
         raw = name.strip()
         for prefix in ("metaloss-", "metaloss_"):
             if raw.startswith(prefix):
@@ -120,7 +120,10 @@ def create_plugin(name: str, out: str | Path = ".", *, force: bool = False) -> t
     if root.exists() and not root.is_dir():
         raise ScaffoldError(f"{root} exists and is not a folder")
     if root.is_dir() and any(root.iterdir()) and not force:
-        raise ScaffoldError(f"{root} already exists and is not empty; choose another --out, or --force to overwrite the scaffold's files")
+        raise ScaffoldError(
+            f"{root} already exists and is not empty; choose another --out, or --force to overwrite the scaffold's "
+            "files"
+        )
     written = []
     for rel, text in render(names).items():
         path = root / rel
@@ -131,7 +134,7 @@ def create_plugin(name: str, out: str | Path = ".", *, force: bool = False) -> t
 
 
 # -- templates (string.Template: $entry, $dist, $module, $Cls, $metaloss_version) ------------------------------
-PYPROJECT = '''\
+PYPROJECT = """\
 [build-system]
 requires = ["setuptools>=64"]
 build-backend = "setuptools.build_meta"
@@ -168,9 +171,9 @@ packages = ["$module"]
 testpaths = ["tests"]
 # contract warnings (parameters without gradient, ignored map keys) fail the tests
 filterwarnings = ["error::metaloss.testing.PluginContractWarning"]
-'''
+"""
 
-README = '''\
+README = """\
 # $dist
 
 A metaloss plugin package, created by `metaloss new-plugin $entry`. It registers,
@@ -193,17 +196,17 @@ metaloss plugins                # lists $entry in each group, from $dist
 pytest                          # the contract checks of tests/test_$entry.py
 metaloss run $entry.toml        # a short experiment with the four plugins
 ```
-'''
+"""
 
-GITIGNORE = '''\
+GITIGNORE = """\
 __pycache__/
 *.egg-info/
 build/
 dist/
 runs/
-'''
+"""
 
-EXPERIMENT = '''\
+EXPERIMENT = """\
 # An experiment with the plugins of $dist (after `pip install -e .`):
 #   metaloss run $entry.toml
 #   metaloss run $entry.toml --check      # the resolved config, every plugin option included
@@ -244,7 +247,7 @@ objective_lr = 1e-3
 [eval]
 num_images = 4
 metrics = ["EN", "SD", "SF", "AG"]
-'''
+"""
 
 INIT = '''\
 """$dist: metaloss plugins registered under the name '$entry' (see pyproject.toml)."""
@@ -363,7 +366,9 @@ class ${Cls}Task(nn.Module):
     #: options left unset (None) are filled from the dataset attribute named here
     dataset_fields = {"num_classes": "num_classes"}
 
-    def __init__(self, num_classes: int | None = None, width: Annotated[int, Field(ge=1)] = 16, ignore_index: int = 255):
+    def __init__(
+        self, num_classes: int | None = None, width: Annotated[int, Field(ge=1)] = 16, ignore_index: int = 255
+    ):
         super().__init__()
         if num_classes is None:
             raise ValueError("objective.num_classes is not set and the dataset does not provide it")
@@ -469,7 +474,8 @@ class ${Cls}Dataset(Dataset):
             raise IndexError(f"index {index} out of range for {self.num_images} pairs")
         g = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}/{self.split}/{index}".encode()))
         n = self.size
-        yy, xx = torch.meshgrid(torch.arange(n, dtype=torch.float32), torch.arange(n, dtype=torch.float32), indexing="ij")
+        axis = torch.arange(n, dtype=torch.float32)
+        yy, xx = torch.meshgrid(axis, axis, indexing="ij")
         cx, cy = (torch.rand(2, generator=g) * 0.6 + 0.2) * n
         radius = float(torch.rand((), generator=g) * 0.15 + 0.1) * n
         mask = ((xx - cx) ** 2 + (yy - cy) ** 2 <= radius**2).long()

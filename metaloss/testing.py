@@ -38,14 +38,15 @@ import math
 import numbers
 import re
 import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, NoReturn, Sequence
+from typing import Any, NoReturn, cast
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from metaloss.protocols import Batch
+from metaloss.protocols import Batch, Task
 
 __all__ = [
     "MetaGradientReport",
@@ -138,7 +139,11 @@ def _probe_scalar(obj: Any, seed: int = 0) -> Tensor:
 
 
 def _same(a: Tensor, b: Tensor) -> bool:
-    return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b) or torch.allclose(a, b, rtol=0, atol=0, equal_nan=True))
+    return (
+        a.shape == b.shape
+        and a.dtype == b.dtype
+        and bool(torch.equal(a, b) or torch.allclose(a, b, rtol=0, atol=0, equal_nan=True))
+    )
 
 
 def _tensor_state(module: nn.Module) -> dict[str, Tensor]:
@@ -167,11 +172,15 @@ def _copy(module: nn.Module, device: torch.device | str, dtype: torch.dtype | No
     return m.to(device=device, dtype=dtype) if dtype is not None else m.to(device)
 
 
-def _images(size: tuple[int, int, int], dtype: torch.dtype, device: torch.device | str, seed: int) -> tuple[Tensor, Tensor]:
+def _images(
+    size: tuple[int, int, int], dtype: torch.dtype, device: torch.device | str, seed: int
+) -> tuple[Tensor, Tensor]:
     """A smooth, textured (ir, vi) pair in [0, 1] (random but with structure, so gradients are informative)."""
     b, h, w = size
     g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.linspace(0, 1, h, dtype=torch.float64), torch.linspace(0, 1, w, dtype=torch.float64), indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.linspace(0, 1, h, dtype=torch.float64), torch.linspace(0, 1, w, dtype=torch.float64), indexing="ij"
+    )
     out = []
     for k in range(2):
         phase = torch.rand(b, 1, 1, 1, generator=g, dtype=torch.float64) * 6.28
@@ -184,7 +193,9 @@ def _images(size: tuple[int, int, int], dtype: torch.dtype, device: torch.device
 _DEVICE_MISMATCH = re.compile(r"device", re.IGNORECASE)
 
 
-def _meta_device_check(label: str, module: nn.Module, call: Callable[[nn.Module, torch.device], Any], what: str) -> None:
+def _meta_device_check(
+    label: str, module: nn.Module, call: Callable[[nn.Module, torch.device], Any], what: str
+) -> None:
     """Run ``call(module_on_meta, meta)``; a device mismatch is a contract violation, anything else is
     inconclusive (not every operator exists on the meta device) and ignored."""
     meta = torch.device("meta")
@@ -206,7 +217,11 @@ def _meta_device_check(label: str, module: nn.Module, call: Callable[[nn.Module,
         return
     for t in _tensors(out):
         if t.device != meta:
-            _fail(label, f"{what} returned a tensor on {t.device} for input on the 'meta' device: outputs must follow the input's device")
+            _fail(
+                label,
+                f"{what} returned a tensor on {t.device} for input on the 'meta' device: outputs must follow the "
+                "input's device",
+            )
 
 
 def _check_functional(
@@ -244,7 +259,7 @@ def _check_functional(
     if any(p.grad is not grads_before[n] for n, p in module.named_parameters()):
         _fail(label, f"{what} wrote .grad of the module's own parameters (call no backward() inside forward or loss)")
     names = list(params)
-    used = [n for n, g in zip(names, grads) if g is not None and bool(g.abs().sum() > 0)]
+    used = [n for n, g in zip(names, grads, strict=True) if g is not None and bool(g.abs().sum() > 0)]
     if not used:
         _fail(
             label,
@@ -252,22 +267,31 @@ def _check_functional(
             "(does forward use p.data, .detach(), torch.no_grad(), a cached copy of the weights, or weights "
             "held outside the module?); the inner update would not change it",
         )
-    bad = [n for n, g in zip(names, grads) if g is not None and not bool(torch.isfinite(g).all())]
+    bad = [n for n, g in zip(names, grads, strict=True) if g is not None and not bool(torch.isfinite(g).all())]
     if bad:
         _fail(label, f"{what}: non-finite gradient for parameter(s) {', '.join(bad[:5])}")
-    unused = [n for n, g in zip(names, grads) if g is None]
+    unused = [n for n, g in zip(names, grads, strict=True) if g is None]
     if unused:
         _warn(label, f"parameter(s) {', '.join(unused[:8])} receive no gradient from {what} (unused?)")
 
 
-def _check_image_output(label: str, out: Any, x: Tensor, channels: int, what: str, lo: float | None, hi: float | None, atol: float) -> None:
+def _check_image_output(
+    label: str, out: Any, x: Tensor, channels: int, what: str, lo: float | None, hi: float | None, atol: float
+) -> None:
     b, _, h, w = x.shape
     if not isinstance(out, Tensor):
         _fail(label, f"{what} must return a Tensor, got {type(out).__name__}")
     if tuple(out.shape) != (b, channels, h, w):
-        _fail(label, f"{what} must return [B, {channels}, H, W] = {[b, channels, h, w]} for input {_describe_input(x)}; got {_shape(out)}")
+        _fail(
+            label,
+            f"{what} must return [B, {channels}, H, W] = {[b, channels, h, w]} for input {_describe_input(x)}; got "
+            f"{_shape(out)}",
+        )
     if out.dtype != x.dtype:
-        _fail(label, f"{what}: output dtype {out.dtype} does not follow the input's {x.dtype} (input {_describe_input(x)})")
+        _fail(
+            label,
+            f"{what}: output dtype {out.dtype} does not follow the input's {x.dtype} (input {_describe_input(x)})",
+        )
     if out.device != x.device:
         _fail(label, f"{what}: output on {out.device} does not follow the input's device {x.device}")
     out = out.detach()
@@ -315,7 +339,11 @@ def check_fusion_net(
                 _fail(label, f"{what} raised {_error_text(err)} for ir, vi {_describe_input(ir)}")
             _check_image_output(label, out, ir, 1, what, 0.0, 1.0, atol)
             if not out.requires_grad:
-                _fail(label, f"{what}: the output does not require grad; forward must be differentiable w.r.t. the parameters (no torch.no_grad, .detach() or .data inside)")
+                _fail(
+                    label,
+                    f"{what}: the output does not require grad; forward must be differentiable w.r.t. the parameters "
+                    "(no torch.no_grad, .detach() or .data inside)",
+                )
             if not (_same(ir, ir0) and _same(vi, vi0)):
                 _fail(label, f"{what} modified its inputs in place; the fusion loss compares the output with them")
             changed = [n for n in _changed(before, m) if n in dict(m.named_parameters())]
@@ -411,9 +439,17 @@ def check_loss_generator(
                     if sums_to_one:
                         err = float((maps[key].detach().sum(1) - 1).abs().max())
                         if err > 1e-4:
-                            _fail(label, f"{what}: the two channels must sum to 1 per pixel (sums_to_one=True); off by up to {err:.3g}")
+                            _fail(
+                                label,
+                                f"{what}: the two channels must sum to 1 per pixel (sums_to_one=True); off by up to "
+                                f"{err:.3g}",
+                            )
                     if has_params and trainable and not maps[key].requires_grad:
-                        _fail(label, f"{what} does not require grad: the maps must be differentiable w.r.t. the generator's parameters (no torch.no_grad, .detach() or .data)")
+                        _fail(
+                            label,
+                            f"{what} does not require grad: the maps must be differentiable w.r.t. the generator's "
+                            "parameters (no torch.no_grad, .detach() or .data)",
+                        )
             if not (_same(ir, ir0) and _same(vi, vi0)):
                 _fail(label, "forward(ir, vi) modified its inputs in place; the fusion loss reads them afterwards")
             try:
@@ -425,7 +461,9 @@ def check_loss_generator(
     m = _copy(generator, device)
     ir, vi = _images(sizes[0], torch.float32, device, 0)
     if has_params:
-        _check_functional(label, m, (ir, vi), lambda out: _probe_scalar({k: out[k] for k in MAP_KEYS if k in out}), "forward(ir, vi)")
+        _check_functional(
+            label, m, (ir, vi), lambda out: _probe_scalar({k: out[k] for k in MAP_KEYS if k in out}), "forward(ir, vi)"
+        )
     _meta_device_check(label, generator, lambda mm, d: dict(mm(ir.to(d), vi.to(d))), "forward(ir, vi)")
 
 
@@ -435,9 +473,17 @@ def _call_generator(label: str, m: nn.Module, ir: Tensor, vi: Tensor) -> Mapping
     except Exception as err:
         _fail(label, f"forward(ir, vi) raised {_error_text(err)} for ir, vi {_describe_input(ir)}")
     if not isinstance(maps, Mapping):
-        _fail(label, f"forward(ir, vi) must return a mapping {{'intensity': [B, 2, H, W], 'gradient' (optional): [B, 2, H, W]}}, got {type(maps).__name__}")
+        _fail(
+            label,
+            "forward(ir, vi) must return a mapping "
+            "{'intensity': [B, 2, H, W], 'gradient' (optional): [B, 2, H, W]}, "
+            f"got {type(maps).__name__}",
+        )
     if "intensity" not in maps:
-        _fail(label, f"forward(ir, vi) must return the key 'intensity' (the intensity-term weights); got keys {sorted(maps)}")
+        _fail(
+            label,
+            f"forward(ir, vi) must return the key 'intensity' (the intensity-term weights); got keys {sorted(maps)}",
+        )
     extra = sorted(set(maps) - set(MAP_KEYS))
     if extra:
         _warn(label, f"map key(s) {extra} are ignored by metaloss.losses.fusion_loss (it reads {list(MAP_KEYS)})")
@@ -445,7 +491,9 @@ def _call_generator(label: str, m: nn.Module, ir: Tensor, vi: Tensor) -> Mapping
 
 
 # -- batches -----------------------------------------------------------------------------------------------------
-def _task_batch(batch: Batch, targets: Sequence[str] | None, device: torch.device | str, dtype: torch.dtype | None) -> Batch:
+def _task_batch(
+    batch: Batch, targets: Sequence[str] | None, device: torch.device | str, dtype: torch.dtype | None
+) -> Batch:
     """A collated batch as the problem prepares it: ``ir``/``vi`` and ``task_ir``/``task_vi`` (the same
     images here), targets filtered by ``targets`` (None: all) and moved to ``device``."""
     out: Batch = {}
@@ -520,23 +568,41 @@ def check_task(
     if not isinstance(task, nn.Module):
         _fail(label, "must be a torch.nn.Module (it is trained in the loop and run with functional_call)")
     if not _trainable(task):
-        _fail(label, "has no parameter that requires grad: the task network is trained in the loop (and looked ahead in each meta-step)")
+        _fail(
+            label,
+            "has no parameter that requires grad: the task network is trained in the loop (and looked ahead in each "
+            "meta-step)",
+        )
     targets = getattr(task, "targets", None)
     if targets is None:
-        _warn(label, "has no `targets` attribute, so every label key of a batch reaches it; declare e.g. targets = ('mask',), or () for an unlabelled objective")
+        _warn(
+            label,
+            "has no `targets` attribute, so every label key of a batch reaches it; declare e.g. "
+            "targets = ('mask',), or "
+            "() for an unlabelled objective",
+        )
     else:
-        if isinstance(targets, str) or not isinstance(targets, (tuple, list)) or not all(isinstance(t, str) for t in targets):
+        if (
+            isinstance(targets, str)
+            or not isinstance(targets, (tuple, list))
+            or not all(isinstance(t, str) for t in targets)
+        ):
             _fail(label, f"`targets` must be a tuple of label keys, e.g. ('mask',) or (); got {targets!r}")
         unknown = [t for t in targets if t not in TARGETS]
         if unknown and batch is None:
-            _fail(label, f"`targets` names label key(s) {unknown} that synthetic batches do not have (only {list(TARGETS)}); "
-                  "pass check_task(..., batch=...) with them")
-        if unknown and any(t not in batch for t in unknown):
-            _fail(label, f"`targets` names label key(s) {[t for t in unknown if t not in batch]} that the batch given does not carry")
+            _fail(
+                label,
+                f"`targets` names label key(s) {unknown} that synthetic batches do not have (only {list(TARGETS)}); "
+                "pass check_task(..., batch=...) with them",
+            )
+        missing = [t for t in unknown if batch is not None and t not in batch]
+        if missing:
+            _fail(label, f"`targets` names label key(s) {missing} that the batch given does not carry")
     fields = getattr(type(task), "dataset_fields", {})
     if not isinstance(fields, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in fields.items()):
         _fail(label, f"`dataset_fields` must map option names to dataset attribute names, got {fields!r}")
     m = _copy(task, device).train()
+    plugin = cast(Task, m)  # its task methods (nn.Module.__getattr__ would type them as tensors)
     if batch is None:
         batch = synthetic_batch(size, targets=targets, device=device)
     else:
@@ -551,7 +617,7 @@ def check_task(
         if t.device != fused.device:
             _fail(label, f"forward(fused) returned a tensor on {t.device} for input on {fused.device}")
     try:
-        loss = m.loss(outputs, batch)
+        loss = plugin.loss(outputs, batch)
     except Exception as err:
         _fail(label, f"loss(outputs, batch) raised {_error_text(err)} (batch keys {sorted(batch)})")
     if not isinstance(loss, Tensor) or loss.ndim != 0 or not loss.is_floating_point():
@@ -562,7 +628,11 @@ def check_task(
     if not bool(torch.isfinite(loss)):
         _fail(label, f"loss(outputs, batch) is not finite ({float(loss)})")
     if not loss.requires_grad:
-        _fail(label, "loss(outputs, batch) does not require grad: it must be differentiable w.r.t. the outputs (no .item(), .detach(), numpy or torch.no_grad on the path)")
+        _fail(
+            label,
+            "loss(outputs, batch) does not require grad: it must be differentiable w.r.t. the outputs (no .item(), "
+            ".detach(), numpy or torch.no_grad on the path)",
+        )
     params = list(_trainable(m).values())
     try:
         grads = torch.autograd.grad(loss, [fused, *params], allow_unused=True)
@@ -582,7 +652,7 @@ def check_task(
         _fail(label, "loss(forward(fused), batch) does not depend on the task's parameters: it could not be trained")
     if any(p.grad is not None for p in m.parameters()):
         _fail(label, "forward or loss called backward() and wrote .grad; the core takes gradients itself")
-    _check_functional(label, m, (base,), lambda out: m.loss(out, batch), "loss(forward(fused), batch)")
+    _check_functional(label, m, (base,), lambda out: plugin.loss(out, batch), "loss(forward(fused), batch)")
     _check_evaluator(label, m, base, batch)
     _meta_device_check(label, task, lambda mm, d: mm(base.to(d)), "forward(fused)")
 
@@ -590,13 +660,17 @@ def check_task(
 def _check_evaluator(label: str, task: nn.Module, fused: Tensor, batch: Batch) -> None:
     from metaloss.protocols import TaskEvaluator
 
+    plugin = cast(Task, task)  # its task methods (nn.Module.__getattr__ would type them as tensors)
     try:
-        ev = task.evaluator()
+        ev = plugin.evaluator()
     except Exception as err:
         _fail(label, f"evaluator() raised {_error_text(err)}")
     if not isinstance(ev, TaskEvaluator):
-        _fail(label, f"evaluator() must return an object with update(outputs, batch) and compute(); got {type(ev).__name__}")
-    if task.evaluator() is ev:
+        _fail(
+            label,
+            f"evaluator() must return an object with update(outputs, batch) and compute(); got {type(ev).__name__}",
+        )
+    if plugin.evaluator() is ev:
         _fail(label, "evaluator() must return a fresh evaluator each call (each evaluation starts from zero)")
     task.eval()
     try:
@@ -613,7 +687,11 @@ def _check_evaluator(label: str, task: nn.Module, fused: Tensor, batch: Batch) -
         _fail(label, f"evaluator().compute() must return a non-empty dict[str, float]; got {result!r}")
     for k, v in result.items():
         if not isinstance(k, str) or not isinstance(v, numbers.Real) or isinstance(v, bool):
-            _fail(label, f"evaluator().compute() must return dict[str, float] (plain Python numbers); got {k!r}: {type(v).__name__}")
+            _fail(
+                label,
+                f"evaluator().compute() must return dict[str, float] (plain Python numbers); got {k!r}: "
+                f"{type(v).__name__}",
+            )
         if not math.isfinite(float(v)):
             _fail(label, f"evaluator().compute()[{k!r}] is not finite ({v})")
 
@@ -656,7 +734,10 @@ def check_dataset(dataset: Any, *, indices: Sequence[int] | None = None, determi
     num_classes = getattr(dataset, "num_classes", None)
     names = getattr(dataset, "class_names", None)
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
-        _fail(label, f"`num_classes` must be an int >= 0 (0 when unlabelled; background counts as a class), got {num_classes!r}")
+        _fail(
+            label,
+            f"`num_classes` must be an int >= 0 (0 when unlabelled; background counts as a class), got {num_classes!r}",
+        )
     if not isinstance(names, (tuple, list)) or len(names) != num_classes or not all(isinstance(s, str) for s in names):
         _fail(label, f"`class_names` must be {num_classes} strings (num_classes = {num_classes}), got {names!r}")
     try:
@@ -666,7 +747,10 @@ def check_dataset(dataset: Any, *, indices: Sequence[int] | None = None, determi
     except Exception as err:
         _fail(label, f"dataset[len(dataset)] must raise IndexError, raised {_error_text(err)}")
     else:
-        _fail(label, "dataset[len(dataset)] must raise IndexError (out-of-range indices must not wrap around or return data)")
+        _fail(
+            label,
+            "dataset[len(dataset)] must raise IndexError (out-of-range indices must not wrap around or return data)",
+        )
     ignore = getattr(dataset, "ignore_index", 255)
     picks = list(indices) if indices is not None else sorted({0, min(1, n - 1), n - 1})
     items = []
@@ -677,16 +761,26 @@ def check_dataset(dataset: Any, *, indices: Sequence[int] | None = None, determi
             _fail(label, f"dataset[{i}] raised {_error_text(err)}")
         where = f"dataset[{i}]"
         if not isinstance(item, Mapping):
-            _fail(label, f"{where} must be a dict with 'name', 'ir', 'vi' (+ 'mask' or 'boxes'); got {type(item).__name__}")
+            _fail(
+                label,
+                f"{where} must be a dict with 'name', 'ir', 'vi' (+ 'mask' or 'boxes'); got {type(item).__name__}",
+            )
         missing = [k for k in ("name", "ir", "vi") if k not in item]
         if missing:
             _fail(label, f"{where} lacks key(s) {missing}; got {sorted(item)}")
         if not isinstance(item["name"], str):
-            _fail(label, f"{where}['name'] must be a str (fused images are saved under it), got {type(item['name']).__name__}")
+            _fail(
+                label,
+                f"{where}['name'] must be a str (fused images are saved under it), got {type(item['name']).__name__}",
+            )
         for key in ("ir", "vi"):
             t = item[key]
             if not isinstance(t, Tensor) or not t.is_floating_point():
-                _fail(label, f"{where}[{key!r}] must be a floating tensor [1, H, W], got {type(t).__name__ if not isinstance(t, Tensor) else t.dtype}")
+                _fail(
+                    label,
+                    f"{where}[{key!r}] must be a floating tensor [1, H, W], got "
+                    f"{type(t).__name__ if not isinstance(t, Tensor) else t.dtype}",
+                )
             if t.ndim != 3 or t.shape[0] != 1:
                 _fail(label, f"{where}[{key!r}] must be [1, H, W] (the Y channel), got {_shape(t)}")
             if t.requires_grad:
@@ -695,38 +789,75 @@ def check_dataset(dataset: Any, *, indices: Sequence[int] | None = None, determi
                 _fail(label, f"{where}[{key!r}] holds NaN or inf")
             mn, mx = float(t.min()), float(t.max())
             if mn < 0 or mx > 1:
-                _fail(label, f"{where}[{key!r}] values must be in [0, 1] (divide 8-bit images by 255); got min {mn:.4g}, max {mx:.4g}")
+                _fail(
+                    label,
+                    f"{where}[{key!r}] values must be in [0, 1] (divide 8-bit images by 255); got min {mn:.4g}, max "
+                    f"{mx:.4g}",
+                )
         if item["ir"].shape != item["vi"].shape:
-            _fail(label, f"{where}: 'ir' {_shape(item['ir'])} and 'vi' {_shape(item['vi'])} must have the same size (registered pairs)")
+            _fail(
+                label,
+                f"{where}: 'ir' {_shape(item['ir'])} and 'vi' {_shape(item['vi'])} must have the same size (registered "
+                "pairs)",
+            )
         h, w = item["ir"].shape[-2:]
         if "mask" in item:
             mask = item["mask"]
             if not isinstance(mask, Tensor) or mask.dtype != torch.long:
-                _fail(label, f"{where}['mask'] must be an int64 (long) tensor [H, W] of class indices, got {getattr(mask, 'dtype', type(mask).__name__)}")
+                _fail(
+                    label,
+                    f"{where}['mask'] must be an int64 (long) tensor [H, W] of class indices, got "
+                    f"{getattr(mask, 'dtype', type(mask).__name__)}",
+                )
             if tuple(mask.shape) != (h, w):
                 _fail(label, f"{where}['mask'] must be [H, W] = {[h, w]} like the images, got {_shape(mask)}")
             bad = mask[(mask != ignore) & ((mask < 0) | (mask >= num_classes))]
             if bad.numel():
-                _fail(label, f"{where}['mask'] has value(s) {sorted(set(bad.tolist()))[:5]} outside [0, num_classes={num_classes}) and ignore_index={ignore}")
+                _fail(
+                    label,
+                    f"{where}['mask'] has value(s) {sorted(set(bad.tolist()))[:5]} outside [0, "
+                    f"num_classes={num_classes}) and ignore_index={ignore}",
+                )
         if "boxes" in item:
             boxes = item["boxes"]
             nb = getattr(dataset, "num_box_classes", None)
             if not isinstance(nb, int) or nb < 1:
-                _fail(label, f"items carry 'boxes' but `num_box_classes` is {nb!r} (must be an int >= 1, with `box_class_names`)")
+                _fail(
+                    label,
+                    f"items carry 'boxes' but `num_box_classes` is {nb!r} "
+                    "(must be an int >= 1, with `box_class_names`)",
+                )
             if not isinstance(boxes, Tensor) or not boxes.is_floating_point() or boxes.ndim != 2 or boxes.shape[1] != 5:
-                _fail(label, f"{where}['boxes'] must be a float tensor [N, 5] = class, cx, cy, w, h; got {_shape(boxes) if isinstance(boxes, Tensor) else type(boxes).__name__}")
+                _fail(
+                    label,
+                    f"{where}['boxes'] must be a float tensor [N, 5] = class, cx, cy, w, h; got "
+                    f"{_shape(boxes) if isinstance(boxes, Tensor) else type(boxes).__name__}",
+                )
             if boxes.numel():
                 cls = boxes[:, 0]
                 if bool(((cls != cls.round()) | (cls < 0) | (cls >= nb)).any()):
-                    _fail(label, f"{where}['boxes'] class column must hold integers in [0, num_box_classes={nb}), got {cls.tolist()[:5]}")
+                    _fail(
+                        label,
+                        f"{where}['boxes'] class column must hold integers in [0, num_box_classes={nb}), got "
+                        f"{cls.tolist()[:5]}",
+                    )
                 coords = boxes[:, 1:]
                 if bool(((coords < 0) | (coords > 1)).any()):
                     _fail(label, f"{where}['boxes'] cx, cy, w, h must be normalised to [0, 1]")
         if deterministic:
             again = dataset[i]
-            diff = [k for k, v in item.items() if isinstance(v, Tensor) and not (isinstance(again.get(k), Tensor) and _same(v, again[k]))]
+            diff = [
+                k
+                for k, v in item.items()
+                if isinstance(v, Tensor) and not (isinstance(again.get(k), Tensor) and _same(v, again[k]))
+            ]
             if diff:
-                _fail(label, f"dataset[{i}] differs between two calls ({diff}): items must be deterministic (augmentation is the core's job; a resumed run must see the same data); pass deterministic=False to skip")
+                _fail(
+                    label,
+                    f"dataset[{i}] differs between two calls ({diff}): items must be deterministic "
+                    "(augmentation is the "
+                    "core's job; a resumed run must see the same data); pass deterministic=False to skip",
+                )
         items.append(item)
     same = [it for it in items if it["ir"].shape == items[0]["ir"].shape and it.keys() == items[0].keys()]
     if len(same) > 1:
@@ -753,7 +884,7 @@ class ProbeTask(nn.Module):
     def loss(self, outputs: Tensor, batch: Batch) -> Tensor:
         return (outputs - torch.cat([batch["task_ir"], batch["task_vi"]], dim=1)).square().mean()
 
-    def evaluator(self) -> "_ProbePSNR":
+    def evaluator(self) -> _ProbePSNR:
         return _ProbePSNR()
 
 
@@ -833,22 +964,32 @@ def check_meta_gradient(
         train, test = (_task_batch(b, targets, device, dtype) for b in batch)
     problem = FusionProblem(fus, gen, tsk, crop_size=0, swap_modalities=False, device=device)
     before = {"fusion network": (fus, _tensor_state(fus)), "task": (tsk, _tensor_state(tsk))}
-    kwargs = dict(inner_lr=inner_lr, inner_steps=inner_steps, lookahead_lr=lookahead_lr)
+    kwargs: dict[str, Any] = {"inner_lr": inner_lr, "inner_steps": inner_steps, "lookahead_lr": lookahead_lr}
     try:
         grads, result = meta_gradient(problem, train, test, **kwargs)
     except Exception as err:
-        _fail(label, f"metaloss.meta.meta_gradient failed with fusion {type(fus).__name__} and task {type(tsk).__name__}: {_error_text(err)}")
+        _fail(
+            label,
+            f"metaloss.meta.meta_gradient failed with fusion {type(fus).__name__} and task {type(tsk).__name__}: "
+            f"{_error_text(err)}",
+        )
     for role, (module, state) in before.items():
         changed = _changed(state, module)
         if changed:
-            _fail(label, f"the meta-step changed the {role}'s state ({', '.join(changed[:5])}); only the generator may change")
+            _fail(
+                label,
+                f"the meta-step changed the {role}'s state ({', '.join(changed[:5])}); only the generator may change",
+            )
         if any(p.grad is not None for p in module.parameters()):
-            _fail(label, f"the meta-step left .grad on the {role}'s parameters (does the generator share parameters with it?)")
+            _fail(
+                label,
+                f"the meta-step left .grad on the {role}'s parameters (does the generator share parameters with it?)",
+            )
     names = [n for n, p in gen.named_parameters() if p.requires_grad]
-    bad = [n for n, g in zip(names, grads) if not bool(torch.isfinite(g).all())]
+    bad = [n for n, g in zip(names, grads, strict=True) if not bool(torch.isfinite(g).all())]
     if bad:
         _fail(label, f"the meta-gradient is not finite for parameter(s) {', '.join(bad[:5])}")
-    norms = {n: float(torch.linalg.vector_norm(g)) for n, g in zip(names, grads)}
+    norms = {n: float(torch.linalg.vector_norm(g)) for n, g in zip(names, grads, strict=True)}
     if not result.loss_generator_grad_norm > 0:
         _fail(
             label,
@@ -858,7 +999,10 @@ def check_meta_gradient(
         )
     zero = [n for n, v in norms.items() if v == 0]
     if zero:
-        _warn(label, f"parameter(s) {', '.join(zero[:8])} get exactly zero meta-gradient (unused, or cut off from the maps?)")
+        _warn(
+            label,
+            f"parameter(s) {', '.join(zero[:8])} get exactly zero meta-gradient (unused, or cut off from the maps?)",
+        )
     report = MetaGradientReport(
         norm=result.loss_generator_grad_norm,
         outer_loss=result.outer_loss,
@@ -867,7 +1011,9 @@ def check_meta_gradient(
         zero=zero,
     )
     if gradcheck:
-        report.directional_derivative, report.finite_difference = _finite_difference(problem, grads, train, test, kwargs, seed)
+        report.directional_derivative, report.finite_difference = _finite_difference(
+            problem, grads, train, test, kwargs, seed
+        )
         a, b = report.directional_derivative, report.finite_difference
         if not abs(a - b) <= rtol * max(abs(a), abs(b)) + 1e-10:
             _fail(
@@ -878,7 +1024,9 @@ def check_meta_gradient(
     return report
 
 
-def _finite_difference(problem: Any, grads: list[Tensor], train: Batch, test: Batch, kwargs: dict[str, Any], seed: int) -> tuple[float, float]:
+def _finite_difference(
+    problem: Any, grads: list[Tensor], train: Batch, test: Batch, kwargs: dict[str, Any], seed: int
+) -> tuple[float, float]:
     from metaloss.meta.step import meta_gradient
 
     params = [p for p in problem.loss_generator.parameters() if p.requires_grad]
@@ -886,7 +1034,7 @@ def _finite_difference(problem: Any, grads: list[Tensor], train: Batch, test: Ba
     direction = [torch.randn(p.shape, generator=g, dtype=torch.float64).to(p) for p in params]
     scale = float(torch.sqrt(sum((d * d).sum() for d in direction)))  # type: ignore[arg-type]
     direction = [d / scale for d in direction]
-    analytic = float(sum((gr * d).sum() for gr, d in zip(grads, direction)))  # type: ignore[arg-type]
+    analytic = float(sum((gr * d).sum() for gr, d in zip(grads, direction, strict=True)))
     eps = 1e-5
     values = []
     with torch.no_grad():
@@ -894,12 +1042,12 @@ def _finite_difference(problem: Any, grads: list[Tensor], train: Batch, test: Ba
     try:
         for sign in (1.0, -1.0):
             with torch.no_grad():
-                for p, p0, d in zip(params, originals, direction):
+                for p, p0, d in zip(params, originals, direction, strict=True):
                     p.copy_(p0 + sign * eps * d)
             values.append(meta_gradient(problem, train, test, **kwargs)[1].outer_loss)
     finally:
         with torch.no_grad():
-            for p, p0 in zip(params, originals):
+            for p, p0 in zip(params, originals, strict=True):
                 p.copy_(p0)
     return analytic, (values[0] - values[1]) / (2 * eps)
 
@@ -915,11 +1063,18 @@ def _instantiate(group: str, name: str, obj: Any, options: Mapping[str, Any]) ->
     from metaloss import registry
     from metaloss.checkpoint import build_with
 
-    label = f"{registry.GROUPS[group]} plugin {name!r} ({getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', obj)})"
+    label = (
+        f"{registry.GROUPS[group]} plugin {name!r} "
+        f"({getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', obj)})"
+    )
     try:
         model = registry.config_model(obj)
     except Exception as err:
-        _fail(label, f"no config model can be built from its signature (annotate with types pydantic understands, or give it a `Config` model): {_error_text(err)}")
+        _fail(
+            label,
+            "no config model can be built from its signature (annotate with types pydantic understands, or give it a "
+            f"`Config` model): {_error_text(err)}",
+        )
     try:
         validated = model.model_validate(dict(options))
     except pydantic.ValidationError as err:
@@ -932,7 +1087,10 @@ def _instantiate(group: str, name: str, obj: Any, options: Mapping[str, Any]) ->
     try:
         tomli_w.dumps({k: v for k, v in validated.model_dump(mode="json").items() if v is not None})
     except Exception as err:
-        _fail(label, f"its resolved options cannot be written to TOML (the run directory's config.toml): {_error_text(err)}")
+        _fail(
+            label,
+            f"its resolved options cannot be written to TOML (the run directory's config.toml): {_error_text(err)}",
+        )
     dataset: Any = None
     if group == "tasks":
         from metaloss.data.synthetic import SyntheticScenes
@@ -986,7 +1144,9 @@ def check_distribution(
     try:
         dist = md.distribution(distribution)
     except md.PackageNotFoundError:
-        raise PluginContractError(f"distribution {distribution!r} is not installed (pip install -e <its folder>)") from None
+        raise PluginContractError(
+            f"distribution {distribution!r} is not installed (pip install -e <its folder>)"
+        ) from None
     skipped = set(skip)
     by_value = {ep.value for ep in dist.entry_points}
     built: dict[str, list[Any]] = {}
@@ -998,11 +1158,18 @@ def check_distribution(
                 obj = ep.load()
             except Exception as err:
                 _fail(label, f"entry point {ep.value!r} does not import: {_error_text(err)}")
-            others = [e for e in registry.registrations(short).get(ep.name, []) if e.value != ep.value and e.value not in by_value]
+            others = [
+                e
+                for e in registry.registrations(short).get(ep.name, [])
+                if e.value != ep.value and e.value not in by_value
+            ]
             if others:
                 by = ", ".join(f"{e.value} of {registry.distribution_name(e)}" for e in others)
-                _fail(label, f"the name is also registered by {by}, so a config must say "
-                      f"{registry.qualified_name(distribution, ep.name)!r}; pick another entry-point name")
+                _fail(
+                    label,
+                    f"the name is also registered by {by}, so a config must say "
+                    f"{registry.qualified_name(distribution, ep.name)!r}; pick another entry-point name",
+                )
             key = f"{short}:{ep.name}"
             if key in skipped:
                 continue
@@ -1011,7 +1178,10 @@ def check_distribution(
             built.setdefault(short, []).append(instance)
             checked.append(key)
     if not checked:
-        raise PluginContractError(f"distribution {distribution!r} registers no entry point in the groups {', '.join(registry.GROUPS.values())}")
+        raise PluginContractError(
+            f"distribution {distribution!r} registers no entry point in the groups "
+            f"{', '.join(registry.GROUPS.values())}"
+        )
     fusion = (built.get("fusion") or [None])[0]
     task = (built.get("tasks") or [None])[0]
     for gen in built.get("loss_generators", []):

@@ -51,8 +51,8 @@ def install_package(tmp_path_factory):
     from a copy, offline and without dependencies, into a private ``site`` folder.
 
     Nothing goes into the test environment (so its registry, and tests/test_registry.py, never see the
-    package): tests use it in subprocesses with the ``plugin_env(site)`` environment.  Each xdist worker installs its own
-    copy in its own temporary folder, so workers never race.
+    package): tests use it in subprocesses with the ``plugin_env(site)`` environment.  Each xdist
+    worker installs its own copy in its own temporary folder, so workers never race.
     """
     import shutil
     import subprocess
@@ -67,12 +67,29 @@ def install_package(tmp_path_factory):
         try:
             import setuptools  # noqa: F401  (the build backend, used without build isolation: offline)
         except ImportError:
-            pytest.fail("installing a plugin package needs setuptools in the test environment: pip install -e '.[test]'")
+            pytest.fail(
+                "installing a plugin package needs setuptools in the test environment: pip install -e '.[test]'"
+            )
         root = tmp_path_factory.mktemp(folder.name)
         source, site = root / "src", root / "site"
-        shutil.copytree(folder, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".pytest_cache"))
-        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
-               "--no-cache-dir", "--disable-pip-version-check", "--target", str(site), str(source)]
+        shutil.copytree(
+            folder, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".pytest_cache")
+        )
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+            "--target",
+            str(site),
+            str(source),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if proc.returncode:
             pytest.fail(f"pip install of {folder} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")

@@ -21,7 +21,11 @@ def test_a_written_checkpoint_reads_back_as_data(tmp_path):
     write_checkpoint(tmp_path / "c.pt", state)
     back = read_checkpoint(tmp_path / "c.pt")
     assert back["format"] == CHECKPOINT_FORMAT and back["metaloss_version"] == metaloss.__version__
-    assert back["world_size"] == 1 and back["trainer"]["epoch"] == 3 and torch.equal(back["trainer"]["learner"]["w"], torch.ones(2))
+    assert (
+        back["world_size"] == 1
+        and back["trainer"]["epoch"] == 3
+        and torch.equal(back["trainer"]["learner"]["w"], torch.ones(2))
+    )
     assert not list(tmp_path.glob(".*"))  # no temporary file left
 
 

@@ -108,12 +108,22 @@ def test_defaults_are_the_papers():
     "section,options,key,reason",
     [  # sizes the option models refuse, then sizes they allow but the network cannot have
         ("learner", {"name": "restormer", "dim": 0}, "learner.dim", "greater than or equal to 1"),
-        ("learner", {"name": "restormer", "blocks_per_modality": -1}, "learner.blocks_per_modality", "greater than or equal to 0"),
+        (
+            "learner",
+            {"name": "restormer", "blocks_per_modality": -1},
+            "learner.blocks_per_modality",
+            "greater than or equal to 0",
+        ),
         ("learner", {"name": "dense", "width": 0}, "learner.width", "greater than or equal to 1"),
         ("learner", {"name": "dense", "layers": -1}, "learner.layers", "greater than or equal to 0"),
         ("loss_generator", {"name": "conv", "width": 0}, "loss_generator.width", "greater than or equal to 1"),
         ("loss_generator", {"name": "tdfusion", "dim": 0}, "loss_generator.dim", "greater than or equal to 1"),
-        ("learner", {"name": "restormer", "heads": 3}, "learner.heads", "the 'restormer' network fails with heads = 3 ("),
+        (
+            "learner",
+            {"name": "restormer", "heads": 3},
+            "learner.heads",
+            "the 'restormer' network fails with heads = 3 (",
+        ),
     ],
 )
 def test_network_sizes_the_network_cannot_have_are_refused_naming_the_key(section, options, key, reason):
@@ -132,7 +142,9 @@ def test_building_the_networks_leaves_the_random_state_and_threads_alone():
     torch.manual_seed(5)
     expected = torch.rand(3)
     torch.manual_seed(5)
-    load_config({**NETWORKS, "learner": {"name": "dense", "width": 3, "growth": 5, "layers": 2}})  # options seen nowhere else
+    load_config(
+        {**NETWORKS, "learner": {"name": "dense", "width": 3, "growth": 5, "layers": 2}}
+    )  # options seen nowhere else
     assert torch.equal(torch.rand(3), expected) and torch.get_num_threads() == threads
 
 
@@ -144,13 +156,21 @@ def test_the_loss_generator_and_objective_must_be_named():
 
 
 def test_keys_of_earlier_versions_are_read_with_a_deprecation_warning(tmp_path):
-    old = write(tmp_path, "[fusion]\nname = 'dense'\nwidth = 8\n[loss_generator]\nname = 'conv'\n"
-                "[task]\nname = 'reconstruction'\n[optim]\nfusion_lr = 2e-3\ntask_lr = 3e-3\n")
+    old = write(
+        tmp_path,
+        "[fusion]\nname = 'dense'\nwidth = 8\n[loss_generator]\nname = 'conv'\n"
+        "[task]\nname = 'reconstruction'\n[optim]\nfusion_lr = 2e-3\ntask_lr = 3e-3\n",
+    )
     with pytest.warns(FutureWarning) as caught:
         cfg = load_config(old, ["fusion.growth=4", "optim.task_lr=5e-3"])
     messages = " ".join(str(w.message) for w in caught)
-    for before, after in (("fusion", "learner"), ("task", "objective"), ("optim.fusion_lr", "optim.learner_lr"),
-                          ("optim.task_lr", "optim.objective_lr"), ("fusion.growth", "learner.growth")):
+    for before, after in (
+        ("fusion", "learner"),
+        ("task", "objective"),
+        ("optim.fusion_lr", "optim.learner_lr"),
+        ("optim.task_lr", "optim.objective_lr"),
+        ("fusion.growth", "learner.growth"),
+    ):
         assert f"config key {before} is deprecated; write {after} instead" in messages
     assert (cfg.learner.name, cfg.learner.options["width"], cfg.learner.options["growth"]) == ("dense", 8, 4)
     assert cfg.objective.name == "reconstruction"
@@ -197,7 +217,7 @@ def test_unknown_metrics_and_profiles_are_refused_listing_the_known_ones(eval_se
         ("[meta]\ninner_lr = true\n", "meta.inner_lr"),
         ("[loss]\nalpha = false\n", "loss.alpha"),
         ("[data]\nbatch_size = true\n", "data.batch_size"),
-        ("[fusion]\nname = 'restormer'\ndim = true\n", "learner.dim"),
+        ("[learner]\nname = 'restormer'\ndim = true\n", "learner.dim"),
     ],
 )
 def test_a_bool_is_not_taken_as_a_number(tmp_path, text, key):

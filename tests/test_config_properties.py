@@ -22,7 +22,18 @@ SECTIONS = {
     for name, field in ExperimentConfig.model_fields.items()
 }
 SECTIONS["val_data"] = SECTIONS["data"]
-PLUGIN_KEYS = ["root", "width", "dim", "num_images", "height", "encoder", "blocks", "alpha", "ir_weight", "val_fraction"]
+PLUGIN_KEYS = [
+    "root",
+    "width",
+    "dim",
+    "num_images",
+    "height",
+    "encoder",
+    "blocks",
+    "alpha",
+    "ir_weight",
+    "val_fraction",
+]
 PLUGIN_NAMES = sorted({n for g in registry.GROUPS for n in registry.available(g)}) + ["nope"]
 
 scalars = st.one_of(
@@ -92,9 +103,29 @@ def tomllib_dumps(table: dict) -> str:
 
 
 @SETTINGS
-@given(items=st.lists(st.text(max_size=30) | st.builds("{}={}".format, st.sampled_from(
-    ["meta.inner_steps", "optim.learner_lr", "guard.on_nonfinite", "learner.name", "fusion.name", "data", "meta", "a..b", "name"]
-), st.text(max_size=12)), max_size=3))
+@given(
+    items=st.lists(
+        st.text(max_size=30)
+        | st.builds(
+            "{}={}".format,
+            st.sampled_from(
+                [
+                    "meta.inner_steps",
+                    "optim.learner_lr",
+                    "guard.on_nonfinite",
+                    "learner.name",
+                    "fusion.name",
+                    "data",
+                    "meta",
+                    "a..b",
+                    "name",
+                ]
+            ),
+            st.text(max_size=12),
+        ),
+        max_size=3,
+    )
+)
 def test_any_override_gives_a_config_or_a_config_error(items):
     try:
         cfg = load_config(NETWORKS, items)

@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 from metaloss import distributed
+from metaloss.checkpoint import read_checkpoint
 from metaloss.cli import main
 from metaloss.config import load_config
 from metaloss.distributed import DistributedContext, convert_batchnorm
 from metaloss.meta.parallel import DataParallel, ShardedBatches, SingleProcess, shard_indices
-from metaloss.checkpoint import read_checkpoint
 from metaloss.utils.numerics import adam_run_tolerance
 
 HERE = Path(__file__).resolve().parent
@@ -51,12 +51,16 @@ def sh(
         [str(a) for a in args], cwd=cwd, env=env(**(extra_env or {})), capture_output=True, text=True, timeout=timeout
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"{args} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-8000:]}")
+        raise AssertionError(
+            f"{args} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-8000:]}"
+        )
     return proc
 
 
 def torchrun(*args: str | Path, nproc: int = 2, **kwargs) -> subprocess.CompletedProcess:
-    return sh(sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *args, **kwargs)
+    return sh(
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *args, **kwargs
+    )
 
 
 def metaloss(*args: str | Path, **kwargs) -> subprocess.CompletedProcess:
@@ -93,8 +97,8 @@ def write_config(path: Path, cfg: dict) -> Path:
 def test_shards_are_contiguous_and_cover_the_global_batch(n, world):
     batch = list(range(10, 10 + n))
     chunks = [shard_indices(batch, r, world) for r in range(world)]
-    real = [c[: k] for c, k in chunks]
-    assert sum(real, []) == batch  # in order: rank r holds the r-th contiguous slice
+    real = [c[:k] for c, k in chunks]
+    assert [i for chunk in real for i in chunk] == batch  # in order: rank r holds the r-th contiguous slice
     assert max(map(len, real)) - min(map(len, real)) <= 1
     for c, k in chunks:
         if k == 0:
@@ -140,7 +144,10 @@ def test_threads_per_process_share_the_cpus():
 
 
 def test_nproc_is_refused_inside_torchrun(monkeypatch, tmp_path, capsys):
-    cfg = write_config(tmp_path / "c.toml", {"device": "cpu", "loss_generator": {"name": "conv"}, "objective": {"name": "reconstruction"}})
+    cfg = write_config(
+        tmp_path / "c.toml",
+        {"device": "cpu", "loss_generator": {"name": "conv"}, "objective": {"name": "reconstruction"}},
+    )
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["run", str(cfg), "--nproc", "2"]) == 2
@@ -228,7 +235,9 @@ def test_tdfusion_segmentation_two_processes_equal_one_with_double_batch_and_onl
         ["config.toml", "log.jsonl", "summary.json", "epoch_001.pt", "last.pt"]
     )
     # float64, global batch 2 × 24² pixels, 2 meta and 4 learner steps at lr 1e-3
-    worst = assert_same_networks(trainer_state(one), trainer_state(two), run_tolerance(torch.float64, 2 * 24 * 24, 6, 1e-3))
+    worst = assert_same_networks(
+        trainer_state(one), trainer_state(two), run_tolerance(torch.float64, 2 * 24 * 24, 6, 1e-3)
+    )
     print(f"largest difference: {worst:.3g}")
     records = [json.loads(line) for line in (two / "log.jsonl").read_text().splitlines()]
     phases = [r["phase"] for r in records]
@@ -252,9 +261,13 @@ def test_refusion_two_processes_equal_one_with_double_batch_in_float32(tmp_path)
     global batches of 4, 4, 2 (learner) and 4, 1 (meta-train: a stand-in on one rank)."""
     one, two = tmp_path / "one", tmp_path / "two"
     metaloss("run", write_config(tmp_path / "one.toml", with_batch(REFUSION, 4)), "--out", one, "--quiet")
-    metaloss("run", write_config(tmp_path / "two.toml", with_batch(REFUSION, 2)), "--out", two, "--quiet", "--nproc", "2")
+    metaloss(
+        "run", write_config(tmp_path / "two.toml", with_batch(REFUSION, 2)), "--out", two, "--quiet", "--nproc", "2"
+    )
     # float32, global batch 4 × 24² pixels, 2 meta and 3 learner steps at lr 1e-3
-    worst = assert_same_networks(trainer_state(one), trainer_state(two), run_tolerance(torch.float32, 4 * 24 * 24, 5, 1e-3))
+    worst = assert_same_networks(
+        trainer_state(one), trainer_state(two), run_tolerance(torch.float32, 4 * 24 * 24, 5, 1e-3)
+    )
     print(f"largest difference: {worst:.3g}")
     assert json.loads((two / "summary.json").read_text())["distributed"]["world_size"] == 2
 

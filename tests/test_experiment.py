@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
+from metaloss.checkpoint import CheckpointError, read_checkpoint
 from metaloss.cli import main
 from metaloss.config import load_config
-from metaloss.checkpoint import CheckpointError, read_checkpoint
 from metaloss.experiment import RunError, run
 
 pytest.importorskip("segmentation_models_pytorch")
@@ -120,7 +120,7 @@ def test_cli_progress_bar_and_quiet(tmp_path, capsys):
 def test_unknown_metric_fails_before_work(tmp_path):
     from metaloss.config import ConfigError
 
-    with pytest.raises(ConfigError, match="eval.metrics: profile 'cddfuse' has no metric 'NOPE'"):
+    with pytest.raises(ConfigError, match=r"eval\.metrics: profile 'cddfuse' has no metric 'NOPE'"):
         tiny(eval={"num_images": 2, "metrics": ["NOPE"]})  # the config itself: before any run starts
 
 
@@ -155,7 +155,7 @@ def _evil_checkpoint(path, marker, like=None):
 def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path):
     marker = tmp_path / "ran"
     evil = _evil_checkpoint(tmp_path / "evil.pt", marker)
-    with pytest.raises(CheckpointError, match="refused to load checkpoint .*evil.pt: it names code to run") as err:
+    with pytest.raises(CheckpointError, match=r"refused to load checkpoint .*evil\.pt: it names code to run") as err:
         read_checkpoint(evil)
     assert "(io.open)" in str(err.value)  # the function the file names
     assert not marker.exists()
@@ -174,11 +174,19 @@ def test_fuse_and_resume_refuse_a_crafted_checkpoint(tmp_path, capsys):
     img = np.full((48, 48), 128, np.uint8)
     for name in ("ir.png", "vi.png"):
         cv2.imwrite(str(tmp_path / name), img)
-    fuse_args = ["--ir", str(tmp_path / "ir.png"), "--vi", str(tmp_path / "vi.png"), "--out", str(tmp_path / "out"), "-q"]
+    fuse_args = [
+        "--ir",
+        str(tmp_path / "ir.png"),
+        "--vi",
+        str(tmp_path / "vi.png"),
+        "--out",
+        str(tmp_path / "out"),
+        "-q",
+    ]
     for source in (last, d):  # a checkpoint file, and a run directory (its last.pt)
         assert main(["fuse", "-c", str(source), *fuse_args]) != 0
         assert "refused to load checkpoint" in capsys.readouterr().err
-    with pytest.raises(RunError, match="refused to load checkpoint .*last.pt"):
+    with pytest.raises(RunError, match=r"refused to load checkpoint .*last\.pt"):
         run(load_config(d / "config.toml"), d, quiet=True, resume=True)
     assert not marker.exists() and not (tmp_path / "out").exists()
 
@@ -199,7 +207,10 @@ def test_resume_applies_a_lower_learning_rate_after_the_nan_guard_stopped_the_ru
     fusion_opt, _, outer_opt = state["optimizers"]
     assert fusion_opt["param_groups"][0]["initial_lr"] == 1e-3 and outer_opt["param_groups"][0]["initial_lr"] == 2e-3
     change = [json.loads(line) for line in (d / "log.jsonl").read_text().splitlines() if '"config_change"' in line]
-    assert change[0]["changes"]["optim.learner_lr"] == [1e30, 1e-3] and change[0]["applied"] == ["meta.outer_lr", "optim.learner_lr"]
+    assert change[0]["changes"]["optim.learner_lr"] == [1e30, 1e-3] and change[0]["applied"] == [
+        "meta.outer_lr",
+        "optim.learner_lr",
+    ]
     assert load_config(d / "config.toml").optim.learner_lr == 1e-3  # the run's config says what it ran with
 
 
@@ -233,8 +244,9 @@ def test_sigterm_stops_a_run_resumably_like_ctrl_c(tmp_path):
     cfg = tmp_path / "tiny.toml"
     cfg.write_text(tiny(meta={"epochs": 200}).to_toml())
     d = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "metaloss", "run", str(cfg), "--out", str(d), "-q"],
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "metaloss", "run", str(cfg), "--out", str(d), "-q"], stderr=subprocess.PIPE, text=True
+    )
     log = d / "log.jsonl"
     deadline = time.monotonic() + 120
     while not (log.is_file() and '"epoch"' in log.read_text()) and time.monotonic() < deadline:

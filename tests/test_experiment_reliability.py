@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 import torch
 
+from metaloss.checkpoint import read_checkpoint
 from metaloss.cli import main
 from metaloss.config import load_config
-from metaloss.checkpoint import read_checkpoint
 from metaloss.experiment import RunDirectory, RunError, run
 from metaloss.problem import FusionProblem
 
@@ -305,14 +305,21 @@ def _env() -> dict[str, str]:
 
 def metaloss_run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "metaloss", "run", *args, "-q"], env=_env(), capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "metaloss", "run", *args, "-q"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 def driven(driver: Path, what: str, n: int, sig: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(driver), what, str(n), sig, "run", *args, "-q"],
-        env=_env(), capture_output=True, text=True, timeout=180,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
 
 
@@ -349,7 +356,10 @@ def test_sigkill_at_random_points_then_resume_ends_identical(tmp_path, reference
     lines = len(records(out))
     proc = subprocess.Popen(
         [sys.executable, "-m", "metaloss", "run", "--resume", str(out), "-q"],
-        env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     target = lines + 1 + rng.randint(2, 10)  # its "resume" record, then some steps
     deadline = time.monotonic() + 120
@@ -367,7 +377,7 @@ def test_sigkill_at_random_points_then_resume_ends_identical(tmp_path, reference
     # 3. killed during the next write of last.pt: a complete temporary file, never renamed
     done = driven(driver, "replace", 1, "SIGKILL", "--resume", str(out))
     assert done.returncode == -signal.SIGKILL, (seed_note, done.stderr)
-    assert [p.name for p in temporary_files(out)][0].startswith(".last.pt.")
+    assert next(p.name for p in temporary_files(out)).startswith(".last.pt.")
     assert trainer_state(out)["epoch"] == reached  # last.pt untouched
     assert (out / "checkpoints" / f"epoch_{reached + 1:03d}.pt").is_file()  # the epoch file comes first
 
@@ -381,7 +391,11 @@ def test_sigkill_at_random_points_then_resume_ends_identical(tmp_path, reference
     assert_same_parameters(trainer_state(out), expected)
     assert not temporary_files(out)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
-        "epoch_001.pt", "epoch_002.pt", "epoch_003.pt", "epoch_004.pt", "last.pt"
+        "epoch_001.pt",
+        "epoch_002.pt",
+        "epoch_003.pt",
+        "epoch_004.pt",
+        "last.pt",
     ]
     assert sum(r["phase"] == "resume" for r in records(out)) == 4
 

@@ -46,8 +46,17 @@ def doc() -> str:
 
 @pytest.mark.parametrize(
     "name",
-    ["check_fusion_net", "check_loss_generator", "check_task", "check_dataset", "check_meta_gradient",
-     "check_plugin", "check_distribution", "synthetic_batch", "batch_from_dataset"],
+    [
+        "check_fusion_net",
+        "check_loss_generator",
+        "check_task",
+        "check_dataset",
+        "check_meta_gradient",
+        "check_plugin",
+        "check_distribution",
+        "synthetic_batch",
+        "batch_from_dataset",
+    ],
 )
 def test_testing_signatures_are_current(doc, name):
     expected = "def " + signature_text(getattr(testing, name))
@@ -56,9 +65,13 @@ def test_testing_signatures_are_current(doc, name):
 
 @pytest.mark.parametrize(
     "protocol, methods",
-    [(protocols.FusionNet, ["forward"]), (protocols.LossGenerator, ["forward"]),
-     (protocols.Task, ["forward", "loss", "evaluator"]), (protocols.TaskEvaluator, ["update", "compute"]),
-     (protocols.PairedDataset, ["__len__", "__getitem__"])],
+    [
+        (protocols.FusionNet, ["forward"]),
+        (protocols.LossGenerator, ["forward"]),
+        (protocols.Task, ["forward", "loss", "evaluator"]),
+        (protocols.TaskEvaluator, ["update", "compute"]),
+        (protocols.PairedDataset, ["__len__", "__getitem__"]),
+    ],
     ids=lambda v: getattr(v, "__name__", None),
 )
 def test_protocol_signatures_are_current(doc, protocol, methods):
@@ -82,7 +95,9 @@ def test_minimal_examples_run_and_pass_the_checks(doc):
     testing.check_loss_generator(namespace["TinyLossGenerator"](), sums_to_one=True)
     testing.check_task(namespace["TinyTask"]())
     testing.check_dataset(namespace["TinyPairs"]())
-    testing.check_meta_gradient(namespace["TinyLossGenerator"](), fusion=namespace["TinyFusion"](), task=namespace["TinyTask"]())
+    testing.check_meta_gradient(
+        namespace["TinyLossGenerator"](), fusion=namespace["TinyFusion"](), task=namespace["TinyTask"]()
+    )
 
 
 def test_linked_from_the_readme():

@@ -38,7 +38,9 @@ def test_default_model_fuses_tno_pairs_better_than_averaging(shared_data):
         pair = load_pair(next((tno / "ir").glob(name + ".*")), next((tno / "vi").glob(name + ".*")))
         fused = torch.from_numpy(fuse_images(model, pair).image).float()
         ir, vi = (pair.ir.y[0] * 255).round(), (pair.vi.y[0] * 255).round()
-        values = metrics.evaluate(fused[None, None], ir[None, None], vi[None, None], profile="cddfuse", metrics=["VIF", "Qabf"])
+        values = metrics.evaluate(
+            fused[None, None], ir[None, None], vi[None, None], profile="cddfuse", metrics=["VIF", "Qabf"]
+        )
         for key, value in values.items():
             scores.setdefault(key, []).append(float(value))
     means = {k: sum(v) / len(v) for k, v in scores.items()}

@@ -37,10 +37,10 @@ def test_crop_is_a_window_of_the_image_and_the_same_for_both_modalities():
     b = batch(1)
     out = problem(crop_size=16, swap_modalities=False).prepare_batch(b, torch.Generator().manual_seed(1))
     ir, crop = b["ir"][0, 0], out["ir"][0, 0]
-    hits = [(t, l) for t in range(40 - 15) for l in range(56 - 15) if torch.equal(ir[t : t + 16, l : l + 16], crop)]
+    hits = [(t, x) for t in range(40 - 15) for x in range(56 - 15) if torch.equal(ir[t : t + 16, x : x + 16], crop)]
     assert len(hits) == 1
-    t, l = hits[0]
-    assert torch.equal(b["vi"][0, 0, t : t + 16, l : l + 16], out["vi"][0, 0])
+    t, x = hits[0]
+    assert torch.equal(b["vi"][0, 0, t : t + 16, x : x + 16], out["vi"][0, 0])
 
 
 def test_evaluation_view_has_no_crop_and_no_swap():
@@ -51,7 +51,9 @@ def test_evaluation_view_has_no_crop_and_no_swap():
 
 def test_task_from_crop_crops_masks_with_the_images():
     b = batch(1)
-    out = problem(crop_size=16, task_from_crop=True, swap_modalities=False).prepare_batch(b, torch.Generator().manual_seed(2))
+    out = problem(crop_size=16, task_from_crop=True, swap_modalities=False).prepare_batch(
+        b, torch.Generator().manual_seed(2)
+    )
     assert torch.equal(out["task_ir"], out["ir"]) and out["mask"].shape == (1, 16, 16)
 
 
@@ -77,10 +79,18 @@ def test_a_third_party_target_type_goes_through_its_task_s_hook():
     out = p.prepare_batch(b, torch.Generator().manual_seed(0))
     assert "mask" not in out and "boxes" not in out  # the dataset's other targets: not the task's
     assert torch.equal(out["keypoints"], torch.tensor([[[5.0, 10.0]], [[15.0, 20.0]]] * 2))  # resized, swapped
-    crop = FusionProblem(DenseFusion(4, 4, 1), ConvLossGenerator(4), Keypoints(), crop_size=16, task_from_crop=True,
-                         swap_modalities=False).prepare_batch(b, torch.Generator().manual_seed(1))
+    crop = FusionProblem(
+        DenseFusion(4, 4, 1),
+        ConvLossGenerator(4),
+        Keypoints(),
+        crop_size=16,
+        task_from_crop=True,
+        swap_modalities=False,
+    ).prepare_batch(b, torch.Generator().manual_seed(1))
     ir, window = b["ir"][0, 0], crop["task_ir"][0, 0]
-    (top, left), = [(t, l) for t in range(40 - 15) for l in range(56 - 15) if torch.equal(ir[t : t + 16, l : l + 16], window)]
+    ((top, left),) = [
+        (t, x) for t in range(40 - 15) for x in range(56 - 15) if torch.equal(ir[t : t + 16, x : x + 16], window)
+    ]
     assert torch.equal(crop["keypoints"], b["keypoints"] - torch.tensor([float(top), float(left)]))
 
 
@@ -90,10 +100,16 @@ def test_targets_without_a_hook_are_repeated_and_refused_where_the_images_change
 
     b = batch()
     b["count"] = torch.tensor([3, 5])
-    out = FusionProblem(DenseFusion(4, 4, 1), ConvLossGenerator(4), Counts(), crop_size=24).prepare_batch(b, torch.Generator())
-    assert torch.equal(out["count"], torch.tensor([3, 5, 3, 5])) and torch.equal(out["mask"], torch.cat([b["mask"]] * 2))
+    out = FusionProblem(DenseFusion(4, 4, 1), ConvLossGenerator(4), Counts(), crop_size=24).prepare_batch(
+        b, torch.Generator()
+    )
+    assert torch.equal(out["count"], torch.tensor([3, 5, 3, 5])) and torch.equal(
+        out["mask"], torch.cat([b["mask"]] * 2)
+    )
     with pytest.raises(ValueError, match=r"target 'mask' \[2, 40, 56\] has the images' size.*view_targets"):
-        FusionProblem(DenseFusion(4, 4, 1), ConvLossGenerator(4), Counts(), task_size=(20, 28)).prepare_batch(b, torch.Generator())
+        FusionProblem(DenseFusion(4, 4, 1), ConvLossGenerator(4), Counts(), task_size=(20, 28)).prepare_batch(
+            b, torch.Generator()
+        )
 
 
 def test_detection_boxes_are_repeated_with_shifted_image_indices_and_not_cropped():
@@ -104,13 +120,15 @@ def test_detection_boxes_are_repeated_with_shifted_image_indices_and_not_cropped
         view_targets = DetectionTask.view_targets
 
     b = batch()
-    out = FusionProblem(DenseFusion(4, 4, 1), ConvLossGenerator(4), Det(), crop_size=24, task_size=(32, 48)).prepare_batch(
-        b, torch.Generator())
+    out = FusionProblem(
+        DenseFusion(4, 4, 1), ConvLossGenerator(4), Det(), crop_size=24, task_size=(32, 48)
+    ).prepare_batch(b, torch.Generator())
     n = len(b["boxes"])
     assert torch.equal(out["boxes"][:n], b["boxes"]) and torch.equal(out["boxes"][n:, 0], b["boxes"][:, 0] + 2)
     with pytest.raises(ValueError, match="cannot crop detection boxes"):
-        FusionProblem(DenseFusion(4, 4, 1), ConvLossGenerator(4), Det(), crop_size=24, task_from_crop=True).prepare_batch(
-            b, torch.Generator())
+        FusionProblem(
+            DenseFusion(4, 4, 1), ConvLossGenerator(4), Det(), crop_size=24, task_from_crop=True
+        ).prepare_batch(b, torch.Generator())
 
 
 # -- performance switches of the meta-step: same meta-gradient -------------------------------------------------
@@ -137,8 +155,15 @@ def restormer_problem(**kw):
 
     torch.manual_seed(0)
     small = dict(dim=4, heads=2, blocks_per_modality=1, fused_blocks=1)
-    p = FusionProblem(RestormerFusion(**small), TDFusionLossGenerator(**small), PixelTask(), crop_size=16,
-                      task_size=(16, 24), dtype=torch.float64, **kw).double()
+    p = FusionProblem(
+        RestormerFusion(**small),
+        TDFusionLossGenerator(**small),
+        PixelTask(),
+        crop_size=16,
+        task_size=(16, 24),
+        dtype=torch.float64,
+        **kw,
+    ).double()
     ds = SyntheticScenes(2, 24, 32, objects=(1, 2))
     g = torch.Generator().manual_seed(0)
     train = p.prepare_batch(collate_pairs([ds[0]]), g)
@@ -152,20 +177,29 @@ def meta_grad(method, steps=1, truncate=0, **kw):
     from metaloss.meta import meta_gradient
 
     p, train, test = restormer_problem(**kw)
-    grads, result = meta_gradient(p, train, test, inner_lr=0.3, inner_steps=steps, truncate=truncate, lookahead_lr=0.2,
-                                  method=method)
+    grads, result = meta_gradient(
+        p, train, test, inner_lr=0.3, inner_steps=steps, truncate=truncate, lookahead_lr=0.2, method=method
+    )
     return torch.cat([g.flatten() for g in grads]), result
 
 
 def test_inner_loss_is_the_loss_of_the_learner_output():
     p, train, _ = restormer_problem()
     params = dict(p.learner.named_parameters())
-    assert torch.equal(p.inner_loss(params, train).total, p.inner_loss_from_output(p.learner_output(params, train), train).total)
+    assert torch.equal(
+        p.inner_loss(params, train).total, p.inner_loss_from_output(p.learner_output(params, train), train).total
+    )
 
 
 @pytest.mark.parametrize("steps,truncate", [(1, 0), (2, 1)])
 @pytest.mark.parametrize(
-    "switches", [{}, {"recompute_generator": True}, {"recompute_outer": True}, {"recompute_generator": True, "recompute_outer": True}]
+    "switches",
+    [
+        {},
+        {"recompute_generator": True},
+        {"recompute_outer": True},
+        {"recompute_generator": True, "recompute_outer": True},
+    ],
 )
 def test_meta_gradient_switches_agree_with_plain_double_backward(switches, steps, truncate):
     expected, r0 = meta_grad("double_backward", steps, truncate)

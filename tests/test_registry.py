@@ -53,10 +53,10 @@ def test_a_plugin_that_fails_to_import_is_reported_and_does_not_break_others(mon
     ep = md.EntryPoint("broken", "metaloss_no_such_module.task:Task", "metaloss.tasks")
     fake_entry_points(monkeypatch, [ep])
     found = registry.list_plugins()
-    broken = [i for i in found["tasks"] if i.name == "broken"][0]
+    broken = next(i for i in found["tasks"] if i.name == "broken")
     assert "ModuleNotFoundError" in broken.error
     assert all(i.error is None for i in found["tasks"] if i.name != "broken")
-    with pytest.raises(registry.PluginImportError, match="broken.*failed to import"):
+    with pytest.raises(registry.PluginImportError, match=r"broken.*failed to import"):
         registry.load("tasks", "broken")
     assert registry.load("tasks", "segmentation").__name__ == "SegmentationTask"
 
@@ -85,7 +85,10 @@ def test_a_plugin_that_raises_on_import_is_a_clear_error_everywhere(monkeypatch,
     (tmp_path / "exploding_plugin.py").write_text("raise RuntimeError('boom at import')\nclass Task: pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     fake_entry_points(monkeypatch, [md.EntryPoint("exploding", "exploding_plugin:Task", "metaloss.tasks")])
-    with pytest.raises(registry.PluginImportError, match=r"tasks plugin 'exploding' \(exploding_plugin:Task\) failed to import: RuntimeError: boom at import"):
+    with pytest.raises(
+        registry.PluginImportError,
+        match=r"tasks plugin 'exploding' \(exploding_plugin:Task\) failed to import: RuntimeError: boom at import",
+    ):
         registry.load("tasks", "exploding")
     with pytest.raises(ConfigError) as info:
         load_config({"loss_generator": {"name": "conv"}, "objective": {"name": "exploding"}})
@@ -110,7 +113,10 @@ def test_a_name_two_distributions_register_is_refused_until_the_config_names_one
     from metaloss.cli import main
     from metaloss.config import ConfigError, load_config
 
-    fake_entry_points(monkeypatch, [task_ep("edges", SEGMENTATION, "metaloss-edges"), task_ep("edges", RECONSTRUCTION, "Other_Plugins")])
+    fake_entry_points(
+        monkeypatch,
+        [task_ep("edges", SEGMENTATION, "metaloss-edges"), task_ep("edges", RECONSTRUCTION, "Other_Plugins")],
+    )
     with pytest.raises(registry.AmbiguousPluginError) as info:
         registry.load("tasks", "edges")
     message = str(info.value)
@@ -119,7 +125,9 @@ def test_a_name_two_distributions_register_is_refused_until_the_config_names_one
     assert registry.load("tasks", "metaloss-edges:edges").__name__ == "SegmentationTask"
     assert registry.load("tasks", "other_plugins:edges").__name__ == "ReconstructionTask"  # as pip compares names
     for wrong in ("nobody:edges", ":edges"):
-        with pytest.raises(registry.UnknownPluginError, match=rf"'{wrong}'; available: metaloss-edges:edges, other-plugins:edges$"):
+        with pytest.raises(
+            registry.UnknownPluginError, match=rf"'{wrong}'; available: metaloss-edges:edges, other-plugins:edges$"
+        ):
             registry.load("tasks", wrong)
 
     with pytest.raises(ConfigError, match=r"objective\.name: tasks plugin 'edges' is registered by 2 distributions"):
@@ -136,7 +144,9 @@ def test_a_name_two_distributions_register_is_refused_until_the_config_names_one
 
 def test_a_plugin_cannot_replace_a_builtin(monkeypatch):
     fake_entry_points(monkeypatch, [task_ep("segmentation", RECONSTRUCTION, "metaloss-edges")])
-    with pytest.raises(registry.AmbiguousPluginError, match=r'\(metaloss, metaloss-edges\).*name = "metaloss:segmentation"'):
+    with pytest.raises(
+        registry.AmbiguousPluginError, match=r'\(metaloss, metaloss-edges\).*name = "metaloss:segmentation"'
+    ):
         registry.load("tasks", "segmentation")
     assert registry.load("tasks", "metaloss:segmentation").__name__ == "SegmentationTask"
     assert registry.load("tasks", "metaloss-edges:segmentation").__name__ == "ReconstructionTask"
@@ -155,12 +165,16 @@ def test_plugins_command_lists_every_registration_of_a_shared_name(monkeypatch, 
     assert main(["plugins"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("segmentation ")]
     assert len(lines) == 2
-    assert "metaloss 0.1.0" in lines[0] and 'AMBIGUOUS: also registered by metaloss-edges; use name = "metaloss:segmentation"' in lines[0]
+    assert (
+        "metaloss 0.1.0" in lines[0]
+        and 'AMBIGUOUS: also registered by metaloss-edges; use name = "metaloss:segmentation"' in lines[0]
+    )
     assert "metaloss-edges 9.9" in lines[1] and 'use name = "metaloss-edges:segmentation"' in lines[1]
     assert main(["plugins", "--json"]) == 0
     tasks = json.loads(capsys.readouterr().out)["tasks"]
     assert [(e["distribution"], e["object"]) for e in tasks if e["name"] == "segmentation"] == [
-        ("metaloss", SEGMENTATION), ("metaloss-edges", RECONSTRUCTION)
+        ("metaloss", SEGMENTATION),
+        ("metaloss-edges", RECONSTRUCTION),
     ]
 
 
@@ -173,7 +187,9 @@ def test_plugins_command_lists_every_registration_of_a_shared_name(monkeypatch, 
     ],
     ids=["sys.exit(3)", "sys.exit()", "BaseException"],
 )
-def test_a_plugin_that_exits_on_import_is_reported_like_any_broken_plugin(monkeypatch, tmp_path, capsys, module, source, reason):
+def test_a_plugin_that_exits_on_import_is_reported_like_any_broken_plugin(
+    monkeypatch, tmp_path, capsys, module, source, reason
+):
     from metaloss.cli import main
 
     (tmp_path / f"{module}.py").write_text(source + "class Task: pass\n")

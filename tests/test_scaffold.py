@@ -37,7 +37,9 @@ def test_invalid_names_are_refused(name):
 
 
 def test_a_name_registered_by_another_distribution_is_refused(tmp_path):
-    with pytest.raises(ScaffoldError, match=r"'tdfusion' is already registered in metaloss\.loss_generators \(by metaloss\)"):
+    with pytest.raises(
+        ScaffoldError, match=r"'tdfusion' is already registered in metaloss\.loss_generators \(by metaloss\)"
+    ):
         create_plugin("tdfusion", tmp_path)
     assert not (tmp_path / "metaloss-tdfusion").exists()
 
@@ -46,7 +48,11 @@ def test_generated_files_are_complete_and_valid():
     names = PluginNames.from_name("edge-aware")
     files = render(names)
     assert set(files) == {
-        "pyproject.toml", "README.md", ".gitignore", "edge_aware.toml", "tests/test_edge_aware.py",
+        "pyproject.toml",
+        "README.md",
+        ".gitignore",
+        "edge_aware.toml",
+        "tests/test_edge_aware.py",
         *(f"metaloss_edge_aware/{m}.py" for m in ("__init__", "fusion", "loss_generator", "task", "dataset")),
     }
     for path, text in files.items():
@@ -62,7 +68,9 @@ def test_generated_files_are_complete_and_valid():
         "metaloss.datasets": {"edge_aware": "metaloss_edge_aware.dataset:EdgeAwareDataset"},
     }
     experiment = tomllib.loads(files["edge_aware.toml"])
-    assert {experiment[s]["name"] for s in ("data", "val_data", "learner", "loss_generator", "objective")} == {"edge_aware"}
+    assert {experiment[s]["name"] for s in ("data", "val_data", "learner", "loss_generator", "objective")} == {
+        "edge_aware"
+    }
 
 
 def test_cli_creates_the_package_and_refuses_to_overwrite(tmp_path, capsys):
@@ -109,7 +117,9 @@ def test_scaffolded_package_passes_its_own_tests(scaffolded, plugin_env):
 def test_scaffolded_package_registers_and_runs(scaffolded, plugin_env, tmp_path):
     root, site = scaffolded
     env = plugin_env(site)
-    proc = subprocess.run([sys.executable, "-m", "metaloss", "plugins", "--json"], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "metaloss", "plugins", "--json"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     found = json.loads(proc.stdout)
     for group in GROUPS:
@@ -117,8 +127,16 @@ def test_scaffolded_package_registers_and_runs(scaffolded, plugin_env, tmp_path)
         assert info["distribution"] == "metaloss-myplug" and info["error"] is None
     out = tmp_path / "run"
     args = [sys.executable, "-m", "metaloss", "run", str(root / "myplug.toml"), "--out", str(out), "--quiet"]
-    for item in ("device='cpu'", "meta.epochs=1", "meta.meta_steps=2", "meta.learner_steps=2", "data.num_images=4",
-                 "val_data.num_images=2", "eval.num_images=2", "eval.metrics=['EN']"):
+    for item in (
+        "device='cpu'",
+        "meta.epochs=1",
+        "meta.meta_steps=2",
+        "meta.learner_steps=2",
+        "data.num_images=4",
+        "val_data.num_images=2",
+        "eval.num_images=2",
+        "eval.metrics=['EN']",
+    ):
         args += ["--set", item]
     proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -127,5 +145,8 @@ def test_scaffolded_package_registers_and_runs(scaffolded, plugin_env, tmp_path)
     config = tomllib.loads((out / "config.toml").read_text(encoding="utf-8"))
     assert config["objective"] == {"name": "myplug", "width": 16, "ignore_index": 255}  # num_classes: from the dataset
     assert summary["parameters"]["objective"] == (9 * 16 + 16) + (9 * 16 * 16 + 16) + (16 * 2 + 2)  # 2 classes
-    assert all(json.loads(line)["loss_generator_grad_norm"] > 0 for line in (out / "log.jsonl").read_text().splitlines()
-               if json.loads(line)["phase"] == "meta")
+    assert all(
+        json.loads(line)["loss_generator_grad_norm"] > 0
+        for line in (out / "log.jsonl").read_text().splitlines()
+        if json.loads(line)["phase"] == "meta"
+    )

@@ -16,7 +16,7 @@ from metaloss import testing
 from metaloss.testing import PluginContractError, PluginContractWarning
 
 
-# -- the shipped plugins pass ---------------------------------------------------------------------------------
+# -- the shipped plugins pass ------------------------------------------------------------------------------------------
 def _fusion(name):
     from metaloss import registry
 
@@ -35,8 +35,13 @@ def test_shipped_fusion_nets_pass(name):
 
 @pytest.mark.parametrize(
     "name, kwargs",
-    [("conv", {"sums_to_one": True}), ("tdfusion", {"sums_to_one": True}), ("sigmoid", {}),
-     ("refusion", {"sums_to_one": True}), ("fixed", {"trainable": False, "sums_to_one": True})],
+    [
+        ("conv", {"sums_to_one": True}),
+        ("tdfusion", {"sums_to_one": True}),
+        ("sigmoid", {}),
+        ("refusion", {"sums_to_one": True}),
+        ("fixed", {"trainable": False, "sums_to_one": True}),
+    ],
 )
 def test_shipped_loss_generators_pass(name, kwargs):
     from metaloss import registry
@@ -87,10 +92,14 @@ def test_meta_gradient_of_shipped_generators_is_finite_and_nonzero():
     from metaloss_refusion.reconstruction import ReconstructionTask
 
     report = testing.check_meta_gradient(ConvLossGenerator(width=4))
-    assert report.norm > 0 and not report.zero and set(report.parameter_norms) == {
-        n for n, _ in ConvLossGenerator(width=4).named_parameters()
-    }
-    report = testing.check_meta_gradient(ReFusionLossGenerator(), task=ReconstructionTask(width=4, blocks=1), size=(1, 24, 24))
+    assert (
+        report.norm > 0
+        and not report.zero
+        and set(report.parameter_norms) == {n for n, _ in ConvLossGenerator(width=4).named_parameters()}
+    )
+    report = testing.check_meta_gradient(
+        ReFusionLossGenerator(), task=ReconstructionTask(width=4, blocks=1), size=(1, 24, 24)
+    )
     assert report.norm > 0 and report.outer_loss > 0
 
 
@@ -235,7 +244,11 @@ class NotAModule:
     [
         (NotAModule(), r"must be a torch\.nn\.Module"),
         (NoParameters(), r"has no parameter that requires grad"),
-        (TwoChannels(), r"must return \[B, 1, H, W\] = \[2, 1, 19, 27\] for input \[2, 1, 19, 27\] float32 on cpu; got \[2, 2, 19, 27\]"),
+        (
+            TwoChannels(),
+            r"must return \[B, 1, H, W\] = \[2, 1, 19, 27\] for input \[2, 1, 19, 27\] float32 on cpu; got \[2, 2, 19, "
+            r"27\]",
+        ),
         (NoSigmoid(), r"values must be \[0\.0, 1\.0\]; got min"),
         (Float32Always(), r"output dtype torch\.float32 does not follow the input's torch\.float64"),
         (CpuTensorInside(), r"uses a tensor on another device than its input .*meta"),
@@ -266,7 +279,7 @@ def test_unused_parameters_warn():
         testing.check_fusion_net(Unused(), dtypes=(torch.float32,))
 
 
-# -- broken loss generators ----------------------------------------------------------------------------------------------
+# -- broken loss generators --------------------------------------------------------------------------------------------
 class Generator(nn.Module):
     def __init__(self):
         super().__init__()
@@ -355,7 +368,7 @@ def test_ignored_map_keys_warn():
         testing.check_loss_generator(Extra(), dtypes=(torch.float32,))
 
 
-# -- broken tasks -------------------------------------------------------------------------------------------------------
+# -- broken tasks ------------------------------------------------------------------------------------------------------
 class Task(nn.Module):
     targets = ("mask",)
 
@@ -412,6 +425,7 @@ class _LabelsAccuracy(Accuracy):
     def update(self, outputs, batch):
         self.right += int((outputs.argmax(1) == batch["labels"]).sum())
         self.total += batch["labels"].numel()
+
     assert testing.check_meta_gradient(Generator(), task=Task()).norm > 0
 
 
@@ -496,7 +510,7 @@ def test_task_without_targets_warns():
         testing.check_task(NoTargets())
 
 
-# -- broken datasets -------------------------------------------------------------------------------------------------------
+# -- broken datasets ---------------------------------------------------------------------------------------------------
 class Dataset:
     num_classes = 2
     class_names = ("background", "thing")
@@ -549,14 +563,23 @@ def test_the_reference_mini_dataset_passes():
 @pytest.mark.parametrize(
     "ds, message",
     [
-        (_dataset(lambda it: {**it, "ir": it["ir"][0]}), r"dataset\[0\]\['ir'\] must be \[1, H, W\] \(the Y channel\), got \[16, 20\]"),
-        (_dataset(lambda it: {**it, "vi": it["vi"] * 255}), r"\['vi'\] values must be in \[0, 1\] \(divide 8-bit images by 255\)"),
+        (
+            _dataset(lambda it: {**it, "ir": it["ir"][0]}),
+            r"dataset\[0\]\['ir'\] must be \[1, H, W\] \(the Y channel\), got \[16, 20\]",
+        ),
+        (
+            _dataset(lambda it: {**it, "vi": it["vi"] * 255}),
+            r"\['vi'\] values must be in \[0, 1\] \(divide 8-bit images by 255\)",
+        ),
         (_dataset(lambda it: {**it, "mask": it["mask"].float()}), r"\['mask'\] must be an int64"),
         (_dataset(lambda it: {**it, "mask": it["mask"] * 5}), r"value\(s\) \[5\] outside \[0, num_classes=2\)"),
         (_dataset(lambda it: {**it, "vi": it["vi"][:, :8]}), r"must have the same size"),
         (_dataset(lambda it: {k: v for k, v in it.items() if k != "name"}), r"lacks key\(s\) \['name'\]"),
         (_dataset(lambda it: {**it, "boxes": torch.zeros(1, 5)}), r"`num_box_classes` is None"),
-        (_dataset(lambda it: {**it, "boxes": torch.tensor([[0, 0.5, 0.5, 2.0, 0.1]])}, num_box_classes=1), r"normalised to \[0, 1\]"),
+        (
+            _dataset(lambda it: {**it, "boxes": torch.tensor([[0, 0.5, 0.5, 2.0, 0.1]])}, num_box_classes=1),
+            r"normalised to \[0, 1\]",
+        ),
         (_dataset(class_names=("a",)), r"`class_names` must be 2 strings"),
         (Wraps(), r"dataset\[len\(dataset\)\] must raise IndexError"),
         (Random(), r"differs between two calls \(\['ir'\]\)"),
@@ -569,7 +592,7 @@ def test_broken_datasets_fail_with_the_contract(ds, message):
     assert str(info.value).startswith(f"{type(ds).__name__} (dataset): ")
 
 
-# -- broken meta-gradients ------------------------------------------------------------------------------------------------
+# -- broken meta-gradients ---------------------------------------------------------------------------------------------
 class _WrongBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):

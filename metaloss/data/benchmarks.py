@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
+import torch
 from pydantic import Field
 
 from metaloss.data.folders import (
@@ -88,13 +89,19 @@ class MSRS(PairedFolderDataset):
 
     class_names = ("unlabelled", "car", "person", "bike", "curve", "car_stop", "guardrail", "color_cone", "bump")
     source = "https://github.com/Linfeng-Tang/MSRS"
-    layout = "  ROOT/{train,test}/ir/NAME.png\n  ROOT/{train,test}/vi/NAME.png\n  ROOT/{train,test}/Segmentation_labels/NAME.png"
+    layout = (
+        "  ROOT/{train,test}/ir/NAME.png\n  ROOT/{train,test}/vi/NAME.png\n"
+        "  ROOT/{train,test}/Segmentation_labels/NAME.png"
+    )
 
     def __init__(self, root: str, labels: bool = True, allow_unpaired: bool = False, split: Split = "train"):
         base = self.check_root(root) / _split_dir(split)
         pairs = match_pairs(base / "ir", base / "vi", allow_unpaired)
         super().__init__(
-            [Pair(s, i, v, _find_label(base / "Segmentation_labels", s, (".png",)) if labels else None) for s, i, v in pairs]
+            [
+                Pair(s, i, v, _find_label(base / "Segmentation_labels", s, (".png",)) if labels else None)
+                for s, i, v in pairs
+            ]
         )
 
 
@@ -102,22 +109,40 @@ class FMB(PairedFolderDataset):
     """FMB (Liu et al., SegMiF): 15 label ids (0 = background/unlabelled, 1-14 classes), 255 ignored."""
 
     class_names = (
-        "unlabelled", "road", "sidewalk", "building", "traffic_light", "traffic_sign", "vegetation", "sky",
-        "person", "car", "truck", "bus", "motorcycle", "bicycle", "pole",
+        "unlabelled",
+        "road",
+        "sidewalk",
+        "building",
+        "traffic_light",
+        "traffic_sign",
+        "vegetation",
+        "sky",
+        "person",
+        "car",
+        "truck",
+        "bus",
+        "motorcycle",
+        "bicycle",
+        "pole",
     )
     source = "https://github.com/JinyuanLiu-CV/SegMiF"
-    layout = "  ROOT/{train,test}/Infrared/NAME.png\n  ROOT/{train,test}/Visible/NAME.png\n  ROOT/{train,test}/Label/NAME.png"
+    layout = (
+        "  ROOT/{train,test}/Infrared/NAME.png\n  ROOT/{train,test}/Visible/NAME.png\n"
+        "  ROOT/{train,test}/Label/NAME.png"
+    )
 
     def __init__(self, root: str, labels: bool = True, allow_unpaired: bool = False, split: Split = "train"):
         base = self.check_root(root) / _split_dir(split)
         pairs = match_pairs(base / "Infrared", base / "Visible", allow_unpaired)
-        super().__init__([Pair(s, i, v, _find_label(base / "Label", s, (".png",)) if labels else None) for s, i, v in pairs])
+        super().__init__(
+            [Pair(s, i, v, _find_label(base / "Label", s, (".png",)) if labels else None) for s, i, v in pairs]
+        )
 
 
 class _VOCDetection(PairedFolderDataset):
     ignore_unknown_classes = False
 
-    def read_boxes(self, path: Path):  # type: ignore[override]
+    def read_boxes(self, path: Path) -> torch.Tensor:
         if not path.is_file():
             raise DatasetError(f"{path}: annotation file missing")
         ids = {name: i for i, name in enumerate(self.box_class_names)}
@@ -135,7 +160,9 @@ class LLVIP(_VOCDetection):
         base = self.check_root(root)
         part = _split_dir(split)
         pairs = match_pairs(base / "infrared" / part, base / "visible" / part, allow_unpaired)
-        super().__init__([Pair(s, i, v, boxes=base / "Annotations" / f"{s}.xml" if labels else None) for s, i, v in pairs])
+        super().__init__(
+            [Pair(s, i, v, boxes=base / "Annotations" / f"{s}.xml" if labels else None) for s, i, v in pairs]
+        )
 
 
 class M3FD(_VOCDetection):
@@ -157,5 +184,9 @@ class M3FD(_VOCDetection):
         pairs = match_pairs(base / "Ir", base / "Vis", allow_unpaired)
         keep = set(split_names([p[0] for p in pairs], split, val_fraction))
         super().__init__(
-            [Pair(s, i, v, boxes=base / "Annotation" / f"{s}.xml" if labels else None) for s, i, v in pairs if s in keep]
+            [
+                Pair(s, i, v, boxes=base / "Annotation" / f"{s}.xml" if labels else None)
+                for s, i, v in pairs
+                if s in keep
+            ]
         )

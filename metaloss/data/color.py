@@ -75,13 +75,13 @@ def _split(x: ArrayOrTensor) -> tuple[ArrayOrTensor, ArrayOrTensor, ArrayOrTenso
         a, b, c = x.unbind(dim=-3)
     else:
         a, b, c = x[..., 0], x[..., 1], x[..., 2]
-    return a, b, c  # type: ignore[return-value]
+    return a, b, c
 
 
 def _stack(a: ArrayOrTensor, b: ArrayOrTensor, c: ArrayOrTensor) -> ArrayOrTensor:
     if isinstance(a, Tensor):
-        return torch.stack([a, b, c], dim=-3)  # type: ignore[list-item]
-    return np.stack([a, b, c], axis=-1)  # type: ignore[return-value]
+        return torch.stack([a, b, c], dim=-3)
+    return np.stack([a, b, c], axis=-1)
 
 
 def _forward(r: ArrayOrTensor, g: ArrayOrTensor, b: ArrayOrTensor) -> ArrayOrTensor:
@@ -97,7 +97,7 @@ def _inverse(ycbcr: ArrayOrTensor) -> tuple[ArrayOrTensor, ArrayOrTensor, ArrayO
     r = y + CR_TO_R * cr
     g = y + CR_TO_G * cr + CB_TO_G * cb
     b = y + CB_TO_B * cb
-    return r, g, b  # type: ignore[return-value]
+    return r, g, b
 
 
 def rgb_to_ycbcr(rgb: ArrayOrTensor) -> ArrayOrTensor:
@@ -147,7 +147,9 @@ def fuse_chroma(chromas: Sequence[ArrayOrTensor], neutral: float = CHROMA_NEUTRA
             dev = (c - neutral).abs()
             num = num + c * dev
             den = den + dev
-        return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.full_like(den, neutral))
+        return torch.where(
+            den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.full_like(den, neutral)
+        )
     num_a = np.zeros_like(first)
     den_a = np.zeros_like(first)
     for c in chromas:

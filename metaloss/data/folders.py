@@ -1,11 +1,12 @@
 """Paired image folders and the label formats of the fusion benchmarks.
 
-A pair is two files with the same stem in an infrared and a visible folder.  Images are returned as
-the Y (luma) channel in [0, 1] by the normalisation rule of :mod:`metaloss.data.images`: 8-bit / 255,
-16-bit / 65535, floating-point TIFF as is when already in [0, 1], else min-max normalised; colour
-converted with the BT.601 weights OpenCV uses for BGR->GRAY and YCrCb (Y = 0.299 R + 0.587 G +
-0.114 B), alpha dropped.  Grayscale, RGB and RGBA files mix freely.  The two images of a pair must
-have one size, unless the dataset is told to resize one of them (``mismatched_size``).
+A pair is two files with the same stem in an infrared and a visible folder (:mod:`metaloss.data.pairs`).
+Images are returned as the Y (luma) channel in [0, 1] by the normalisation rule of
+:mod:`metaloss.data.images`: 8-bit / 255, 16-bit / 65535, floating-point TIFF as is when already in
+[0, 1], else min-max normalised; colour converted with the BT.601 weights OpenCV uses for BGR->GRAY
+and YCrCb (Y = 0.299 R + 0.587 G + 0.114 B), alpha dropped.  Grayscale, RGB and RGBA files mix
+freely.  The two images of a pair must have one size, unless the dataset is told to resize one of
+them (``mismatched_size``).
 
 Labels: class-index PNG masks (MSRS, FMB), Pascal-VOC XML boxes (LLVIP, M3FD) and YOLO txt boxes
 (class cx cy w h, normalised).  Boxes come out as [N, 5] = class, cx, cy, w, h normalised to [0, 1].
@@ -14,9 +15,10 @@ Labels: class-index PNG masks (MSRS, FMB), Pascal-VOC XML boxes (LLVIP, M3FD) an
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -25,6 +27,7 @@ from torch.utils.data import Dataset
 
 from metaloss.data.images import normalise, read_any
 from metaloss.data.io import IMAGE_EXTENSIONS, ImageReadError, read_image
+from metaloss.data.pairs import PairingError, pair_images
 
 #: what a dataset does with a pair whose images differ in size
 MismatchedSize = Literal["error", "resize_ir", "resize_vi"]
@@ -58,39 +61,30 @@ def resize_gray(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(np.clip(out, 0.0, 1.0).reshape(h, w))[None]
 
 
-def list_images(folder: Path) -> dict[str, Path]:
-    """Image files in ``folder`` by stem (hidden files ignored)."""
-    if not folder.is_dir():
-        raise DatasetError(f"{folder}: no such folder")
-    found: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."):
-            if p.stem in found:
-                raise DatasetError(f"{folder}: two images share the name {p.stem!r} ({found[p.stem].name}, {p.name})")
-            found[p.stem] = p
-    return found
-
-
 def match_pairs(ir_dir: Path, vi_dir: Path, allow_unpaired: bool = False) -> list[tuple[str, Path, Path]]:
-    """(stem, ir path, vi path) for every stem in both folders; files without a partner are an error
-    that lists them (or, with ``allow_unpaired``, are left out)."""
-    ir, vi = list_images(ir_dir), list_images(vi_dir)
-    for folder, found in ((ir_dir, ir), (vi_dir, vi)):
+    """(stem, ir path, vi path) for every stem in both folders (``metaloss.data.pairs``); files
+    without a partner are an error that lists them (or, with ``allow_unpaired``, are left out)."""
+    try:
+        pairing = pair_images(ir_dir, vi_dir)
+    except PairingError as err:
+        raise DatasetError(str(err)) from None
+    for folder, found in ((ir_dir, pairing.a), (vi_dir, pairing.b)):
         if not found:
             raise DatasetError(f"{folder}: no images in this folder (looked for {', '.join(IMAGE_EXTENSIONS)})")
-    only_ir, only_vi = sorted(set(ir) - set(vi)), sorted(set(vi) - set(ir))
+    only_ir, only_vi = pairing.only_a, pairing.only_b
     if (only_ir or only_vi) and not allow_unpaired:
-        lines = [f"  {ir[s]} has no partner in {vi_dir}" for s in only_ir[:10]]
-        lines += [f"  {vi[s]} has no partner in {ir_dir}" for s in only_vi[:10]]
+        lines = [f"  {p} has no partner in {vi_dir}" for p in only_ir[:10]]
+        lines += [f"  {p} has no partner in {ir_dir}" for p in only_vi[:10]]
         more = len(only_ir) + len(only_vi) - len(lines)
         raise DatasetError(
-            "unpaired images (set allow_unpaired = true to leave them out):\n" + "\n".join(lines)
+            "unpaired images (set allow_unpaired = true to leave them out):\n"
+            + "\n".join(lines)
             + (f"\n  ... and {more} more" if more > 0 else "")
         )
-    stems = sorted(set(ir) & set(vi))
-    if not stems:
+    pairs = pairing.pairs
+    if not pairs:
         raise DatasetError(f"no image pairs: {ir_dir} and {vi_dir} share no file names")
-    return [(s, ir[s], vi[s]) for s in stems]
+    return pairs
 
 
 def read_mask(path: Path) -> torch.Tensor:
@@ -201,9 +195,9 @@ class PairedFolderDataset(Dataset):
         ir, vi = load_gray(pair.ir), load_gray(pair.vi)
         if ir.shape != vi.shape:
             if self.mismatched_size == "resize_ir":
-                ir = resize_gray(ir, tuple(vi.shape[1:]))
+                ir = resize_gray(ir, (vi.shape[1], vi.shape[2]))
             elif self.mismatched_size == "resize_vi":
-                vi = resize_gray(vi, tuple(ir.shape[1:]))
+                vi = resize_gray(vi, (ir.shape[1], ir.shape[2]))
             else:
                 raise DatasetError(
                     f"pair {pair.name!r}: {pair.ir} is {tuple(ir.shape[1:])} but {pair.vi} is {tuple(vi.shape[1:])} "
@@ -235,6 +229,6 @@ def split_names(names: Sequence[str], split: str, val_fraction: float, seed: int
     """A deterministic train/val split of ``names`` (for datasets without an official split)."""
     rng = np.random.default_rng(seed)
     order = list(rng.permutation(len(names)))
-    n_val = int(round(len(names) * val_fraction))
+    n_val = round(len(names) * val_fraction)
     chosen = order[:n_val] if split in ("val", "test") else order[n_val:]
     return [names[i] for i in sorted(chosen)]

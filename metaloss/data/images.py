@@ -53,15 +53,17 @@ __all__ = [
     "load_pair",
     "max_image_pixels",
     "normalise",
+    "pair_of",
     "read_any",
     "set_max_image_pixels",
+    "source_image",
 ]
 
 
 class ImageSizeError(ValueError):
     """The two images of a pair differ in size; the message names both files."""
 
-    def __init__(self, ir: "SourceImage", vi: "SourceImage") -> None:
+    def __init__(self, ir: SourceImage, vi: SourceImage) -> None:
         self.ir_path, self.vi_path = ir.path, vi.path
         super().__init__(
             f"the images of a pair differ in size: {str(ir.path)!r} is {ir.width}×{ir.height}, "
@@ -163,7 +165,17 @@ def _is_gray(rgb: np.ndarray) -> bool:
 def load_image(path: str | os.PathLike[str]) -> SourceImage:
     """Decode and normalise one image (see the module docstring); raises ``ImageReadError``."""
     path = Path(path)
-    img = read_any(path)
+    return source_image(read_any(path), path)
+
+
+def source_image(img: np.ndarray, path: str | os.PathLike[str] = "<array>") -> SourceImage:
+    """A decoded image (``H×W``, ``H×W×3`` RGB or ``H×W×4`` RGBA; uint8, uint16 or floating point) as
+    :func:`load_image` makes it from a file: normalised, alpha dropped, Y and CbCr; ``path`` names it."""
+    path = Path(path)
+    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (1, 3, 4)):
+        raise ImageReadError(path, f"unsupported channel layout {img.shape} (H×W, H×W×3 RGB or H×W×4 RGBA)")
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
     channels = 1 if img.ndim == 2 else img.shape[2]
     stored = f"{img.dtype}×{channels}"
     if img.ndim == 3:
@@ -179,7 +191,11 @@ def load_image(path: str | os.PathLike[str]) -> SourceImage:
 
 def load_pair(ir_path: str | os.PathLike[str], vi_path: str | os.PathLike[str]) -> ImagePair:
     """Load an infrared–visible pair of one size; the chroma of the fused image follows the colour rule."""
-    ir, vi = load_image(ir_path), load_image(vi_path)
+    return pair_of(load_image(ir_path), load_image(vi_path))
+
+
+def pair_of(ir: SourceImage, vi: SourceImage) -> ImagePair:
+    """Two loaded images of one size as a pair; the chroma of the fused image follows the colour rule."""
     if (ir.height, ir.width) != (vi.height, vi.width):
         raise ImageSizeError(ir, vi)
     colour = [s.cbcr for s in (ir, vi) if s.cbcr is not None]

@@ -36,8 +36,8 @@ import sys
 import tempfile
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -50,9 +50,9 @@ __all__ = [
     "ImageReadError",
     "image_size",
     "max_image_pixels",
-    "read_image",
-    "read_gray_cddfuse",
     "read_bytes",
+    "read_gray_cddfuse",
+    "read_image",
     "set_max_image_pixels",
 ]
 
@@ -139,7 +139,7 @@ def _check_png_chunks(buf: np.ndarray, path: str | os.PathLike[str]) -> None:
     few-hundred-byte file would otherwise allocate up to 4 GiB.  Walking the chunk headers costs
     nothing next to decoding.
     """
-    data = memoryview(buf)
+    data = buf.data  # a memoryview of the bytes, no copy
     size, pos = len(data), len(_PNG_SIGNATURE)
     while pos + 8 <= size:
         length = int.from_bytes(data[pos : pos + 4], "big")
@@ -336,7 +336,9 @@ def _decode(path: str | os.PathLike[str], flags: int) -> np.ndarray:
         raise ImageReadError(path, f"OpenCV could not decode it ({exc})") from exc
     if libjpeg and not cut_short and img is not None and img.size:
         warnings.warn(
-            CorruptImageWarning(f"image {str(path)!r} has damaged JPEG data ({'; '.join(libjpeg)}): the decoded image may be wrong"),
+            CorruptImageWarning(
+                f"image {str(path)!r} has damaged JPEG data ({'; '.join(libjpeg)}): the decoded image may be wrong"
+            ),
             stacklevel=3,
         )
     if img is None or img.size == 0:

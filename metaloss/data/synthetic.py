@@ -86,8 +86,8 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, scale: float) -> np.
     """Zero-mean, unit-std noise blurred to a correlation length of ``scale`` pixels."""
     noise = rng.standard_normal((h, w)).astype(np.float32)
     k = max(3, int(scale * 3) | 1)
-    noise = cv2.GaussianBlur(noise, (k, k), scale, borderType=cv2.BORDER_REFLECT)
-    return (noise - noise.mean()) / (noise.std() + 1e-6)
+    blurred: np.ndarray = cv2.GaussianBlur(noise, (k, k), scale, borderType=cv2.BORDER_REFLECT)
+    return (blurred - blurred.mean()) / (blurred.std() + 1e-6)
 
 
 def render_scene(

@@ -12,7 +12,7 @@
 The checkpoint format and building plugins from a config belong to the core
 (:mod:`metaloss.checkpoint`); the networks expose what deployment needs (``metaloss.nn.restormer``:
 an attention function per call, ``attention_calls``, ``run_stages``, ``backbones_run_by``).
-``metaloss fuse`` and ``metaloss export`` (``metaloss.fuse_cli``, ``metaloss.export``) are its commands.
+``metaloss fuse`` and ``metaloss export`` (``metaloss.cli.fuse``, ``metaloss.cli.export``) are its commands.
 """
 
 from metaloss.deploy.fuse import Engine, FusedImage, fuse_images, fuse_pair, generator_maps, heatmap, write_png

@@ -26,7 +26,9 @@ def fusing_allocator_policy(engines: Collection[Literal["torch", "fast"]], reque
     return requested  # type: ignore[return-value]
 
 
-def set_fusing_allocator_policy(engines: Collection[Literal["torch", "fast"]], requested: str = "auto") -> AllocatorPolicy:
+def set_fusing_allocator_policy(
+    engines: Collection[Literal["torch", "fast"]], requested: str = "auto"
+) -> AllocatorPolicy:
     """Apply :func:`fusing_allocator_policy` to this process; returns the policy."""
     policy = fusing_allocator_policy(engines, requested)
     set_allocator_policy(policy)

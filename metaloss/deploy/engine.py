@@ -143,15 +143,20 @@ class _Prepared:
         g_in, g_in_b = _pw(m.gate_in)
         o1, o1b = _pw(m.project_out1)
         o2, o2b = _pw(m.project_out2)
-        out_b = None if o1b is None and o2b is None else (0 if o1b is None else o1b) + (0 if o2b is None else o2b)
+        out_b = o1b if o2b is None else o2b if o1b is None else o1b + o2b
         return {
             "heads": m.heads,
             "qkv": [(_Lin(*_pw(m.qkv1)), _dw(m.qkv1_dwconv)), (_Lin(*_pw(m.qkv2)), _dw(m.qkv2_dwconv))],
             "temperature": [m.temperature1.detach().reshape(-1), m.temperature2.detach().reshape(-1)],
             "mid": [_pw(m.project_mid1), _pw(m.project_mid2)],
-            "gate_in": [_Lin(g_in[:hidden], None if g_in_b is None else g_in_b[:hidden]),
-                        _Lin(g_in[hidden:], None if g_in_b is None else g_in_b[hidden:])],
-            "gate_dw": [(gw[:hidden], None if gb is None else gb[:hidden]), (gw[hidden:], None if gb is None else gb[hidden:])],
+            "gate_in": [
+                _Lin(g_in[:hidden], None if g_in_b is None else g_in_b[:hidden]),
+                _Lin(g_in[hidden:], None if g_in_b is None else g_in_b[hidden:]),
+            ],
+            "gate_dw": [
+                (gw[:hidden], None if gb is None else gb[:hidden]),
+                (gw[hidden:], None if gb is None else gb[hidden:]),
+            ],
             "value_in": [_Lin(*_pw(m.value1_in)), _Lin(*_pw(m.value2_in))],
             "value_dw": [_dw(m.value1_dwconv), _dw(m.value2_dwconv)],
             "out": [_Lin(o1, out_b), _Lin(o2, None)],
@@ -264,8 +269,11 @@ class _Sums:
     def folded(self, temperature: Tensor, heads: int, proj: Tensor) -> Tensor:
         """``P A``: the output projection times the block-diagonal attention map (softmax per head)."""
         c = self.channels
-        gram = torch.stack(self.grams).double().sum(0)
-        squares = torch.stack(self.squares).double().sum(0)
+        grams = [g for g in self.grams if g is not None]
+        band_squares = [s for s in self.squares if s is not None]
+        assert len(grams) == len(band_squares) == len(self.grams), "every band adds its sums before folding"
+        gram = torch.stack(grams).double().sum(0)
+        squares = torch.stack(band_squares).double().sum(0)
         eps = 1e-12  # F.normalize's
         norms = squares.sqrt().clamp_min(eps)
         logits = gram / (norms[:c, None] * norms[None, c:])
@@ -359,13 +367,16 @@ class _Pool:
     """Full-resolution maps served from a few reused slabs, so that the heap neither grows with
     freed maps of the first widths nor fragments.  A slab holds ``slab_numel`` elements (the
     widest map); a map is one of the equal pieces that a slab is cut into (one piece for a map of
-    more than half a slab), and a slab whose pieces are all free again serves any width.  With Restormer's widths (C in the
-    encoders, 2C after the merge) an image needs three slabs where per-width buffers need five."""
+    more than half a slab), and a slab whose pieces are all free again serves any width.  With
+    Restormer's widths (C in the encoders, 2C after the merge) an image needs three slabs where
+    per-width buffers need five."""
 
     def __init__(self, slab_numel: int) -> None:
         self.slab_numel = slab_numel
         self.slabs: list[Tensor] = []  # handed back to _SLAB_CACHE by close()
-        self.pieces: list[list[Tensor | None] | None] = []  # per slab: None = whole and free, else its pieces (None = in use)
+        self.pieces: list[
+            list[Tensor | None] | None
+        ] = []  # per slab: None = whole and free, else its pieces (None = in use)
         self.owner: dict[int, tuple[int, int]] = {}  # data_ptr of a piece in use -> (slab, piece)
 
     def take(self, like: Tensor, rows: int, channels: int) -> Tensor:
@@ -382,9 +393,8 @@ class _Pool:
                         self.owner[p.data_ptr()] = (s, i)
                         return p.view(rows, channels)
         s = self._whole_free(like)
-        cut: list[Tensor | None] = [self.slabs[s][i * numel : (i + 1) * numel] for i in range(n)]
-        first = cut[0]
-        cut[0] = None
+        first = self.slabs[s][:numel]
+        cut: list[Tensor | None] = [None] + [self.slabs[s][i * numel : (i + 1) * numel] for i in range(1, n)]
         self.pieces[s] = cut
         self.owner[first.data_ptr()] = (s, 0)
         return first.view(rows, channels)
@@ -408,6 +418,7 @@ class _Pool:
             if t.data_ptr() in self.owner:
                 s, i = self.owner.pop(t.data_ptr())
                 pieces = self.pieces[s]
+                assert pieces is not None, "a slab with an owned piece is cut"
                 pieces[i] = t.reshape(-1)
                 if all(p is not None for p in pieces):
                     self.pieces[s] = None
@@ -441,7 +452,9 @@ class _Runner:
     def rows(self, x: Tensor, a0: int, a1: int) -> Tensor:
         return x[a0 * self.w : a1 * self.w]
 
-    def qkv(self, x: Tensor, r0: int, r1: int, lin, dw) -> Tensor:  # type: ignore[no-untyped-def]
+    def qkv(
+        self, x: Tensor, r0: int, r1: int, lin: Callable[[Tensor], Tensor], dw: tuple[Tensor, Tensor | None]
+    ) -> Tensor:
         """``DW(PW(x))`` on band rows r0:r1 (computed on the band plus a one-row halo)."""
         a0, a1, crop = self.halo(r0, r1, 1)
         t = lin(self.rows(x, a0, a1))
@@ -483,21 +496,24 @@ class _Runner:
         vs = [self.pool.take(x1, *x1.shape), self.pool.take(x1, *x1.shape)]
 
         def attention_sums(i: int, r0: int, r1: int) -> None:
-            qkv = [self.qkv(x, r0, r1, lin, dw) for x, (lin, dw) in zip(xs, p["qkv"])]
+            qkv = [self.qkv(x, r0, r1, lin, dw) for x, (lin, dw) in zip(xs, p["qkv"], strict=True)]
             # stream 1 attends with stream 2's queries and vice versa
             sq = [_column_squares(t[:, : 2 * c]) for t in qkv]
             sums[0].add(i, qkv[1][:, :c], qkv[0][:, c : 2 * c], torch.cat([sq[1][:c], sq[0][c:]]))
             sums[1].add(i, qkv[0][:, :c], qkv[1][:, c : 2 * c], torch.cat([sq[0][:c], sq[1][c:]]))
-            for v, t in zip(vs, qkv):
+            for v, t in zip(vs, qkv, strict=True):
                 v[r0 * self.w : r1 * self.w] = t[:, 2 * c :]
 
         self.each_band(attention_sums)
-        ms = [_Lin(s.folded(t, p["heads"], mid[0]).to(x1.dtype), mid[1]) for s, t, mid in zip(sums, p["temperature"], p["mid"])]
+        ms = [
+            _Lin(s.folded(t, p["heads"], mid[0]).to(x1.dtype), mid[1])
+            for s, t, mid in zip(sums, p["temperature"], p["mid"], strict=True)
+        ]
         out = self.pool.take(x1, x1.shape[0], 2 * c)
 
         def attend_and_gate(i: int, r0: int, r1: int) -> None:
             a0, a1, crop = self.halo(r0, r1, 1)
-            ys = [m(self.rows(v, a0, a1), self.rows(x, a0, a1)) for v, m, x in zip(vs, ms, xs)]
+            ys = [m(self.rows(v, a0, a1), self.rows(x, a0, a1)) for v, m, x in zip(vs, ms, xs, strict=True)]
             z = torch.cat(ys, dim=1)
             gated = []
             for k in range(2):
@@ -623,5 +639,8 @@ def fast_forward(
     ``workers`` as for :class:`FastRestormer`.  ``TypeError`` for a module without such a backbone."""
     if not supports_fast(module):
         raise TypeError(f"{type(module).__name__} has no DualStreamRestormer for fast inference")
-    with torch.inference_mode(), backbones_run_by(lambda net, x, y: FastRestormer(net, band_pixels, on_stage, workers)(x, y)):
+    with (
+        torch.inference_mode(),
+        backbones_run_by(lambda net, x, y: FastRestormer(net, band_pixels, on_stage, workers)(x, y)),
+    ):
         return module(a, b)

@@ -117,5 +117,3 @@ def verify_onnx(
                 raise ExportError(f"ONNX output shape {got.shape} != PyTorch's {expected.shape} at {h}×{w}")
             out[(h, w)] = float(np.abs(got - expected).max())
     return out
-
-

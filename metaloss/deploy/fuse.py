@@ -89,10 +89,18 @@ def run_planned(
         if plan.mode == "blend":
             return fuse_tiled(module, ir, vi, plan.tile, plan.overlap, device=device, on_tile=on_tile)
         if plan.mode == "exact":
-            return fuse_tiled(lambda a, b: run_exact(module, a, b, plan.tile, on_tile=on_tile), ir, vi, 0, device=device)
+            return fuse_tiled(
+                lambda a, b: run_exact(module, a, b, plan.tile, on_tile=on_tile), ir, vi, 0, device=device
+            )
         if plan.mode == "exact+blend":
             return fuse_tiled(
-                lambda a, b: run_exact(module, a, b, plan.tile), ir, vi, plan.outer, plan.overlap, device=device, on_tile=on_tile
+                lambda a, b: run_exact(module, a, b, plan.tile),
+                ir,
+                vi,
+                plan.outer,
+                plan.overlap,
+                device=device,
+                on_tile=on_tile,
             )
     raise ValueError(f"unknown tiling plan {plan}")
 
@@ -190,7 +198,13 @@ def fuse_images(
         if model.generator is None:
             raise InferenceError("weight maps need the loss generator: load the model with generator=True")
         maps = generator_maps(
-            model.generator, pair.ir.y, pair.vi.y, tile=tile, mode=mode, overlap=overlap, on_tile=on_tile,
+            model.generator,
+            pair.ir.y,
+            pair.vi.y,
+            tile=tile,
+            mode=mode,
+            overlap=overlap,
+            on_tile=on_tile,
             engine=engine,
         )
         for key, value in maps.items():

@@ -1,6 +1,8 @@
 """A trained model for inference: its fusion network (and on request its loss generator) from a checkpoint.
 
-:func:`load_model` reads a checkpoint written by ``metaloss run`` (or
+:func:`load` (``metaloss.load``) is the user's entry: a shipped model by name or a checkpoint, on the
+device ``metaloss fuse`` picks, as a :class:`FusionModel` whose :meth:`FusionModel.fuse` fuses a pair
+with the command's defaults.  :func:`load_model` reads a checkpoint written by ``metaloss run`` (or
 ``metaloss.checkpoint.write_model_checkpoint``), or the package's pretrained model
 (``metaloss/pretrained/default.pt``, see :mod:`metaloss.pretrained`).  Only three entries of the
 checkpoint are used: ``config.fusion`` / ``config.loss_generator`` (plugin name + options), built by
@@ -14,8 +16,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -23,8 +26,18 @@ import metaloss
 from metaloss import pretrained, registry
 from metaloss.checkpoint import CheckpointError, build_plugin, read_checkpoint
 from metaloss.config import upgrade_keys
+from metaloss.data.images import SourceImage, load_image, pair_of, source_image
+from metaloss.deploy.tiling import DEFAULT_OVERLAP, TilingMode
 
-__all__ = ["FusionModel", "InferenceError", "NoPretrainedModelError", "load_model"]
+if TYPE_CHECKING:
+    from metaloss.deploy.fuse import Engine
+
+__all__ = ["FusionModel", "ImageInput", "InferenceError", "NoPretrainedModelError", "load", "load_model"]
+
+#: What :meth:`FusionModel.fuse` takes for a source image: a file path; a numpy array as images are
+#: decoded (``H×W``, ``H×W×3`` RGB, ``H×W×4`` RGBA; uint8, uint16 or float); a tensor ``[H, W]``,
+#: ``[1, H, W]`` or ``[3, H, W]`` (RGB), of those sample types too.
+ImageInput = str | os.PathLike[str] | np.ndarray | torch.Tensor
 
 
 class InferenceError(RuntimeError):
@@ -55,6 +68,41 @@ class FusionModel:
         stretch`` (on for checkpoints that predate the setting, as before)."""
         section = self.config.get("eval")
         return bool(section.get("stretch", True)) if isinstance(section, Mapping) else True
+
+    def fuse(
+        self,
+        ir: ImageInput,
+        vi: ImageInput,
+        *,
+        tile: int | None = None,
+        mode: TilingMode = "auto",
+        overlap: int = DEFAULT_OVERLAP,
+        stretch: bool | None = None,
+        engine: Engine = "auto",
+    ) -> np.ndarray:
+        """Fuse one pair as ``metaloss fuse`` does, with its defaults (automatic tiling, the fast engine
+        where it applies, the model's own stretch), and return the 8-bit image it would write: ``H×W``
+        (two grey sources) or ``H×W×3`` RGB.  ``ir``/``vi``: see ``ImageInput``; the options are the
+        command's ``--tile``, ``--tiling``, ``--overlap``, ``--stretch``, ``--engine``."""
+        from metaloss.deploy.fuse import fuse_images
+
+        pair = pair_of(_source(ir, "ir"), _source(vi, "vi"))
+        result = fuse_images(self, pair, tile=tile, mode=mode, overlap=overlap, stretch_y=stretch, engine=engine)
+        return result.image
+
+
+def _source(image: ImageInput, name: str) -> SourceImage:
+    """One source of :meth:`FusionModel.fuse` decoded and normalised as ``metaloss fuse`` reads a file."""
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image)
+    if isinstance(image, torch.Tensor):
+        t = image.detach().cpu()
+        if t.ndim == 3:  # [C, H, W] -> H×W×C, the layout of a decoded image
+            t = t.permute(1, 2, 0)
+        image = t.numpy()
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"{name}: expected a file path, a numpy array or a tensor, got {type(image).__name__}")
+    return source_image(np.ascontiguousarray(image), f"<{name} array>")
 
 
 def _no_pretrained_message(name: str = pretrained.DEFAULT_NAME) -> str:
@@ -130,3 +178,36 @@ def load_model(
         gen = build("loss_generators", "loss_generator", "generator")
     sections = {k: dict(config[k]) for k in ("learner", "loss_generator", "eval") if isinstance(config.get(k), Mapping)}
     return FusionModel(fusion, gen, source, sections)
+
+
+def load(
+    model: str | os.PathLike[str] = "default",
+    *,
+    device: str | torch.device = "auto",
+    generator: bool = False,
+) -> FusionModel:
+    """A trained model, ready to fuse (``metaloss.load``)::
+
+        model = metaloss.load("default")          # a shipped model: metaloss.pretrained.MODELS
+        model = metaloss.load("runs/x")           # a run directory (its checkpoints/last.pt) or a checkpoint
+        fused = model.fuse(ir, vi)                # what `metaloss fuse` writes, as an array
+
+    ``model``: the name of a shipped model, else a checkpoint file or run directory (a ``Path`` is
+    always a path).  ``device``: ``"auto"`` (CUDA when available, as ``metaloss fuse``), ``"cpu"``,
+    ``"cuda:1"``, ...; ``generator``: also load the loss generator (its weight maps,
+    :func:`metaloss.deploy.fuse_images` with ``weights=True``).  Raises :class:`InferenceError`.
+    """
+    from metaloss.experiment import RunError, resolve_device
+
+    try:
+        where = resolve_device(device) if isinstance(device, str) else device
+    except (RunError, RuntimeError) as err:
+        raise InferenceError(str(err)) from None
+    if isinstance(model, str) and model in pretrained.MODELS:
+        return load_model(None, generator=generator, device=where, model=model)
+    path = Path(model)
+    if not path.exists():
+        raise InferenceError(
+            f"{model}: no such checkpoint or run directory, and not a shipped model ({', '.join(pretrained.MODELS)})"
+        )
+    return load_model(path, generator=generator, device=where)

@@ -135,8 +135,6 @@ def plan_tiling(
     return TilePlan("blend", size, overlap)
 
 
-
-
 # -- blend tiling ------------------------------------------------------------------------------------------
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of tiles of ``tile`` pixels covering ``length`` with at least ``overlap`` between
@@ -208,7 +206,11 @@ def fuse_tiled(
         out = fn(ir.to(device), vi.to(device))
         if on_tile is not None:
             on_tile(1, 1)
-        return {k: v.float().to(ir.device) for k, v in out.items()} if isinstance(out, Mapping) else out.float().to(ir.device)
+        return (
+            {k: v.float().to(ir.device) for k, v in out.items()}
+            if isinstance(out, Mapping)
+            else out.float().to(ir.device)
+        )
     th, tw = min(tile, h), min(tile, w)
     ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
     wys, wxs = blend_weights(ys, th, margin), blend_weights(xs, tw, margin)
@@ -216,8 +218,8 @@ def fuse_tiled(
     total = torch.zeros(h, w, dtype=torch.float32, device=ir.device)
     n, k = len(ys) * len(xs), 0
     single = True
-    for y0, wy in zip(ys, wys):
-        for x0, wx in zip(xs, wxs):
+    for y0, wy in zip(ys, wys, strict=True):
+        for x0, wx in zip(xs, wxs, strict=True):
             sl = (..., slice(y0, y0 + th), slice(x0, x0 + tw))
             out = fn(ir[sl].to(device), vi[sl].to(device))
             if isinstance(out, Mapping):
@@ -240,8 +242,6 @@ def fuse_tiled(
     return acc[""] if single else acc
 
 
-
-
 # -- exact tiling -----------------------------------------------------------------------------------------
 # A DualStreamRestormer is run stage by stage (DualStreamRestormer.run_stages: stem, each Restormer
 # block, the merge block, the head), each stage over the whole image in chunks, keeping the stage's
@@ -261,7 +261,7 @@ def _radius(*modules: nn.Module) -> int:
     for module in modules:
         for m in module.modules():
             if isinstance(m, nn.Conv2d):
-                r += max((k - 1) // 2 * d for k, d in zip(m.kernel_size, m.dilation))
+                r += max((k - 1) // 2 * d for k, d in zip(m.kernel_size, m.dilation, strict=True))
     return r
 
 
@@ -273,7 +273,9 @@ def _chunks(height: int, width: int, size: int) -> list[tuple[int, int, int, int
     ]
 
 
-def _region(inputs: Sequence[Tensor], box: tuple[int, int, int, int], halo: int) -> tuple[list[Tensor], tuple[Any, ...]]:
+def _region(
+    inputs: Sequence[Tensor], box: tuple[int, int, int, int], halo: int
+) -> tuple[list[Tensor], tuple[Any, ...]]:
     """The chunk ``box`` grown by ``halo`` (clipped to the image) of each input, and the index that
     crops a region-sized result back to the chunk."""
     y0, y1, x0, x1 = box
@@ -344,7 +346,7 @@ class _ChunkedStages(Stages):
             calls: list[AttentionCall] = block.attention_calls(*regions)
             if not sums:
                 sums = [_AttentionSums(call.temperature, call.heads) for call in calls]
-            for s, call in zip(sums, calls):
+            for s, call in zip(sums, calls, strict=True):
                 s.add(call.q[crop], call.k[crop])
             del calls, regions
             self.on_step()

@@ -6,10 +6,10 @@ parallelism come in as small protocols (``Schedule``, ``Optimization``, ``NonFin
 ``DataParallel``).
 """
 
+from metaloss.meta.forward_mode import SplitInnerLoss
 from metaloss.meta.inner import buffer_copies, inner_update, trainable_params
 from metaloss.meta.loss import Loss
 from metaloss.meta.outer import MaxAbsSGD, make_outer_optimizer
-from metaloss.meta.forward_mode import SplitInnerLoss
 from metaloss.meta.parallel import DataParallel, SingleProcess
 from metaloss.meta.step import (
     LearnerStepResult,

@@ -27,8 +27,8 @@ from __future__ import annotations
 from typing import Any, Protocol, runtime_checkable
 
 import torch
-from torch import Tensor
 import torch.autograd.forward_ad as fwAD
+from torch import Tensor
 
 from metaloss.meta.inner import buffer_copies, inner_update, trainable_params
 from metaloss.meta.loss import FirstLoss
@@ -52,7 +52,9 @@ class SplitInnerLoss(Protocol):
 
 def supports_jvp(problem: Any) -> bool:
     """Whether ``problem`` provides the split of ``SplitInnerLoss``."""
-    return callable(getattr(problem, "learner_output", None)) and callable(getattr(problem, "inner_loss_from_output", None))
+    return callable(getattr(problem, "learner_output", None)) and callable(
+        getattr(problem, "inner_loss_from_output", None)
+    )
 
 
 def jvp_applies(problem: Any, *, inner_steps: int, truncate: int, backend: str, inner_grad_hook: Any) -> bool:
@@ -104,7 +106,7 @@ def tracked_step(
     del y, leaves
     theta1 = {
         n: (theta0[n] if g is None else theta0[n] - inner_lr * g).detach().requires_grad_(True)
-        for n, g in zip(names, grads)
+        for n, g in zip(names, grads, strict=True)
     }
     return theta0, theta1, u, y_in.detach()
 
@@ -115,8 +117,7 @@ def output_jvp(problem: SplitInnerLoss, theta0: ParamDict, tangents: ParamDict, 
     learner = problem.learner  # type: ignore[attr-defined]
     with fwAD.dual_level(), torch.no_grad():
         params = {
-            n: p if tangents.get(n) is None else fwAD.make_dual(p, tangents[n].to(p.dtype))
-            for n, p in theta0.items()
+            n: p if tangents.get(n) is None else fwAD.make_dual(p, tangents[n].to(p.dtype)) for n, p in theta0.items()
         }
         out = problem.learner_output({**params, **buffer_copies(learner)}, train_batch)
         tangent = fwAD.unpack_dual(out).tangent

@@ -14,7 +14,8 @@ build them in an image-fusion run).
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -66,9 +67,7 @@ def check_loss(value: Tensor | float | None, role: str, loss: str) -> None:
     raise NonFiniteError(role, loss, "loss", f"value {shown}")
 
 
-def check_grads(
-    grads: Iterable[Tensor | None], role: str, loss: str, names: Sequence[str] | None = None
-) -> None:
+def check_grads(grads: Iterable[Tensor | None], role: str, loss: str, names: Sequence[str] | None = None) -> None:
     """Raise :class:`NonFiniteError` naming the first parameter whose gradient is not finite."""
     for i, g in enumerate(grads):
         if g is not None and not is_finite(g):

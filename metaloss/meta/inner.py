@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable, Literal, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -13,7 +14,7 @@ from metaloss.protocols import ParamDict
 Backend = Literal["torch.func", "higher"]
 LossFn = Callable[[ParamDict], Tensor]
 #: maps the gradients of an inner step before the step is taken (None for unused parameters)
-GradHook = Callable[[Sequence[Optional[Tensor]]], list[Optional[Tensor]]]
+GradHook = Callable[[Sequence[Tensor | None]], list[Tensor | None]]
 
 
 def trainable_params(module: nn.Module) -> ParamDict:
@@ -70,7 +71,7 @@ def inner_update(
         new = step_fn(loss, [current[n] for n in names], lr, tracked)
         if not tracked:
             new = [p.detach().requires_grad_(True) for p in new]
-        current = dict(zip(names, new))
+        current = dict(zip(names, new, strict=True))
     return current
 
 
@@ -80,7 +81,7 @@ def _torch_func_step(
     grads: Sequence[Tensor | None] = torch.autograd.grad(loss, params, create_graph=create_graph, allow_unused=True)
     if grad_hook is not None:
         grads = grad_hook(grads)
-    return [p if g is None else p - lr * g for p, g in zip(params, grads)]
+    return [p if g is None else p - lr * g for p, g in zip(params, grads, strict=True)]
 
 
 def _higher_stepper(initial: ParamDict, lr: float) -> Callable[..., list[Tensor]]:

@@ -9,7 +9,8 @@ computes several losses (k inner steps) reports the terms of the loss it reports
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 from torch import Tensor
 

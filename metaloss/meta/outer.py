@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Literal
+from collections.abc import Callable, Iterable
+from typing import Literal
 
 import torch
 from torch import nn
@@ -20,7 +21,7 @@ class MaxAbsSGD(torch.optim.Optimizer):
         super().__init__(params, {"lr": lr})
 
     @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[override]
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         loss = closure() if closure is not None else None
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
         if not grads:

@@ -13,8 +13,10 @@ each, tagged so that :class:`TaggedCollate` can weigh the chunk by its share of 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Iterator, Protocol, Sequence, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
@@ -43,8 +45,11 @@ class DataParallel(Protocol):
     ``stand_in(flag)``: a context in which this rank's samples are stand-ins (weight 0).
     """
 
-    rank: int
-    world_size: int
+    @property
+    def rank(self) -> int: ...
+
+    @property
+    def world_size(self) -> int: ...
 
     def sum_grads(self, grads: Sequence[Tensor | None]) -> list[Tensor | None]: ...
 
@@ -52,7 +57,7 @@ class DataParallel(Protocol):
 
     def weighted_sum(self, values: dict[str, float], weights: dict[str, float]) -> dict[str, float]: ...
 
-    def stand_in(self, flag: bool) -> ContextManager[None]: ...
+    def stand_in(self, flag: bool) -> AbstractContextManager[None]: ...
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,7 @@ class SingleProcess:
     def weighted_sum(self, values: dict[str, float], weights: dict[str, float]) -> dict[str, float]:
         return dict(values)
 
-    def stand_in(self, flag: bool) -> ContextManager[None]:
+    def stand_in(self, flag: bool) -> AbstractContextManager[None]:
         return contextlib.nullcontext()
 
 
@@ -160,7 +165,7 @@ class StandInProblem:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._problem, name)
 
-    def _flag(self, batch: Any) -> ContextManager[None]:
+    def _flag(self, batch: Any) -> AbstractContextManager[None]:
         return self._parallel.stand_in(any(batch is b for b in self._stand_ins))
 
     def inner_loss(self, learner_params: Any, batch: Any) -> Any:

@@ -11,18 +11,18 @@ Methods differ only in their ``MetaProblem``: what the inner, objective and oute
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
-from metaloss.meta.inner import Backend, GradHook, buffer_copies, inner_update, trainable_params
 from metaloss.meta import forward_mode
 from metaloss.meta.guard import NonFiniteError, check_grads, check_loss
+from metaloss.meta.inner import Backend, GradHook, buffer_copies, inner_update, trainable_params
 from metaloss.meta.loss import FirstLoss, split_loss
 from metaloss.protocols import ParamDict
-
 
 #: How the meta-gradient is computed: "double_backward" (through the inner step's backward graph),
 #: "jvp" (one forward-mode pass, exact for one tracked step; ``metaloss.meta.forward_mode``) or "auto"
@@ -32,7 +32,12 @@ MetaGradientMethod = Literal["auto", "double_backward", "jvp"]
 
 
 def resolve_method(
-    problem: Any, method: MetaGradientMethod | None, *, inner_steps: int, truncate: int, backend: str,
+    problem: Any,
+    method: MetaGradientMethod | None,
+    *,
+    inner_steps: int,
+    truncate: int,
+    backend: str,
     inner_grad_hook: Any,
 ) -> Literal["double_backward", "jvp"]:
     """The method ``meta_gradient`` uses (see ``MetaGradientMethod``)."""
@@ -67,7 +72,9 @@ class MetaProblem(Protocol):
 
     learner: nn.Module
     loss_generator: nn.Module
-    objective: nn.Module | None
+
+    @property
+    def objective(self) -> nn.Module | None: ...  # read-only here, so a problem may declare it nn.Module
 
     def inner_loss(self, learner_params: ParamDict, batch: Any) -> Any: ...
 
@@ -204,12 +211,12 @@ def meta_gradient(
         names = list(tracked)
         v = torch.autograd.grad(scaled_outer, [tracked[n] for n in names], allow_unused=True)
         del scaled_outer, learner_new, tracked
-        jv = forward_mode.output_jvp(problem, theta0, dict(zip(names, v)), train_batch)  # type: ignore[arg-type]
+        jv = forward_mode.output_jvp(problem, theta0, dict(zip(names, v, strict=True)), train_batch)  # type: ignore[arg-type]
         del v
-        grads = torch.autograd.grad(u, gen_params, jv.mul_(-inner_lr), allow_unused=True)
+        raw = torch.autograd.grad(u, gen_params, jv.mul_(-inner_lr), allow_unused=True)
     else:
-        grads = torch.autograd.grad(scaled_outer, gen_params, allow_unused=True)
-    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(gen_params, grads)]
+        raw = torch.autograd.grad(scaled_outer, gen_params, allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(gen_params, raw, strict=True)]
     norm = _norm(grads)
     assert first.value is not None
     return grads, MetaStepResult(
@@ -276,7 +283,7 @@ def meta_step(
     check_grads(grads, "loss_generator", "outer", [n for n, _ in gen_named])
     gen_params = [p for _, p in gen_named]
     outer_optimizer.zero_grad(set_to_none=True)
-    for p, g in zip(gen_params, grads):
+    for p, g in zip(gen_params, grads, strict=True):
         p.grad = g
     outer_optimizer.step()
     return result

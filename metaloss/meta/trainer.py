@@ -26,8 +26,9 @@ import itertools
 import random
 import time
 import warnings
+from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import numpy as np
 import torch
@@ -36,7 +37,15 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from metaloss.meta.guard import ROLES, NonFiniteError, NonFiniteStop, check_params
 from metaloss.meta.inner import Backend, trainable_params
 from metaloss.meta.outer import make_outer_optimizer
-from metaloss.meta.parallel import DataParallel, Shard, ShardedBatches, SingleProcess, StandInProblem, Tagged, TaggedCollate
+from metaloss.meta.parallel import (
+    DataParallel,
+    Shard,
+    ShardedBatches,
+    SingleProcess,
+    StandInProblem,
+    Tagged,
+    TaggedCollate,
+)
 from metaloss.meta.step import MetaProblem, learner_step, meta_step
 
 Record = dict[str, Any]
@@ -142,13 +151,14 @@ class AlternatingTrainer:
         self.eval_every, self.checkpoint_every = eval_every, checkpoint_every
         # data-parallel: batch_size is per process; every rank draws the same global batches and
         # trains on its shard of each (metaloss.distributed)
-        self.parallel = parallel or SingleProcess()
+        self.parallel: DataParallel = parallel or SingleProcess()
         self.global_batch_size = batch_size * self.parallel.world_size
         self.on_nonfinite = guard.on_nonfinite if guard is not None else "stop"
         self.max_consecutive_skips = guard.max_consecutive_skips if guard is not None else 0
         self.consecutive_skips = 0  # batches skipped in a row on a NaN/Inf (on_nonfinite = "skip")
-        if len(train_set) < 2:  # type: ignore[arg-type]
-            raise ValueError(f"the training set needs at least 2 samples (disjoint meta-train/test), has {len(train_set)}")  # type: ignore[arg-type]
+        size = len(cast(Sized, train_set))  # a map-style dataset: torch's Dataset type does not declare __len__
+        if size < 2:
+            raise ValueError(f"the training set needs at least 2 samples (disjoint meta-train/test), has {size}")
         self.learner_opt = torch.optim.Adam(trainable_params(problem.learner).values(), lr=optim.learner_lr)
         self.objective_opt = (
             torch.optim.Adam(trainable_params(problem.objective).values(), lr=optim.objective_lr)
@@ -177,7 +187,8 @@ class AlternatingTrainer:
     def _loader(self, dataset: Dataset, rng: torch.Generator, shuffle: bool = True) -> DataLoader:
         """Global batches drawn from ``rng`` exactly as a one-process DataLoader with that batch size
         draws them (same random stream on every rank); yields this rank's ``Shard`` of each."""
-        sampler = RandomSampler(dataset, generator=rng) if shuffle else SequentialSampler(dataset)
+        sized = cast(Sized, dataset)  # a map-style dataset: torch's Dataset type does not declare __len__
+        sampler = RandomSampler(sized, generator=rng) if shuffle else SequentialSampler(sized)
         return DataLoader(
             Tagged(dataset),
             batch_sampler=ShardedBatches(BatchSampler(sampler, self.global_batch_size, drop_last=False), self.parallel),
@@ -195,7 +206,9 @@ class AlternatingTrainer:
         n = len(self.train_set)  # type: ignore[arg-type]
         perm = torch.randperm(n, generator=rng).tolist()
         if self.meta_test_set is not None:
-            return Subset(self.train_set, perm[: self.meta.meta_steps * self.global_batch_size or 1]), self.meta_test_set
+            return Subset(
+                self.train_set, perm[: self.meta.meta_steps * self.global_batch_size or 1]
+            ), self.meta_test_set
         half = min(self.meta.meta_steps * self.global_batch_size, n // 2) or 1
         return Subset(self.train_set, perm[:half]), Subset(self.train_set, perm[half : 2 * half])
 
@@ -218,9 +231,16 @@ class AlternatingTrainer:
         """The losses of a record averaged over the global batch (each rank's value times its share)."""
         if not self.distributed:
             return record
-        keys = [k for k, v in record.items() if k not in ("phase", "epoch", "step", "loss_generator_grad_norm")
-                and isinstance(v, (int, float)) and not isinstance(v, bool)]
-        averaged = self.parallel.weighted_sum({k: record[k] for k in keys}, {k: (weights or {}).get(k, weight) for k in keys})
+        keys = [
+            k
+            for k, v in record.items()
+            if k not in ("phase", "epoch", "step", "loss_generator_grad_norm")
+            and isinstance(v, (int, float))
+            and not isinstance(v, bool)
+        ]
+        averaged = self.parallel.weighted_sum(
+            {k: record[k] for k in keys}, {k: (weights or {}).get(k, weight) for k in keys}
+        )
         return {**record, **averaged}
 
     @property
@@ -335,7 +355,10 @@ class AlternatingTrainer:
         if self.on_nonfinite == "stop":
             action, reason = "stop", "on_nonfinite = 'stop'"
         elif self.consecutive_skips > cap:
-            action, reason = "stop", f"{self.consecutive_skips} batches in a row were non-finite (max_consecutive_skips = {cap})"
+            action, reason = (
+                "stop",
+                f"{self.consecutive_skips} batches in a row were non-finite (max_consecutive_skips = {cap})",
+            )
         else:
             action, reason = "skip", ""
         record = {
@@ -462,7 +485,7 @@ class AlternatingTrainer:
             schedules.append((opt, scheduler, float(base)))
             old = scheduler.base_lrs[0]
             if old != base:
-                changes[key] = [old, float(base)]
+                changes[key] = [float(old), float(base)]
             if scheduler.step_size != self.optim.lr_step:
                 changes["lr_step"] = [scheduler.step_size, self.optim.lr_step]
             if scheduler.gamma != self.optim.lr_gamma:
@@ -477,4 +500,3 @@ class AlternatingTrainer:
                 group["initial_lr"], group["lr"] = base, lr
             scheduler._last_lr = [lr] * len(opt.param_groups)  # what get_last_lr() reports
         return changes
-

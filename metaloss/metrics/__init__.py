@@ -17,30 +17,30 @@ and ``mefb`` (the MEFB MATLAB toolkit's 20 metrics, with MEF-SSIM). Tensors are 
 on a 0–255 scale; values come back as ``[B]``.
 """
 
+from metaloss.data.pairs import list_images
 from metaloss.metrics.api import MIN_SIZE, evaluate
 from metaloss.metrics.folders import (
     FolderEvaluation,
     ImageRecord,
     MethodResult,
     evaluate_folders,
-    list_images,
     load_image_tensor,
 )
 from metaloss.metrics.profiles import DEFAULT_PROFILE, PROFILES, VIFB_NAMES, MetricSpec, Profile, get_profile
 
 __all__ = [
-    "evaluate",
-    "evaluate_folders",
-    "PROFILES",
     "DEFAULT_PROFILE",
-    "Profile",
-    "MetricSpec",
-    "get_profile",
+    "MIN_SIZE",
+    "PROFILES",
     "VIFB_NAMES",
     "FolderEvaluation",
-    "MethodResult",
     "ImageRecord",
-    "load_image_tensor",
+    "MethodResult",
+    "MetricSpec",
+    "Profile",
+    "evaluate",
+    "evaluate_folders",
+    "get_profile",
     "list_images",
-    "MIN_SIZE",
+    "load_image_tensor",
 ]

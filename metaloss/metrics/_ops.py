@@ -172,10 +172,8 @@ def sobel_same(x: Tensor, padding: str = "zeros") -> tuple[Tensor, Tensor]:
         return torch.from_numpy(gx).reshape(lead + (h, w)), torch.from_numpy(gy).reshape(lead + (h, w))
     p = pad2d(x, 1, padding)
     d = p[..., :, 2:] - p[..., :, :-2]  # [.., H+2, W]
-    gx = d[..., :-2, :] + 2.0 * d[..., 1:-1, :] + d[..., 2:, :]
     s = p[..., :, :-2] + 2.0 * p[..., :, 1:-1] + p[..., :, 2:]  # [.., H+2, W]
-    gy = s[..., 2:, :] - s[..., :-2, :]
-    return gx, gy
+    return d[..., :-2, :] + 2.0 * d[..., 1:-1, :] + d[..., 2:, :], s[..., 2:, :] - s[..., :-2, :]
 
 
 def _as_numpy_stack(x: Tensor) -> np.ndarray:

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from metaloss.metrics.profiles import DEFAULT_PROFILE, Profile, get_profile
 
-__all__ = ["evaluate", "MIN_SIZE", "min_size"]
+__all__ = ["MIN_SIZE", "evaluate", "min_size"]
 
 #: Smallest image side every metric accepts (the 4-scale VIF needs 41 pixels); each metric's own
 #: is ``MetricSpec.min_size``.
@@ -70,9 +70,7 @@ def evaluate(
     b, _, h, w = fused.shape
     for name, src in (("ir", ir), ("vi", vi)):
         if src.shape[-2:] != fused.shape[-2:]:
-            raise ValueError(
-                f"size mismatch: fused is {h}x{w} but {name} is {src.shape[-2]}x{src.shape[-1]} (HxW)"
-            )
+            raise ValueError(f"size mismatch: fused is {h}x{w} but {name} is {src.shape[-2]}x{src.shape[-1]} (HxW)")
         if src.shape[0] not in (1, b):
             raise ValueError(f"{name} has batch size {src.shape[0]}; expected 1 or {b} (the fused batch)")
         if src.device != fused.device:

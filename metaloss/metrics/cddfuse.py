@@ -45,24 +45,24 @@ from metaloss.metrics._ops import (
 )
 
 __all__ = [
-    "entropy",
-    "std",
-    "spatial_frequency",
     "average_gradient",
-    "mutual_information",
-    "mse",
-    "psnr",
     "cc",
-    "scd",
-    "vifp",
-    "vifp_multi",
-    "vif",
+    "entropy",
+    "mse",
+    "mutual_information",
+    "psnr",
     "qabf",
-    "qabf_gradients",
     "qabf_edge_preservation",
+    "qabf_gradients",
+    "scd",
+    "spatial_frequency",
+    "ssim",
     "ssim_skimage",
     "ssim_skimage_multi",
-    "ssim",
+    "std",
+    "vif",
+    "vifp",
+    "vifp_multi",
 ]
 
 
@@ -237,7 +237,7 @@ def vifp_multi(
     out = []
     for k, st in enumerate(stats):
         den = st[0][4] + st[1][4] + st[2][4] + st[3][4]
-        v = nums[k] / den  # type: ignore[operator]
+        v = nums[k] / den
         if nan_to_one:
             v = torch.where(torch.isnan(v), torch.ones_like(v), v)
         out.append(v)

@@ -1,7 +1,7 @@
 """Evaluate folders of fused images (one folder per method) against infrared/visible folders.
 
-Files are paired by name: ``fused/x.png`` goes with ``ir/x.png`` and ``vi/x.png``, or, failing
-an exact match, with the source of the same stem and another image extension (``x.jpg``).
+Files are paired by name without extension (:mod:`metaloss.data.pairs`): ``fused/x.png`` goes with
+``ir/x.jpg`` and ``vi/x.png``; two sources of one stem in a folder are refused.
 Problems are reported per fused file (missing partner, unreadable file, size mismatch) and do not
 stop the evaluation; source pairs with no fused image in a folder are listed as that folder's
 ``missing``, since its means leave them out. All fused images of one source pair (one per method)
@@ -22,17 +22,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metaloss.data.io import IMAGE_EXTENSIONS, ImageReadError, read_gray_cddfuse, read_image
+from metaloss.data.io import ImageReadError, read_gray_cddfuse, read_image
+from metaloss.data.pairs import list_images, pair_images
 from metaloss.metrics.api import evaluate, min_size
 from metaloss.metrics.profiles import DEFAULT_PROFILE, Profile, get_profile
 
 __all__ = [
+    "FolderEvaluation",
     "ImageRecord",
     "MethodResult",
-    "FolderEvaluation",
     "evaluate_folders",
     "load_image_tensor",
-    "list_images",
 ]
 
 #: At most this many fused pixels (B·H·W) in one batch, to bound memory.
@@ -165,38 +165,6 @@ def _csv_num(v: float) -> str:
 
 
 # ---------------------------------------------------------------------------------------- files
-def list_images(folder: str | os.PathLike[str]) -> list[Path]:
-    """Image files (by extension) directly inside ``folder``, sorted by name."""
-    p = Path(folder)
-    if not p.is_dir():
-        raise NotADirectoryError(f"not a directory: {str(p)!r}")
-    return sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS)
-
-
-class _Partners:
-    """Finds the source file that goes with a fused file name."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.files = list_images(folder)
-        self.by_name = {p.name: p for p in self.files}
-        self.by_stem: dict[str, list[Path]] = {}
-        for p in self.files:
-            self.by_stem.setdefault(p.stem, []).append(p)
-
-    def find(self, name: str) -> Path | None:
-        if name in self.by_name:
-            return self.by_name[name]
-        cands = self.by_stem.get(Path(name).stem, [])
-        return cands[0] if cands else None
-
-
-def _source_pairs(ir: _Partners, vi: _Partners) -> list[Path]:
-    """The infrared images that have a visible partner (found as a fused file of the same name
-    would find it): the pairs a fused folder is expected to cover."""
-    return [ip for ip in ir.files if vi.find(ip.name) is not None]
-
-
 def load_image_tensor(path: str | os.PathLike[str], profile: str | Profile = DEFAULT_PROFILE) -> Tensor:
     """Read ``path`` as ``profile``'s reference code would: ``[1, C, H, W]`` float64, 0–255.
 
@@ -274,27 +242,27 @@ def evaluate_folders(
         labels = _label_dirs(fdirs)
     elif len(labels) != len(fdirs):
         raise ValueError("one label per fused folder")
-    ir_p = _Partners(Path(ir_dir))
-    vi_p = _Partners(Path(vi_dir))
+    sources = pair_images(ir_dir, vi_dir)
 
     # Plan: fused files grouped by their (ir, vi) pair; the source pairs left without one, per folder.
-    results = [MethodResult(lab, d, []) for lab, d in zip(labels, fdirs)]
+    results = [MethodResult(lab, d, []) for lab, d in zip(labels, fdirs, strict=True)]
     groups: dict[tuple[Path, Path], list[tuple[int, ImageRecord, Path]]] = {}
-    expected = _source_pairs(ir_p, vi_p)
+    expected = sorted(ip for _, ip, _ in sources.pairs)
     for mi, d in enumerate(fdirs):
         covered: set[Path] = set()
         for fp in list_images(d):
             rec = ImageRecord(fp.name)
             results[mi].records.append(rec)
-            ip, vp = ir_p.find(fp.name), vi_p.find(fp.name)
-            no_partner = [f"no infrared partner in {ir_p.folder}" if ip is None else "",
-                          f"no visible partner in {vi_p.folder}" if vp is None else ""]
-            no_partner = [m for m in no_partner if m]
-            if no_partner:
-                rec.error = "; ".join(no_partner)
+            ip, vp = sources.a.get(fp.stem), sources.b.get(fp.stem)
+            if ip is None or vp is None:
+                no_partner = [
+                    f"no infrared partner in {Path(ir_dir)}" if ip is None else "",
+                    f"no visible partner in {Path(vi_dir)}" if vp is None else "",
+                ]
+                rec.error = "; ".join(m for m in no_partner if m)
                 continue
-            groups.setdefault((ip, vp), []).append((mi, rec, fp))  # type: ignore[arg-type]
-            covered.add(ip)  # type: ignore[arg-type]
+            groups.setdefault((ip, vp), []).append((mi, rec, fp))
+            covered.add(ip)
         results[mi].missing = [ip.name for ip in expected if ip not in covered]
 
     total = sum(len(v) for v in groups.values())

@@ -46,7 +46,10 @@ SHARED_SPECS: tuple[MetricSpec, ...] = (
     ),
     MetricSpec("EN", _mefb_rule(_vifb.entropy, False), True, "entropy of the fused image (bits)"),
     MetricSpec(
-        "PSNR", _mefb_rule(_vifb.psnr, uint8_sources=False), True, "20·log10(255/sqrt(e)), e = mean over A, B of sqrt(Σ(S−F)²)/(M·N) (dB)"
+        "PSNR",
+        _mefb_rule(_vifb.psnr, uint8_sources=False),
+        True,
+        "20·log10(255/sqrt(e)), e = mean over A, B of sqrt(Σ(S−F)²)/(M·N) (dB)",
     ),
     MetricSpec(
         "AG",
@@ -61,7 +64,13 @@ SHARED_SPECS: tuple[MetricSpec, ...] = (
         True,
         "edge intensity, mean Sobel magnitude, replicate border (grey levels)",
     ),
-    MetricSpec("Qabf", _mefb_rule(_vifb.qabf, uint8_sources=False), True, "edge-information preservation (Xydeas–Petrović), 0–1", min_size=2),
+    MetricSpec(
+        "Qabf",
+        _mefb_rule(_vifb.qabf, uint8_sources=False),
+        True,
+        "edge-information preservation (Xydeas–Petrović), 0–1",
+        min_size=2,
+    ),
     MetricSpec("SD", _mefb_rule(_vifb.std, False), True, "standard deviation of the fused image (grey levels)"),
     MetricSpec(
         "SF",

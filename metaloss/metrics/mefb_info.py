@@ -59,8 +59,11 @@ def _joint_counts(sources: tuple[Tensor, ...], f: Tensor, cache: Cache | None) -
 
 def _entropies_bits(joint: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``(H(rows), H(columns), H(rows, columns))`` of joint counts, in bits."""
-    return (entropy_from_counts(joint.sum(dim=-1), log="2"), entropy_from_counts(joint.sum(dim=-2), log="2"),
-            entropy_from_counts(joint.flatten(-2), log="2"))
+    return (
+        entropy_from_counts(joint.sum(dim=-1), log="2"),
+        entropy_from_counts(joint.sum(dim=-2), log="2"),
+        entropy_from_counts(joint.flatten(-2), log="2"),
+    )
 
 
 def _mi_bits(joint: Tensor) -> Tensor:
@@ -89,8 +92,14 @@ def qncie(f: Tensor, a: Tensor, b: Tensor, cache: Cache | None = None) -> Tensor
     ncc_af, ncc_bf = (_mi_bits(joint) / 8.0 for joint in _joint_counts((a, b), f, cache))
     ncc_ab, ncc_af, ncc_bf = torch.broadcast_tensors(ncc_ab, ncc_af, ncc_bf)
     one = torch.ones_like(ncc_ab)
-    r_matrix = torch.stack([torch.stack([one, ncc_ab, ncc_af], -1), torch.stack([ncc_ab, one, ncc_bf], -1),
-                            torch.stack([ncc_af, ncc_bf, one], -1)], -2)
+    r_matrix = torch.stack(
+        [
+            torch.stack([one, ncc_ab, ncc_af], -1),
+            torch.stack([ncc_ab, one, ncc_bf], -1),
+            torch.stack([ncc_af, ncc_bf, one], -1),
+        ],
+        -2,
+    )
     r = torch.linalg.eigvalsh(r_matrix)
     return 1.0 + (r * torch.log2(r / 3.0)).sum(dim=-1) / (3.0 * 8.0)
 
@@ -209,8 +218,11 @@ def _fmi_table(device: str) -> Tensor:
         no_weight = (sd_prod == 0) | (c == 0)  # θ = c/… is 0 at c = 0 too
         weight = torch.where(no_weight, torch.zeros_like(c), c / (cov / sd_prod))
         # probability of each cell (i, j) under the bound: its CDF differenced in both directions
-        cell = torch.diff(torch.diff(bound, dim=-2, prepend=torch.zeros_like(bound[..., :1, :])),
-                          dim=-1, prepend=torch.zeros_like(bound[..., :, :1]))
+        cell = torch.diff(
+            torch.diff(bound, dim=-2, prepend=torch.zeros_like(bound[..., :1, :])),
+            dim=-1,
+            prepend=torch.zeros_like(bound[..., :, :1]),
+        )
         w = weight[..., None, None]
         jpdf = w * cell + (1.0 - w) * f_pdf * a_pdf
         mag = jpdf.abs()
@@ -245,14 +257,27 @@ def fmi(f: Tensor, a: Tensor, b: Tensor, cache: Cache | None = None) -> Tensor:
 
 # -------------------------------------------------------------------------------------- specs
 SPECS: tuple[MetricSpec, ...] = (
-    MetricSpec("FMI", _mefb_rule(fmi), True,
-               "feature MI of Sobel edge maps, 3×3 windows, mean of FMI(A,F) and FMI(B,F), about 0–1",
-               min_size=3),
-    MetricSpec("NMI", _mefb_rule(nmi), True,
-               "normalised MI, 2·Σ_S MI(S,F)/(H(S)+H(F)) over normalize1'd 256-level images (bits/bits), 0–2",
-               min_size=2),
-    MetricSpec("Qncie", _mefb_rule(qncie), True,
-               "nonlinear correlation information entropy of A, B, F (NCC = MI/8 bits), 0–1"),
-    MetricSpec("TE", _mefb_rule(tsallis_entropy), True,
-               "Tsallis entropy (q = 1.85) of A with F plus B with F, MEFB's marginal indexing (dimensionless)"),
+    MetricSpec(
+        "FMI",
+        _mefb_rule(fmi),
+        True,
+        "feature MI of Sobel edge maps, 3×3 windows, mean of FMI(A,F) and FMI(B,F), about 0–1",
+        min_size=3,
+    ),
+    MetricSpec(
+        "NMI",
+        _mefb_rule(nmi),
+        True,
+        "normalised MI, 2·Σ_S MI(S,F)/(H(S)+H(F)) over normalize1'd 256-level images (bits/bits), 0–2",
+        min_size=2,
+    ),
+    MetricSpec(
+        "Qncie", _mefb_rule(qncie), True, "nonlinear correlation information entropy of A, B, F (NCC = MI/8 bits), 0–1"
+    ),
+    MetricSpec(
+        "TE",
+        _mefb_rule(tsallis_entropy),
+        True,
+        "Tsallis entropy (q = 1.85) of A with F plus B with F, MEFB's marginal indexing (dimensionless)",
+    ),
 )

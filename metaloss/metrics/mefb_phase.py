@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -170,7 +171,7 @@ def _phase_congruency_chunk(img: Tensor, bank: tuple[Tensor, Tensor, Tensor]) ->
     radial, angular, t_unit = bank
     n, h, w = img.shape
     rows = max(1, _BAND_PIXELS // w) if img.device.type == "cpu" else h
-    f32 = {"dtype": torch.float32, "device": img.device}
+    f32: dict[str, Any] = {"dtype": torch.float32, "device": img.device}
     spectrum = torch.view_as_real(torch.fft.fft2(img).to(torch.complex64))  # [N, H, W, 2]
     steered = torch.empty_like(spectrum)
     filtered = torch.empty((n, _NSCALE, h, w, 2), **f32)
@@ -234,7 +235,7 @@ def phase_congruency(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     flat = x.reshape(-1, h, w).to(torch.float64)
     step = max(1, _CHUNK_PIXELS // (h * w)) if x.device.type != "cpu" else 1
     parts = [_phase_congruency_chunk(flat[i : i + step], bank) for i in range(0, flat.shape[0], step)]
-    return tuple(torch.cat(p).reshape(x.shape) for p in zip(*parts))  # type: ignore[return-value]
+    return tuple(torch.cat(p).reshape(x.shape) for p in zip(*parts, strict=True))  # type: ignore[return-value]
 
 
 _WINDOW = gaussian_1d(11, 1.5)
@@ -265,8 +266,8 @@ def _source_terms(p1: Tensor, p2: Tensor, first: Tensor, masks: tuple[Tensor, ..
     """For a feature map of sources 1, 2 and of their max-PC pick: (masked map, its local mean μ,
     its local √|σ²|, and C where its mask holds, −∞ elsewhere)."""
     picked = first * p1 + ~first * p2
-    out = []
-    for p, mask in zip((p1, p2, picked), masks):
+    out: list[tuple[Tensor, ...]] = []
+    for p, mask in zip((p1, p2, picked), masks, strict=True):
         pm = mask * p
         mu = _local(pm)
         sd = _sqrt_abs_(_local(pm * pm).addcmul_(mu, mu, value=-1.0))
@@ -302,7 +303,7 @@ def _source_work(feats_a: tuple[Tensor, ...], feats_b: tuple[Tensor, ...]) -> tu
     first, masks = _source_masks(feats_a[0], feats_b[0])
     all_hold = masks[0] & masks[1] & masks[2]
     floor = torch.zeros_like(feats_a[0]).masked_fill_(all_hold, math.nan)
-    terms = [_source_terms(pa, pb, first, masks) for pa, pb in zip(feats_a, feats_b)]
+    terms = [_source_terms(pa, pb, first, masks) for pa, pb in zip(feats_a, feats_b, strict=True)]
     return floor, reduce_sum(masks[2]), terms
 
 

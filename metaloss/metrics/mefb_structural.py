@@ -63,8 +63,9 @@ _G7 = [v * math.sqrt(1.0 - _YANG_DEFICIT) for v in gaussian_1d(7, 1.5)]
 _C_YANG = 2e-16
 
 
-def _ssim_yang(x_stats: tuple[Tensor, Tensor], y_stats: tuple[Tensor, Tensor], x: Tensor, y: Tensor
-               ) -> tuple[Tensor, Tensor]:
+def _ssim_yang(
+    x_stats: tuple[Tensor, Tensor], y_stats: tuple[Tensor, Tensor], x: Tensor, y: Tensor
+) -> tuple[Tensor, Tensor]:
     """Z. Liu's ``ssim_yang``: SSIM map with a 7×7 Gaussian window (σ = 1.5), C1 = C2 = 2e-16,
     'valid' windows; returns the map and the covariance σxy."""
     (mx, vx), (my, vy) = x_stats, y_stats
@@ -75,10 +76,11 @@ def _ssim_yang(x_stats: tuple[Tensor, Tensor], y_stats: tuple[Tensor, Tensor], x
     return num.div_(den), cov
 
 
-def _yang_source(a: Tensor, b: Tensor, cache: Cache | None
-                 ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
-    return (cached(cache, "mefb-yang-stats", a, lambda: _stats(a, _G7)),
-            cached(cache, "mefb-yang-stats", b, lambda: _stats(b, _G7)))
+def _yang_source(a: Tensor, b: Tensor, cache: Cache | None) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    return (
+        cached(cache, "mefb-yang-stats", a, lambda: _stats(a, _G7)),
+        cached(cache, "mefb-yang-stats", b, lambda: _stats(b, _G7)),
+    )
 
 
 def _qc_channel(f: Tensor, a: Tensor, b: Tensor, cache: Cache | None = None) -> Tensor:
@@ -201,8 +203,9 @@ def _vif_pyramid(x: Tensor) -> list[tuple[Tensor, tuple[Tensor, Tensor]]]:
     return out
 
 
-def _vif_maps(src: tuple[Tensor, tuple[Tensor, Tensor]], dst: tuple[Tensor, tuple[Tensor, Tensor]], scale: int
-              ) -> tuple[Tensor, Tensor, Tensor]:
+def _vif_maps(
+    src: tuple[Tensor, tuple[Tensor, Tensor]], dst: tuple[Tensor, tuple[Tensor, Tensor]], scale: int
+) -> tuple[Tensor, Tensor, Tensor]:
     """Han's ``ComVidVindG`` at one scale (Sheikh–Bovik's VIF with its guards): the gain g, the
     information with distortion log10(1 + g²σs²/(σv² + σn²)) and without it log10(1 + σs²/σn²)."""
     (x, (mx, vx)), (y, (my, vy)) = src, dst
@@ -267,21 +270,23 @@ def _mef_source_stats(sources: list[Tensor]) -> dict[str, object]:
     k = len(sources)
     # Centred inner products of the 11×11 patches, P_kl = Σ(x_k − μ_k)(x_l − μ_l), from exact box
     # sums (integers, or multiples of 1/16 after downsampling): (n·Σx_k x_l − Σx_k Σx_l)/n.
-    inner = [[None] * k for _ in range(k)]
+    inner: dict[tuple[int, int], Tensor] = {}
     for i in range(k):
         for j in range(i, k):
             sq = correlate_sep_valid(sources[i] * sources[j], ones)
-            inner[i][j] = inner[j][i] = sq.mul_(n).sub_(sums[i] * sums[j]).div_(n)
-    norms = [inner[i][i].clamp(min=0.0).sqrt_() for i in range(k)]
+            inner[i, j] = inner[j, i] = sq.mul_(n).sub_(sums[i] * sums[j]).div_(n)
+    norms = [inner[i, i].clamp(min=0.0).sqrt_() for i in range(k)]
     spread = [v + 0.001 for v in norms]  # ``ed``: sqrt(max(n·σ², 0)) + 0.001
-    total = sum(inner[i][j] for i in range(k) for j in range(k))
+    total = sum(inner[i, j] for i in range(k) for j in range(k))
+    assert isinstance(total, Tensor)
     consistency = (total.clamp(min=0.0).sqrt_() + _EPS) / (sum(norms) + _EPS)  # R
     consistency = torch.where(consistency > 1, 1 - _EPS, consistency)
     power = torch.tan(math.pi / 2 * consistency).clamp_(max=10.0)
     weights = [(v / _MEF_WINDOW).pow(power) + _EPS for v in spread]
     wsum = sum(weights)
-    coef = [w / wsum / e for w, e in zip(weights, spread)]  # a_k: the weight of (x_k − μ_k)/ed_k
-    ref_sq = sum(coef[i] * coef[j] * inner[i][j] for i in range(k) for j in range(k))  # ‖rBlock‖²
+    coef = [w / wsum / e for w, e in zip(weights, spread, strict=True)]  # a_k: the weight of (x_k − μ_k)/ed_k
+    ref_sq = sum(coef[i] * coef[j] * inner[i, j] for i in range(k) for j in range(k))  # ‖rBlock‖²
+    assert isinstance(ref_sq, Tensor)
     ref_norm = ref_sq.clamp(min=0.0).sqrt_()
     max_spread = torch.stack(spread).amax(dim=0)
     scale = torch.where(ref_norm > 0, max_spread / ref_norm, 1.0)
@@ -308,7 +313,7 @@ def _mef_ssim_scale(sources: list[Tensor], stats: dict, f: Tensor) -> Tensor:
     g = gaussian_1d(_MEF_WINDOW, 1.5)
     mf, vf = _stats(f, g)
     cross: Tensor | float = 0.0
-    for c, x, mx in zip(stats["coef"], sources, stats["means"]):
+    for c, x, mx in zip(stats["coef"], sources, stats["means"], strict=True):
         cross = cross + c * correlate_sep_valid(x * f, g).sub_(mx * mf)
     q = (2 * cross + _MEF_C) / (stats["ref_var"] + vf + _MEF_C)
     return _flat_mean(q)
@@ -326,7 +331,7 @@ def _mef_ssim_grey(f: Tensor, a: Tensor, b: Tensor, cache: Cache | None) -> Tens
 
     levels = cached(cache, f"mefb-mef-ssim-{id(b)}", a, pyramid)
     out: Tensor | float = 1.0
-    for level, ((srcs, stats), weight) in enumerate(zip(levels, _MEF_SCALE_WEIGHTS)):
+    for level, ((srcs, stats), weight) in enumerate(zip(levels, _MEF_SCALE_WEIGHTS, strict=True)):
         if level:
             f = _downsample(f)
         out = out * _mef_ssim_scale(srcs, stats, f).pow(weight)
@@ -337,8 +342,8 @@ def mef_ssim(f: Tensor, a: Tensor, b: Tensor, cache: Cache | None = None) -> Ten
     """``metricsMEF_SSIM``: Ma–Zeng–Wang MEF-SSIM of F against the sources A and B, 3 scales
     (2×2-mean downsampling) combined as Π Q_l^w_l, w ∝ (0.0448, 0.2856, 0.3001); all images grey
     (``rgb2gray`` of uint8, rounded). Any pair of sources of the same size as F (grey or colour)."""
-    grey = [_matlab_grey(f, True, None), _matlab_grey(a, True, cache), _matlab_grey(b, True, cache)]
-    return _mef_ssim_grey(*grey, cache)[:, 0]
+    grey_f, grey_a, grey_b = _matlab_grey(f, True, None), _matlab_grey(a, True, cache), _matlab_grey(b, True, cache)
+    return _mef_ssim_grey(grey_f, grey_a, grey_b, cache)[:, 0]
 
 
 qc = _mefb_rule(_qc_channel)
@@ -348,8 +353,9 @@ vif = _mefb_rule(_vif_channel)
 
 SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("Qc", qc, True, "Cvejic's covariance-weighted SSIM (7×7 Gaussian, C≈0), 0–1", min_size=7),
-    MetricSpec("Qw", qw, True, "Piella's edge-dependent fusion quality (Prewitt magnitudes, 11×11 SSIM), 0–1",
-               min_size=11),
+    MetricSpec(
+        "Qw", qw, True, "Piella's edge-dependent fusion quality (Prewitt magnitudes, 11×11 SSIM), 0–1", min_size=11
+    ),
     MetricSpec("Qy", qy, True, "Yang's SSIM-based quality (7×7 Gaussian, threshold 0.75), 0–1", min_size=7),
     MetricSpec("MEF-SSIM", mef_ssim, True, "Ma–Zeng–Wang multi-exposure SSIM, 3 scales, 0–1", min_size=41),
     MetricSpec("VIF", vif, True, "Han's fusion VIF, 4 scales weighted (1, 0, 0.15, 1)/2.15", min_size=41),

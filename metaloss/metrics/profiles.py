@@ -15,8 +15,9 @@ and lists its metrics, each with its direction (higher or lower is better).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -28,7 +29,13 @@ from metaloss.metrics._ops import cached, rgb_to_gray_bt601_f32, rgb_to_gray_mat
 
 __all__ = ["DEFAULT_PROFILE", "PROFILES", "MetricSpec", "Profile", "get_profile"]
 
-MetricFn = Callable[[Tensor, Tensor, Tensor, "dict | None"], Tensor]
+
+class MetricFn(Protocol):
+    """A metric's kernel: ``fn(fused, ir, vi, cache) -> [B]`` values (``cache``: see ``_ops.cached``, or None)."""
+
+    def __call__(self, f: Tensor, ir: Tensor, vi: Tensor, cache: dict | None, /) -> Tensor: ...
+
+
 PrepareFn = Callable[[Tensor, Tensor, Tensor, str], "tuple[Tensor, Tensor, Tensor]"]
 
 
@@ -37,8 +44,9 @@ class MetricSpec:
     """One metric of a profile.
 
     ``fn(fused, ir, vi, cache)`` takes the profile-prepared float64 tensors ``[B, C, H, W]``
-    (sources may have batch 1) and a cache for source-only work (or None) and returns ``[B]``. ``sources`` names the preparation variant the metric needs
-    (only the ``vifb`` profile has more than one: MATLAB's ``rgb2gray`` rounds for uint8 input).
+    (sources may have batch 1) and a cache for source-only work (or None) and returns ``[B]``.
+    ``sources`` names the preparation variant the metric needs (only the ``vifb`` profile has more
+    than one: MATLAB's ``rgb2gray`` rounds for uint8 input).
     ``min_size``: the smallest image side the metric gives a finite value for (its window, its
     differences or its scales need that many pixels); a run checks its validation images against it.
     """
@@ -98,7 +106,7 @@ class Profile:
     def __iter__(self) -> Iterator[MetricSpec]:
         return iter(self.specs)
 
-    def resolve(self, metrics: str | list[str] | tuple[str, ...] | None) -> list[MetricSpec]:
+    def resolve(self, metrics: str | Sequence[str] | None) -> list[MetricSpec]:
         """Specs for ``metrics`` (all when None), in the order given; unknown names raise KeyError."""
         if metrics is None:
             return list(self.specs)
@@ -252,14 +260,22 @@ _TDFUSION_SPECS = _replace(
 
 _VIFB_SPECS = (
     MetricSpec("EN", _per_channel(_vifb.entropy, False), True, "entropy (bits)"),
-    MetricSpec("MI", _per_channel(_vifb.mutual_information), True, "MI(VI,F)+MI(IR,F), min–max normalised, nats", "uint8"),
+    MetricSpec(
+        "MI", _per_channel(_vifb.mutual_information), True, "MI(VI,F)+MI(IR,F), min–max normalised, nats", "uint8"
+    ),
     MetricSpec("AG", _per_channel(_vifb.average_gradient, False), True, "average gradient, Σ/((M−1)(N−1))", min_size=2),
     MetricSpec("SD", _per_channel(_vifb.std, False), True, "standard deviation (VIFB's 'Variance')"),
-    MetricSpec("SF", lambda f, ir, vi, cache=None: _vifb.spatial_frequency(f), True, "spatial frequency, denominators M·N"),
+    MetricSpec(
+        "SF", lambda f, ir, vi, cache=None: _vifb.spatial_frequency(f), True, "spatial frequency, denominators M·N"
+    ),
     MetricSpec("EI", _per_channel(_vifb.edge_intensity, False), True, "edge intensity (mean Sobel magnitude)"),
     MetricSpec("CE", _per_channel(_vifb.cross_entropy), False, "cross entropy, mean over the sources (bits)", "uint8"),
-    MetricSpec("Qabf", _per_channel(_vifb.qabf), True, "edge-information preservation (Xydeas–Petrović)", "double", min_size=2),
-    MetricSpec("SSIM", _per_channel(_vifb.ssim), True, "SSIM(VI,F)+SSIM(IR,F), 11×11 Gaussian window", "uint8", min_size=11),
+    MetricSpec(
+        "Qabf", _per_channel(_vifb.qabf), True, "edge-information preservation (Xydeas–Petrović)", "double", min_size=2
+    ),
+    MetricSpec(
+        "SSIM", _per_channel(_vifb.ssim), True, "SSIM(VI,F)+SSIM(IR,F), 11×11 Gaussian window", "uint8", min_size=11
+    ),
     MetricSpec("PSNR", _per_channel(_vifb.psnr), True, "20·log10(255/sqrt(e)), e as in RMSE, dB", "double"),
     MetricSpec("RMSE", _per_channel(_vifb.rmse), False, "mean over the sources of sqrt(Σ(S−F)²)/(M·N)", "double"),
     MetricSpec("Qcb", _per_channel(_vifb.qcb), True, "Chen–Blum perceptual quality", "double", min_size=2),

@@ -21,7 +21,7 @@ from torch import Tensor
 from metaloss.metrics._ops import Cache, cached
 from metaloss.metrics.cddfuse import ssim_skimage_multi, vifp_multi
 
-__all__ = ["vif", "ssim"]
+__all__ = ["ssim", "vif"]
 
 
 def vif(f: Tensor, a: Tensor, b: Tensor, cache: Cache | None = None) -> Tensor:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -252,7 +253,7 @@ def _freq_grid(h: int, w: int, kind: str, device: str, dtype: torch.dtype) -> Te
     Both are even in frequency, so ``irfft2(rfft2(x)·H)`` equals MATLAB's
     ``real(ifft2(ifftshift(fftshift(fft2(x)).*H)))``.
     """
-    opts = {"dtype": torch.float64, "device": torch.device(device)}
+    opts: dict[str, Any] = {"dtype": torch.float64, "device": torch.device(device)}
     su, sv = (w / 30.0, h / 30.0) if kind == "qcb" else (w / 8.0, h / 8.0)
     fu = (torch.arange(w, **opts) - (w // 2)) * (2.0 / w) * su
     fv = (torch.arange(h, **opts) - (h // 2)) * (2.0 / h) * sv
@@ -293,8 +294,15 @@ def _qcb_contrast_power(x: Tensor) -> Tensor:
     return c2.mul(c).div_(c2.add_(0.0001))
 
 
-def qcb(f: Tensor, ir: Tensor, vi: Tensor, cache: Cache | None = None, *, im2double: bool = False,
-        fft_dtype: torch.dtype = torch.float32) -> Tensor:
+def qcb(
+    f: Tensor,
+    ir: Tensor,
+    vi: Tensor,
+    cache: Cache | None = None,
+    *,
+    im2double: bool = False,
+    fft_dtype: torch.dtype = torch.float32,
+) -> Tensor:
     """``metricsQcb`` (Chen–Blum, Z. Liu's ``metricChenBlum``): contrast-sensitivity (DoG) filter
     in the frequency domain, local contrast C = G₂*I / G₄*I − 1, C' = |C|³/(|C|² + 10⁻⁴),
     contrast preservation min(C'_S/C'_F, C'_F/C'_S) weighted by the saliency C'_S².

@@ -22,8 +22,7 @@ class DenseFusion(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(2, width, 3, padding=1), nn.LeakyReLU(0.2))
         self.dense = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(width + i * growth, growth, 3, padding=1), nn.LeakyReLU(0.2))
-            for i in range(layers)
+            nn.Sequential(nn.Conv2d(width + i * growth, growth, 3, padding=1), nn.LeakyReLU(0.2)) for i in range(layers)
         )
         self.head = nn.Conv2d(width + layers * growth, 1, 1)
 

@@ -24,7 +24,6 @@ from collections.abc import Mapping
 from typing import Annotated, Literal
 
 import torch
-
 from pydantic import Field
 from torch import Tensor, nn
 

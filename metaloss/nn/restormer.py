@@ -38,7 +38,7 @@ import contextlib
 import contextvars
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Literal, NamedTuple, Protocol
+from typing import Literal, NamedTuple, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +49,8 @@ MergeKind = Literal["concat", "cross_attention"]
 ActivationKind = Literal["prelu", "leaky_relu"]
 
 __all__ = [
+    "GDFN",
+    "MDTA",
     "ActivationKind",
     "AttentionCall",
     "AttentionFn",
@@ -56,9 +58,7 @@ __all__ = [
     "BiasFreeLayerNorm",
     "CrossAttentionFusion",
     "DualStreamRestormer",
-    "GDFN",
     "LayerNormKind",
-    "MDTA",
     "MergeKind",
     "RestormerBlock",
     "RestormerEncoder",
@@ -310,7 +310,10 @@ class CrossAttentionFusion(nn.Module):
     def attention_calls(self, x1: Tensor, x2: Tensor) -> list[AttentionCall]:
         """The two attention calls' queries and keys, in the order ``forward`` makes them."""
         (q1, k1, _), (q2, k2, _) = self._qkv(x1, x2)
-        return [AttentionCall(q2, k1, self.temperature1, self.heads), AttentionCall(q1, k2, self.temperature2, self.heads)]
+        return [
+            AttentionCall(q2, k1, self.temperature1, self.heads),
+            AttentionCall(q1, k2, self.temperature2, self.heads),
+        ]
 
     def forward(self, x1: Tensor, x2: Tensor, attention: AttentionFn = channel_attention) -> Tensor:
         (q1, k1, v1), (q2, k2, v2) = self._qkv(x1, x2)
@@ -380,12 +383,8 @@ class DualStreamRestormer(nn.Module):
         super().__init__()
         _check_heads(dim, heads)
         _check_heads(2 * dim, heads)
-        self.encoder1 = RestormerEncoder(
-            in_channels, dim, heads, blocks_per_source, ffn_expansion, bias, layernorm
-        )
-        self.encoder2 = RestormerEncoder(
-            in_channels, dim, heads, blocks_per_source, ffn_expansion, bias, layernorm
-        )
+        self.encoder1 = RestormerEncoder(in_channels, dim, heads, blocks_per_source, ffn_expansion, bias, layernorm)
+        self.encoder2 = RestormerEncoder(in_channels, dim, heads, blocks_per_source, ffn_expansion, bias, layernorm)
         self.merge: CrossAttentionFusion | None
         if merge == "cross_attention":
             self.merge = CrossAttentionFusion(dim, heads, bias=bias)
@@ -429,12 +428,12 @@ class DualStreamRestormer(nn.Module):
         for encoder, x in ((self.encoder1, a), (self.encoder2, b)):
             x = stages.stem(encoder.stem, x)
             for block in encoder.blocks:
-                x = stages.block(block, x)
+                x = stages.block(cast(RestormerBlock, block), x)
             streams.append(x)
         z = stages.merge(self.merge, *streams)
         del streams
         for block in self.decoder:
-            z = stages.block(block, z)
+            z = stages.block(cast(RestormerBlock, block), z)
         return stages.head(self, z)
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
@@ -495,9 +494,7 @@ _REFERENCE_BLOCK_RENAMES: tuple[tuple[str, str], ...] = (
 )
 
 
-def convert_reference_keys(
-    state_dict: Mapping[str, Tensor], renames: Sequence[tuple[str, str]]
-) -> dict[str, Tensor]:
+def convert_reference_keys(state_dict: Mapping[str, Tensor], renames: Sequence[tuple[str, str]]) -> dict[str, Tensor]:
     """Rename the keys of a reference (TDFusion / ReFusion code) checkpoint to this module layout.
 
     Drops a ``module.`` prefix (DataParallel), the ``.conv`` of the reference's ``MetaConv2d``

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from collections.abc import Callable
 from typing import Literal
 
 AllocatorPolicy = Literal["keep", "release", "system"]
@@ -33,7 +34,7 @@ _M_ARENA_MAX = -8
 _applied: AllocatorPolicy = "system"
 
 
-def _mallopt():  # type: ignore[no-untyped-def]
+def _mallopt() -> Callable[[int, int], int] | None:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         return libc.mallopt

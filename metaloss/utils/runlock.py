@@ -44,7 +44,11 @@ def _describe(holder: dict[str, Any]) -> str:
     if not holder:
         return "another process"
     started = holder.get("started")
-    since = f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))}" if isinstance(started, (int, float)) else ""
+    since = (
+        f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))}"
+        if isinstance(started, (int, float))
+        else ""
+    )
     return f"PID {holder.get('pid', '?')} on host {holder.get('host', '?')}{since}"
 
 
@@ -87,7 +91,9 @@ class RunLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise RunLocked(f"run directory {self.path.parent} is in use by {_describe(_holder(self.path))}") from None
+                raise RunLocked(
+                    f"run directory {self.path.parent} is in use by {_describe(_holder(self.path))}"
+                ) from None
             except BaseException:
                 os.close(fd)
                 raise
@@ -115,7 +121,9 @@ class RunLock:
                 continue
             self._write(fd)
             return self
-        raise RunLocked(f"run directory {self.path.parent}: another process took its lock while a stale one was replaced")
+        raise RunLocked(
+            f"run directory {self.path.parent}: another process took its lock while a stale one was replaced"
+        )
 
     def _write(self, fd: int) -> None:
         self.fd = fd

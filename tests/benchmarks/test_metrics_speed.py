@@ -24,6 +24,8 @@ def test_mef_table(tmp_path, capsys):
     pairs = metrics_speed._load_mef(mef, "mefb")
     assert len(pairs) == 1 and pairs[0][2].shape == (1, 3, 90, 100)
     metrics_speed.print_mef_table(mef, "cpu")
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| vifb") or line.startswith("| mefb")]
+    rows = [
+        line for line in capsys.readouterr().out.splitlines() if line.startswith("| vifb") or line.startswith("| mefb")
+    ]
     assert [r.split("|")[2].strip() for r in rows] == ["all 13", "all 20", "19, without Qp", "Qp alone"]
     assert rows[0].rstrip(" |").endswith("1.00x")

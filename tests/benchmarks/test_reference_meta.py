@@ -33,8 +33,14 @@ def problem():
 
     torch.manual_seed(0)
     small = dict(dim=4, heads=2, blocks_per_modality=1, fused_blocks=1)
-    p = FusionProblem(RestormerFusion(**small), TDFusionLossGenerator(**small), PixelTask(), crop_size=16,
-                      task_size=(16, 24), dtype=torch.float64).double()
+    p = FusionProblem(
+        RestormerFusion(**small),
+        TDFusionLossGenerator(**small),
+        PixelTask(),
+        crop_size=16,
+        task_size=(16, 24),
+        dtype=torch.float64,
+    ).double()
     ds = SyntheticScenes(2, 24, 32, objects=(1, 2))
     g = torch.Generator().manual_seed(0)
     train, test = (p.prepare_batch(collate_pairs([ds[i]]), g) for i in range(2))

@@ -30,7 +30,9 @@ def voc(path: Path, w: int, h: int, objects: list[tuple[str, int, int, int, int]
         for n, a, b, c, d in objects
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"<annotation><size><width>{w}</width><height>{h}</height><depth>3</depth></size>{objs}</annotation>")
+    path.write_text(
+        f"<annotation><size><width>{w}</width><height>{h}</height><depth>3</depth></size>{objs}</annotation>"
+    )
     return path
 
 
@@ -106,19 +108,21 @@ def test_voc_unknown_class_and_broken_files(tmp_path):
         read_voc_boxes(path, {"person": 0})
     assert len(read_voc_boxes(path, {"person": 0}, ignore_unknown=True)) == 0
     (tmp_path / "b.xml").write_text("<annotation><object>")
-    with pytest.raises(DatasetError, match="b.xml"):
+    with pytest.raises(DatasetError, match=r"b\.xml"):
         read_voc_boxes(tmp_path / "b.xml", {"person": 0})
 
 
 def test_yolo_txt_labels(tmp_path):
     (tmp_path / "a.txt").write_text("1 0.5 0.5 0.2 0.4\n\n0 0.1 0.2 0.1 0.1\n")
-    assert torch.allclose(read_yolo_boxes(tmp_path / "a.txt", 2), torch.tensor([[1, 0.5, 0.5, 0.2, 0.4], [0, 0.1, 0.2, 0.1, 0.1]]))
+    assert torch.allclose(
+        read_yolo_boxes(tmp_path / "a.txt", 2), torch.tensor([[1, 0.5, 0.5, 0.2, 0.4], [0, 0.1, 0.2, 0.1, 0.1]])
+    )
     assert read_yolo_boxes(tmp_path / "missing.txt").shape == (0, 5)
     (tmp_path / "b.txt").write_text("3 0.5 0.5 0.2 0.4\n")
     with pytest.raises(DatasetError, match=r"b.txt:1: class '3'"):
         read_yolo_boxes(tmp_path / "b.txt", 2)
     (tmp_path / "c.txt").write_text("0 0.5 1.5 0.2 0.4\n")
-    with pytest.raises(DatasetError, match="c.txt:1"):
+    with pytest.raises(DatasetError, match=r"c\.txt:1"):
         read_yolo_boxes(tmp_path / "c.txt", 2)
 
 

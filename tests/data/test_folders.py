@@ -162,8 +162,11 @@ def test_pairs_of_two_sizes_are_refused_unless_the_config_says_which_to_resize(t
     with pytest.raises(DatasetError, match=r"masks/a\.png is \(12, 16\) but its images are \(6, 8\)"):
         PairFolders(str(tmp_path), mismatched_size="resize_vi", masks="masks")[0]
     # the option is a validated config key
-    cfg = {"data": {"name": "folders", "root": str(tmp_path), "mismatched_size": "resize_ir"},
-           "loss_generator": {"name": "conv"}, "objective": {"name": "reconstruction"}}
+    cfg = {
+        "data": {"name": "folders", "root": str(tmp_path), "mismatched_size": "resize_ir"},
+        "loss_generator": {"name": "conv"},
+        "objective": {"name": "reconstruction"},
+    }
     assert load_config(cfg).data.options["mismatched_size"] == "resize_ir"
     cfg["data"]["mismatched_size"] = "stretch"
     with pytest.raises(ConfigError, match=r"data\.mismatched_size.*'error', 'resize_ir' or 'resize_vi'"):

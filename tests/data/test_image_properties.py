@@ -76,7 +76,7 @@ def _check_result(reader, out, path) -> None:
     elif reader is read_gray_cddfuse:
         assert out.ndim == 2 and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 255
     else:
-        y = (out.y if reader is load_image else out)
+        y = out.y if reader is load_image else out
         assert y.ndim == 3 and y.shape[0] == 1 and y.dtype.is_floating_point
         assert bool(y.isfinite().all()) and 0 <= float(y.min()) and float(y.max()) <= 1
 
@@ -96,8 +96,15 @@ def test_any_file_gives_an_image_or_an_image_read_error(folder, data, ext):
 
 
 LAYOUTS = st.sampled_from(
-    [(".png", np.uint8), (".png", np.uint16), (".tif", np.uint8), (".tif", np.uint16), (".tif", np.float32),
-     (".bmp", np.uint8), (".jpg", np.uint8)]
+    [
+        (".png", np.uint8),
+        (".png", np.uint16),
+        (".tif", np.uint8),
+        (".tif", np.uint16),
+        (".tif", np.float32),
+        (".bmp", np.uint8),
+        (".jpg", np.uint8),
+    ]
 )
 
 

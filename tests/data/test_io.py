@@ -162,7 +162,9 @@ def test_a_truncated_jpeg_is_reported_with_its_name(tmp_path, rng):
     cut = tmp_path / "cut.jpg"
     cut.write_bytes(data[: len(data) // 2])
     if cv2.imdecode(np.fromfile(str(cut), np.uint8), cv2.IMREAD_UNCHANGED) is None:  # OpenCV 5 refuses it
-        with pytest.raises(ImageReadError, match=r"cut\.jpg.*truncated JPEG: the file ends before its end-of-image marker"):
+        with pytest.raises(
+            ImageReadError, match=r"cut\.jpg.*truncated JPEG: the file ends before its end-of-image marker"
+        ):
             read_image(cut)
     else:  # older OpenCV decodes what is there
         with pytest.warns(CorruptImageWarning, match=r"cut\.jpg.*truncated JPEG"):
@@ -173,7 +175,10 @@ def test_a_jpeg_that_decodes_without_its_end_marker_gives_a_warning(tmp_path, rn
     data = _jpeg(rng)
     padded = tmp_path / "padded.jpg"
     padded.write_bytes(data[:-2] + bytes(16))  # e.g. a preallocated file whose copy stopped at the end
-    with pytest.warns(CorruptImageWarning, match=r"image '.*padded\.jpg' is a truncated JPEG \(it ends before its end-of-image marker\)"):
+    with pytest.warns(
+        CorruptImageWarning,
+        match=r"image '.*padded\.jpg' is a truncated JPEG \(it ends before its end-of-image marker\)",
+    ):
         read_gray_cddfuse(padded)
     good = tmp_path / "good.jpg"
     good.write_bytes(data + b"trailing bytes")  # data after the end marker is not damage

@@ -34,7 +34,7 @@ def test_objects_are_warm_in_infrared_and_nearly_invisible_in_visible():
     assert len(ir_contrast) >= 12
     assert min(ir_contrast) > 0.25  # objects clearly warmer than the background
     # and hard to see in the visible image (objects sometimes sit on a visible-only structure)
-    assert all(v < 0.5 * i for v, i in zip(vi_contrast, ir_contrast))
+    assert all(v < 0.5 * i for v, i in zip(vi_contrast, ir_contrast, strict=True))
     assert sum(vi_contrast) / len(vi_contrast) < 0.1 < 0.3 < sum(ir_contrast) / len(ir_contrast)
     # The visible image carries the texture: more high-frequency energy than the infrared background.
     s = ds[0]
@@ -44,7 +44,7 @@ def test_objects_are_warm_in_infrared_and_nearly_invisible_in_visible():
 
 def test_boxes_enclose_the_mask():
     s = SyntheticScenes(1, 48, 64, objects=(1, 1), seed=5)[0]
-    cls, cx, cy, w, h = s["boxes"][0].tolist()
+    cls, cx, _cy, _w, h = s["boxes"][0].tolist()
     ys, xs = torch.nonzero(s["mask"] == int(cls) + 1, as_tuple=True)
     assert abs((xs.min() + xs.max() + 1) / 2 / 64 - cx) < 1e-6 and abs((ys.max() + 1 - ys.min()) / 48 - h) < 1e-6
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from metaloss.deploy.engine import FastRestormer, fast_forward, supports_fast
 from metaloss.models.restormer import RestormerFusion
 from metaloss.nn.restormer import DualStreamRestormer
-from metaloss.deploy.engine import FastRestormer, fast_forward, supports_fast
 from metaloss.utils.numerics import reordering_tolerance
 
 
@@ -116,7 +116,9 @@ def test_unsupported_modules_and_weights_taken_at_build_time():
     with torch.no_grad():
         net.backbone.head_in.weight.mul_(2)
     expected = net.backbone(ir, vi)  # one band of 16·16 pixels against the eager sums over the whole image
-    torch.testing.assert_close(FastRestormer(net.backbone)(ir, vi), expected, atol=split_tolerance(expected, 16 * 16), rtol=0)
+    torch.testing.assert_close(
+        FastRestormer(net.backbone)(ir, vi), expected, atol=split_tolerance(expected, 16 * 16), rtol=0
+    )
     assert not torch.allclose(before, FastRestormer(net.backbone)(ir, vi))
 
 
@@ -189,7 +191,9 @@ def test_band_workers_match_bands_in_turn(monkeypatch):
     try:
         torch.set_num_threads(1)
         ir, vi = pair(1, 96, 40)
-        assert torch.equal(fast_forward(net, ir, vi, band_pixels=1, workers=2), fast_forward(net, ir, vi, band_pixels=1, workers=1))
+        assert torch.equal(
+            fast_forward(net, ir, vi, band_pixels=1, workers=2), fast_forward(net, ir, vi, band_pixels=1, workers=1)
+        )
         ir, vi = pair(1, 83, 40)
         in_turn = fast_forward(net, ir, vi, band_pixels=1, workers=1)
         side_by_side = fast_forward(net, ir, vi, band_pixels=1, workers=2)

@@ -6,10 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import metaloss.pretrained as pretrained
-from metaloss.checkpoint import write_model_checkpoint
 from metaloss.deploy.export import export_onnx, verify_onnx
-from metaloss.export import main
 from metaloss.models.dense import DenseFusion
 from metaloss.models.restormer import RestormerFusion
 
@@ -55,18 +52,3 @@ def test_batch_is_dynamic_too(tmp_path):
     with torch.no_grad():
         assert np.abs(_run(path, ir, vi) - net(ir, vi).numpy()).max() <= 1e-5
     assert os.listdir(tmp_path) == ["d.onnx"]  # written atomically, no temporary file left
-
-
-def test_cli_exports_a_checkpoint_and_verifies(tmp_path, capsys, monkeypatch):
-    torch.manual_seed(0)
-    options = {"dim": 8, "heads": 2}
-    ck = write_model_checkpoint(tmp_path / "ck.pt", RestormerFusion(**options), {"name": "restormer", **options})
-    out = tmp_path / "sub" / "model.onnx"
-    assert main(["--checkpoint", str(ck), "--onnx", str(out)]) == 0
-    text = capsys.readouterr().out
-    assert out.is_file() and "onnxruntime vs PyTorch at 72×96" in text and "at 101×67" in text
-    assert main(["--checkpoint", str(tmp_path / "missing.pt"), "--onnx", str(out)]) == 1
-    assert "no checkpoint at" in capsys.readouterr().err
-    monkeypatch.setattr(pretrained, "PACKAGE", "no_such_package_xyz")  # a metaloss without its pretrained model
-    assert main(["--onnx", str(tmp_path / "x.onnx")]) == 1
-    assert "metaloss/pretrained/default.pt is not installed" in capsys.readouterr().err

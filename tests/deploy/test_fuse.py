@@ -39,9 +39,9 @@ TINY_RUN = {
     "device": "cpu",
     "data": {"name": "synthetic", "num_images": 4, "height": 32, "width": 32, "crop_size": 24},
     "val_data": {"name": "synthetic", "num_images": 1, "height": 32, "width": 32},
-    "fusion": DENSE,
+    "learner": DENSE,
     "loss_generator": CONV,
-    "task": {"name": "segmentation"},
+    "objective": {"name": "segmentation"},
     "meta": {"epochs": 1, "meta_steps": 1, "learner_steps": 1, "outer_lr": 1e-3},
     "eval": {"num_images": 1, "metrics": []},
 }
@@ -96,7 +96,7 @@ def test_load_model_errors(tmp_path, dense_ckpt):
     with pytest.raises(InferenceError, match="no checkpoint at"):
         load_model(tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"junk")
-    with pytest.raises(InferenceError, match="junk.pt"):
+    with pytest.raises(InferenceError, match=r"junk\.pt"):
         load_model(tmp_path / "junk.pt")
     torch.save({"format": 1, "config": {"fusion": {"name": "nope"}}, "trainer": {"learner": {}}}, tmp_path / "p.pt")
     with pytest.raises(InferenceError, match="unknown fusion plugin 'nope'"):
@@ -104,7 +104,7 @@ def test_load_model_errors(tmp_path, dense_ckpt):
     torch.save({"format": 1, "config": {"fusion": DENSE}, "trainer": {"learner": {}}}, tmp_path / "w.pt")
     with pytest.raises(InferenceError, match=r"w\.pt: cannot build its fusion network"):
         load_model(tmp_path / "w.pt")
-    path, fusion, _ = dense_ckpt
+    _, fusion, _ = dense_ckpt
     write_model_checkpoint(tmp_path / "nogen.pt", fusion, DENSE)
     with pytest.raises(InferenceError, match="no loss generator"):
         load_model(tmp_path / "nogen.pt", generator=True)
@@ -113,7 +113,7 @@ def test_load_model_errors(tmp_path, dense_ckpt):
 def test_a_missing_pretrained_model_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(pretrained, "PACKAGE", "no_such_package_xyz")
     assert pretrained.default_checkpoint() is None
-    with pytest.raises(NoPretrainedModelError, match="metaloss/pretrained/default.pt is not installed.*--checkpoint"):
+    with pytest.raises(NoPretrainedModelError, match=r"metaloss/pretrained/default\.pt is not installed.*--checkpoint"):
         load_model(None)
     with pytest.raises(InferenceError, match="unknown pretrained model 'nope'; choose from default, medical"):
         load_model(None, model="nope")
@@ -207,11 +207,23 @@ def test_llvip_tiled_fuse_process_agrees_with_whole_image_and_stays_under_2_gib(
     net = RestormerFusion().eval()
     ckpt = write_model_checkpoint(tmp_path / "ck.pt", net, {"name": "restormer"})
     script = (
-        "import sys; from metaloss.fuse_cli import main; from metaloss.utils.memory import peak_rss_bytes; "
-        "rc = main(sys.argv[1:]); print('MAXRSS', peak_rss_bytes() // 1024); sys.exit(rc)"
+        "import sys; from metaloss.cli import main; from metaloss.utils.memory import peak_rss_bytes; "
+        "rc = main(['fuse', *sys.argv[1:]]); print('MAXRSS', peak_rss_bytes() // 1024); sys.exit(rc)"
     )
-    cmd = [sys.executable, "-c", script, "--checkpoint", str(ckpt), "--ir", str(tmp_path / "ir"),
-           "--vi", str(tmp_path / "vi"), "--out", str(tmp_path / "out"), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-c",
+        script,
+        "--checkpoint",
+        str(ckpt),
+        "--ir",
+        str(tmp_path / "ir"),
+        "--vi",
+        str(tmp_path / "vi"),
+        "--out",
+        str(tmp_path / "out"),
+        "--quiet",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr
     peak_kib = int(proc.stdout.split("MAXRSS")[1])
@@ -222,5 +234,13 @@ def test_llvip_tiled_fuse_process_agrees_with_whole_image_and_stays_under_2_gib(
     expected = compose(stretch(whole), pair.chroma)
     got = cv2.cvtColor(cv2.imread(str(tmp_path / "out" / f"{name}.png")), cv2.COLOR_BGR2RGB)
     diff = np.abs(got.astype(int) - expected.astype(int))
-    print(json.dumps({"peak_rss_mib": round(peak_kib / 1024), "max_grey_diff": int(diff.max()), "frac_gt1": float((diff > 1).mean())}))
+    print(
+        json.dumps(
+            {
+                "peak_rss_mib": round(peak_kib / 1024),
+                "max_grey_diff": int(diff.max()),
+                "frac_gt1": float((diff > 1).mean()),
+            }
+        )
+    )
     assert diff.max() <= 2

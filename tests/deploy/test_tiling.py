@@ -1,5 +1,7 @@
-"""Tiling plans, blend tiling, exact tiling of Restormer networks and the engines on every plan (metaloss.deploy.tiling, .fuse)."""
+"""Tiling plans, blend tiling, exact tiling of Restormer networks and the engines on every plan
+(metaloss.deploy.tiling, .fuse)."""
 
+import itertools
 import threading
 
 import pytest
@@ -24,14 +26,18 @@ from metaloss.models.dense import DenseFusion
 from metaloss.models.restormer import RestormerFusion
 from tests.deploy.test_fuse import _pair
 
-@pytest.mark.parametrize("length,tile,overlap", [(1280, 640, 192), (1024, 640, 192), (1000, 300, 64), (641, 640, 0), (700, 96, 48), (50, 64, 16)])
+
+@pytest.mark.parametrize(
+    "length,tile,overlap",
+    [(1280, 640, 192), (1024, 640, 192), (1000, 300, 64), (641, 640, 0), (700, 96, 48), (50, 64, 16)],
+)
 def test_tiles_cover_with_the_overlap_and_weights_sum_to_one(length, tile, overlap):
     starts = tile_starts(length, tile, overlap)
     t = min(tile, length)
     assert starts[0] == 0 and starts[-1] + t == length
-    assert all(a + t - b >= overlap for a, b in zip(starts, starts[1:]))
+    assert all(a + t - b >= overlap for a, b in itertools.pairwise(starts))
     total = torch.zeros(length)
-    for s, w in zip(starts, blend_weights(starts, t)):
+    for s, w in zip(starts, blend_weights(starts, t), strict=True):
         assert w.min() >= 0 and w.max() <= 1
         total[s : s + t] += w
     assert torch.allclose(total, torch.ones(length), atol=1e-6)
@@ -223,5 +229,3 @@ def test_fast_engine_equals_the_torch_engine_for_every_plan(monkeypatch, base):
     assert (fuse_pair(net, ir, vi, tile=32, overlap=48, engine="fast") - outer).abs().max() < 1e-5
     maps, fast_maps = generator_maps(gen, ir, vi, tile=0), generator_maps(gen, ir, vi, tile=0, engine="auto")
     assert (maps["intensity"] - fast_maps["intensity"]).abs().max() < 1e-5
-
-

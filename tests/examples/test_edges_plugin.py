@@ -16,8 +16,16 @@ from metaloss import registry
 
 REPO = Path(__file__).resolve().parents[2]
 EDGES = REPO / "examples" / "plugins" / "metaloss-edges"
-SHRINK = ["device='cpu'", "meta.epochs=1", "meta.meta_steps=2", "meta.learner_steps=2", "data.num_images=4",
-          "val_data.num_images=2", "eval.num_images=2", "eval.metrics=['EN', 'SD']"]
+SHRINK = [
+    "device='cpu'",
+    "meta.epochs=1",
+    "meta.meta_steps=2",
+    "meta.learner_steps=2",
+    "data.num_images=4",
+    "val_data.num_images=2",
+    "eval.num_images=2",
+    "eval.metrics=['EN', 'SD']",
+]
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +34,9 @@ def site(install_package):
 
 
 def metaloss_cli(args, env, timeout=300):
-    return subprocess.run([sys.executable, "-m", "metaloss", *args], env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "metaloss", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_metaloss_itself_does_not_know_the_plugin():
@@ -44,8 +54,17 @@ def test_installed_package_registers_its_plugins(site, plugin_env):
     found = json.loads(proc.stdout)
     task = {i["name"]: i for i in found["tasks"]}["edges"]
     generator = {i["name"]: i for i in found["loss_generators"]}["pixel_mlp"]
-    for info, value in ((task, "metaloss_edges.task:EdgeTask"), (generator, "metaloss_edges.generator:PixelMLPLossGenerator")):
-        assert info == {"name": info["name"], "object": value, "distribution": "metaloss-edges", "version": "0.1.0", "error": None}
+    for info, value in (
+        (task, "metaloss_edges.task:EdgeTask"),
+        (generator, "metaloss_edges.generator:PixelMLPLossGenerator"),
+    ):
+        assert info == {
+            "name": info["name"],
+            "object": value,
+            "distribution": "metaloss-edges",
+            "version": "0.1.0",
+            "error": None,
+        }
 
 
 @pytest.mark.slow
@@ -58,10 +77,23 @@ def test_metaloss_run_with_the_plugin(site, plugin_env, tmp_path):
     assert proc.returncode == 0, proc.stderr
     config = tomllib.loads((out / "config.toml").read_text(encoding="utf-8"))
     # the plugins' options are resolved from their signatures, defaults included
-    assert config["objective"] == {"name": "edges", "source": "both", "threshold": 0.5, "width": 16, "depth": 3,
-                              "balanced": True, "tolerance": 1}
-    assert config["loss_generator"] == {"name": "pixel_mlp", "hidden": 16, "layers": 2, "gradient_weights": True,
-                                        "temperature": 1.0, "context": 5}
+    assert config["objective"] == {
+        "name": "edges",
+        "source": "both",
+        "threshold": 0.5,
+        "width": 16,
+        "depth": 3,
+        "balanced": True,
+        "tolerance": 1,
+    }
+    assert config["loss_generator"] == {
+        "name": "pixel_mlp",
+        "hidden": 16,
+        "layers": 2,
+        "gradient_weights": True,
+        "temperature": 1.0,
+        "context": 5,
+    }
     records = [json.loads(line) for line in (out / "log.jsonl").read_text(encoding="utf-8").splitlines()]
     meta = [r for r in records if r["phase"] == "meta"]
     assert len(meta) == 2 and all(r["loss_generator_grad_norm"] > 0 for r in meta)  # the meta-gradient reaches G
@@ -75,15 +107,27 @@ def test_metaloss_run_with_the_plugin(site, plugin_env, tmp_path):
 
 def test_bad_plugin_option_is_refused_before_any_work(site, plugin_env, tmp_path):
     out = tmp_path / "run"
-    proc = metaloss_cli(["run", str(EDGES / "edges_synthetic.toml"), "--out", str(out), "--set", "objective.source='thermal'"], plugin_env(site))
+    proc = metaloss_cli(
+        ["run", str(EDGES / "edges_synthetic.toml"), "--out", str(out), "--set", "objective.source='thermal'"],
+        plugin_env(site),
+    )
     assert proc.returncode == 2 and "objective.source" in proc.stderr and not out.exists()
 
 
 @pytest.mark.slow
 def test_the_plugins_own_tests_pass_against_the_installed_package(site, plugin_env):
     """Its tests (metaloss.testing contracts, meta-gradient vs finite difference, check_distribution)."""
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error::metaloss.testing.PluginContractWarning",
-           str(EDGES / "tests")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-W",
+        "error::metaloss.testing.PluginContractWarning",
+        str(EDGES / "tests"),
+    ]
     proc = subprocess.run(cmd, env=plugin_env(site), capture_output=True, text=True, timeout=300, cwd=EDGES)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "skipped" not in proc.stdout and " passed" in proc.stdout, proc.stdout

@@ -1,13 +1,17 @@
 """The core is generic: meta-learned per-sample weights find the corrupted labels (no images involved)."""
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 
 
 @pytest.fixture(scope="module")
-def example(repo_root=__import__("pathlib").Path(__file__).resolve().parents[2]):
-    spec = importlib.util.spec_from_file_location("learned_sample_weights", repo_root / "examples" / "learned_sample_weights.py")
+def example():
+    repo_root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location(
+        "learned_sample_weights", repo_root / "examples" / "learned_sample_weights.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -77,7 +77,10 @@ class SplitProblem:
 
 def batches(seed=3):
     g = torch.Generator().manual_seed(seed)
-    make = lambda: (torch.randn(3, 1, 6, 6, generator=g, dtype=torch.float64), torch.rand(3, 1, 6, 6, generator=g, dtype=torch.float64))
+    make = lambda: (
+        torch.randn(3, 1, 6, 6, generator=g, dtype=torch.float64),
+        torch.rand(3, 1, 6, 6, generator=g, dtype=torch.float64),
+    )
     return make(), make()
 
 
@@ -115,8 +118,14 @@ def test_auto_uses_jvp_only_where_it_is_exact():
     assert resolve_method(problem, "auto", inner_steps=1, truncate=0, **common) == "jvp"
     assert resolve_method(problem, "auto", inner_steps=3, truncate=1, **common) == "jvp"
     assert resolve_method(problem, "auto", inner_steps=3, truncate=0, **common) == "double_backward"
-    assert resolve_method(problem, "auto", inner_steps=1, truncate=0, backend="higher", inner_grad_hook=None) == "double_backward"
-    assert resolve_method(problem, "auto", inner_steps=1, truncate=0, backend="torch.func", inner_grad_hook=lambda g: g) == "double_backward"
+    assert (
+        resolve_method(problem, "auto", inner_steps=1, truncate=0, backend="higher", inner_grad_hook=None)
+        == "double_backward"
+    )
+    assert (
+        resolve_method(problem, "auto", inner_steps=1, truncate=0, backend="torch.func", inner_grad_hook=lambda g: g)
+        == "double_backward"
+    )
     assert resolve_method(problem, None, inner_steps=1, truncate=0, **common) == "double_backward"  # library default
     problem.meta_gradient_method = "auto"
     assert resolve_method(problem, None, inner_steps=1, truncate=0, **common) == "jvp"
@@ -145,8 +154,8 @@ def test_meta_step_with_jvp_changes_only_the_generator():
     generator = [p.clone() for p in problem.loss_generator.parameters()]
     opt = torch.optim.SGD(problem.loss_generator.parameters(), lr=0.1)
     meta_step(problem, train, test, opt, inner_lr=0.5, lookahead_lr=0.3, method="jvp")
-    assert all(torch.equal(a, b) for a, b in zip(learner, problem.learner.parameters()))
-    assert all(torch.equal(a, b) for a, b in zip(objective, problem.objective.parameters()))
-    assert any(not torch.equal(a, b) for a, b in zip(generator, problem.loss_generator.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(learner, problem.learner.parameters(), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(objective, problem.objective.parameters(), strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(generator, problem.loss_generator.parameters(), strict=True))
     assert all(p.grad is None for p in problem.learner.parameters())
     assert all(p.grad is None for p in problem.objective.parameters())

@@ -256,7 +256,7 @@ def test_consecutive_skips_are_capped_and_the_count_resets():
 
 def test_non_finite_parameters_are_never_checkpointed():
     problem = Problem()
-    t, logs, saved = trainer(problem)
+    t, _logs, saved = trainer(problem)
 
     def corrupt(epoch):
         if epoch == 2:

@@ -56,7 +56,7 @@ def test_meta_step_reports_the_terms_of_the_loss_it_reports(method, truncate):
     assert result.inner_terms == {"value": result.inner_loss, "call": 1.0}  # the first one's, as the loss
     plain_grads, plain = meta_gradient(problem.problem, train, test, **kw)
     assert result.inner_loss == plain.inner_loss and plain.inner_terms == {}
-    assert all(torch.equal(a, b) for a, b in zip(grads, plain_grads))  # a Loss result changes no gradient
+    assert all(torch.equal(a, b) for a, b in zip(grads, plain_grads, strict=True))  # a Loss result changes no gradient
 
 
 def test_learner_step_reports_the_terms_of_its_loss(toy):
@@ -70,8 +70,14 @@ def test_the_trainer_logs_each_step_s_terms_beside_its_loss(toy):
     problem = WithTerms(copy.deepcopy(toy["problem_with_objective"]))
     meta = MetaConfig(epochs=2, meta_steps=3, learner_steps=2, inner_steps=3, inner_lr=0.1, outer_lr=1e-2)
     records = []
-    trainer = AlternatingTrainer(problem, Pairs(20), meta, OptimConfig(learner_lr=1e-2, objective_lr=1e-2), batch_size=2,
-                                 hooks=TrainerHooks(log=records.append))
+    trainer = AlternatingTrainer(
+        problem,
+        Pairs(20),
+        meta,
+        OptimConfig(learner_lr=1e-2, objective_lr=1e-2),
+        batch_size=2,
+        hooks=TrainerHooks(log=records.append),
+    )
     trainer.fit()
     meta_records = [r for r in records if r["phase"] == "meta"]
     learner_records = [r for r in records if r["phase"] == "learner"]

@@ -125,8 +125,14 @@ class ConvProblem:
 def test_backends_agree_on_conv_net_with_batchnorm_and_layernorm(steps, truncate):
     problem = ConvProblem()
     g = torch.Generator().manual_seed(3)
-    train = (torch.randn(3, 1, 6, 6, generator=g, dtype=torch.float64), torch.rand(3, 1, 6, 6, generator=g, dtype=torch.float64))
-    test = (torch.randn(3, 1, 6, 6, generator=g, dtype=torch.float64), torch.rand(3, 1, 6, 6, generator=g, dtype=torch.float64))
+    train = (
+        torch.randn(3, 1, 6, 6, generator=g, dtype=torch.float64),
+        torch.rand(3, 1, 6, 6, generator=g, dtype=torch.float64),
+    )
+    test = (
+        torch.randn(3, 1, 6, 6, generator=g, dtype=torch.float64),
+        torch.rand(3, 1, 6, 6, generator=g, dtype=torch.float64),
+    )
     state = {k: v.clone() for k, v in problem.learner.state_dict().items()}
     kw = dict(inner_lr=0.5, inner_steps=steps, truncate=truncate)
     a, ra = meta_gradient(problem, train, test, backend="torch.func", **kw)
@@ -148,9 +154,11 @@ def test_meta_step_changes_only_the_generator(toy):
     }
     opt = torch.optim.Adam(problem.loss_generator.parameters(), lr=1e-2)
     meta_step(problem, toy["train"], toy["test"], opt, inner_lr=0.3, lookahead_lr=0.2)
-    assert all(torch.equal(a, b) for a, b in zip(before["learner"], problem.learner.parameters()))
-    assert all(torch.equal(a, b) for a, b in zip(before["objective"], problem.objective.parameters()))
-    assert not all(torch.equal(a, b) for a, b in zip(before["generator"], problem.loss_generator.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before["learner"], problem.learner.parameters(), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(before["objective"], problem.objective.parameters(), strict=True))
+    assert not all(
+        torch.equal(a, b) for a, b in zip(before["generator"], problem.loss_generator.parameters(), strict=True)
+    )
     assert all(p.grad is None for p in problem.learner.parameters())
 
 

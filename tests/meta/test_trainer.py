@@ -26,7 +26,12 @@ class Recording:
     """Wraps the toy problem and records which sample indices each loss saw."""
 
     def __init__(self, problem):
-        self.inner, self.learner, self.loss_generator, self.objective = problem, problem.learner, problem.loss_generator, problem.objective
+        self.inner, self.learner, self.loss_generator, self.objective = (
+            problem,
+            problem.learner,
+            problem.loss_generator,
+            problem.objective,
+        )
         self.seen = {"inner": [], "outer": []}
 
     def inner_loss(self, p, batch):
@@ -44,7 +49,9 @@ class Recording:
 def make(toy, n=20, **meta):
     problem = Recording(copy.deepcopy(toy["problem_with_objective"]))  # same initial weights each time
     cfg = MetaConfig(**{"epochs": 2, "meta_steps": 3, "learner_steps": 0, "inner_lr": 0.1, "outer_lr": 1e-2, **meta})
-    return problem, AlternatingTrainer(problem, Pairs(n), cfg, OptimConfig(learner_lr=1e-2, objective_lr=1e-2, lr_step=1, lr_gamma=0.5), batch_size=2)
+    return problem, AlternatingTrainer(
+        problem, Pairs(n), cfg, OptimConfig(learner_lr=1e-2, objective_lr=1e-2, lr_step=1, lr_gamma=0.5), batch_size=2
+    )
 
 
 def test_meta_train_and_meta_test_batches_are_disjoint_each_epoch(toy):
@@ -74,14 +81,14 @@ def test_learner_phase_is_one_pass_by_default_and_freezes_the_generator(toy):
     objective_before = [p.clone() for p in problem.objective.parameters()]
     summary = trainer.learner_phase(1, torch.Generator().manual_seed(0))
     assert len(problem.seen["inner"]) == 10  # 20 samples, batch 2
-    assert all(torch.equal(a, b) for a, b in zip(before, problem.loss_generator.parameters()))
-    assert not all(torch.equal(a, b) for a, b in zip(learner_before, problem.learner.parameters()))
-    assert not all(torch.equal(a, b) for a, b in zip(objective_before, problem.objective.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, problem.loss_generator.parameters(), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(learner_before, problem.learner.parameters(), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(objective_before, problem.objective.parameters(), strict=True))
     assert {"learner/learner_loss", "learner/objective_loss"} <= set(summary)
 
 
 def test_learning_rates_decay_on_schedule_and_inner_lr_follows_the_learner(toy, monkeypatch):
-    problem, trainer = make(toy, epochs=3, inner_lr="learner")
+    _problem, trainer = make(toy, epochs=3, inner_lr="learner")
     seen_lr = []
     import metaloss.meta.trainer as mod
 
@@ -99,7 +106,7 @@ def test_learning_rates_decay_on_schedule_and_inner_lr_follows_the_learner(toy, 
 
 
 def test_fixed_inner_lr_and_maxabs_outer_optimizer(toy, monkeypatch):
-    problem, trainer = make(toy, inner_lr=0.05, outer_optimizer="maxabs_sgd")
+    _problem, trainer = make(toy, inner_lr=0.05, outer_optimizer="maxabs_sgd")
     assert isinstance(trainer.outer_opt, MaxAbsSGD)
     import metaloss.meta.trainer as mod
 
@@ -120,7 +127,7 @@ def test_state_dict_round_trip_continues_identically(toy):
     assert c.epoch == 1
     c.fit()
     for net in ("learner", "loss_generator", "objective"):
-        for pa, pc in zip(getattr(a.problem, net).parameters(), getattr(c.problem, net).parameters()):
+        for pa, pc in zip(getattr(a.problem, net).parameters(), getattr(c.problem, net).parameters(), strict=True):
             assert torch.equal(pa, pc), net
 
 
@@ -146,7 +153,7 @@ def test_generator_without_parameters_needs_no_meta_phase(toy):
 
 
 def test_warmup_epochs_skip_the_meta_phase_only(toy, monkeypatch):
-    problem, trainer = make(toy, epochs=3, warmup_epochs=1)
+    _problem, trainer = make(toy, epochs=3, warmup_epochs=1)
     import metaloss.meta.trainer as mod
 
     epochs_with_meta = []

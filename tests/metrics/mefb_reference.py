@@ -65,8 +65,14 @@ def cases() -> tuple[Case, ...]:
     out = []
     for scene, columns in sorted(ref.items()):
         for method, column in sorted(COLUMN.items()):
-            case = Case(scene, method, _find(MEF / "under", scene), _find(MEF / "over", scene),
-                        _find(REFERENCE / "fused" / method, scene), columns[column])
+            case = Case(
+                scene,
+                method,
+                _find(MEF / "under", scene),
+                _find(MEF / "over", scene),
+                _find(REFERENCE / "fused" / method, scene),
+                columns[column],
+            )
             if read(case.fused).shape[-2:] == read(case.a).shape[-2:]:
                 out.append(case)
     return tuple(out)
@@ -78,8 +84,9 @@ def read(path: Path) -> Tensor:
     return load_image_tensor(path, "vifb")
 
 
-def relative_errors(metric: Callable[[Tensor, Tensor, Tensor], float], matlab_name: str,
-                    selected: tuple[Case, ...] | None = None) -> Iterator[tuple[Case, float, float, float]]:
+def relative_errors(
+    metric: Callable[[Tensor, Tensor, Tensor], float], matlab_name: str, selected: tuple[Case, ...] | None = None
+) -> Iterator[tuple[Case, float, float, float]]:
     """``(case, ours, matlab, relative error)`` for every case with a finite MATLAB value;
     ``metric(fused, a, b)`` takes the three images as :func:`read` gives them."""
     for case in cases() if selected is None else selected:

@@ -31,8 +31,11 @@ def _checked() -> tuple[Case, ...]:
     full-precision values. Usable: a matched method, and sources as large as the fused image
     (MEFB's Preschool sources were twice the size of those stored here, so are most fused images)."""
     usable = [c for c in cases() if c.method in MATCHED_METHODS]
-    picked = [c for i, c in enumerate(usable)
-              if i % 5 == 0 or not all(c.expected[m] is None or _printed(c.expected[m]) for m in SPEC)]
+    picked = [
+        c
+        for i, c in enumerate(usable)
+        if i % 5 == 0 or not all(c.expected[m] is None or _printed(c.expected[m]) for m in SPEC)
+    ]
     return tuple(c for c in picked if read(c.a).shape == read(c.fused).shape)
 
 

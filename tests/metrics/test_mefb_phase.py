@@ -102,8 +102,12 @@ def test_phase_congruency_ranges_and_spec() -> None:
 
 def test_ranked_matches_partition() -> None:
     g = np.random.default_rng(0)
-    for x in (g.random(300_001).astype(np.float32), np.round(g.random(200_000) * 50).astype(np.float32),
-              np.sort(g.random(100_000)).astype(np.float32), g.random(1001).astype(np.float32)):
+    for x in (
+        g.random(300_001).astype(np.float32),
+        np.round(g.random(200_000) * 50).astype(np.float32),
+        np.sort(g.random(100_000)).astype(np.float32),
+        g.random(1001).astype(np.float32),
+    ):
         n = x.size
         ks = [n // 2] if n % 2 else [n // 2 - 1, n // 2]
         np.testing.assert_array_equal(_ranked(x, ks), np.partition(x, ks)[ks])
@@ -125,7 +129,7 @@ def test_zhao_term_masking_as_matlab() -> None:
     local = lambda x: correlate_sep_same_zero(x, gaussian_1d(11, 1.5), gaussian_1d(11, 1.5))
     muf, varf = local(pf), local(pf * pf) - local(pf) ** 2
     corrs = []
-    for (pm, *_), mask in zip(sources, masks):
+    for (pm, *_), mask in zip(sources, masks, strict=True):
         mu, var = local(pm), local(pm * pm) - local(pm) ** 2
         corr = (local(pm * pf) - mu * muf + 1e-4) / (torch.sqrt(torch.abs(var * varf)) + 1e-4)
         corrs.append(torch.where(mask, corr, 0.0))

@@ -31,8 +31,28 @@ def _link_folder(folder, files):
 
 def test_profile_lists_mefb_metrics():
     prof = PROFILES["mefb"]
-    assert prof.metrics == ("CE", "EN", "FMI", "NMI", "PSNR", "Qncie", "TE", "AG", "EI", "Qabf", "Qp", "SD",
-                            "SF", "Qc", "Qw", "Qy", "MEF-SSIM", "Qcb", "Qcv", "VIF")
+    assert prof.metrics == (
+        "CE",
+        "EN",
+        "FMI",
+        "NMI",
+        "PSNR",
+        "Qncie",
+        "TE",
+        "AG",
+        "EI",
+        "Qabf",
+        "Qp",
+        "SD",
+        "SF",
+        "Qc",
+        "Qw",
+        "Qy",
+        "MEF-SSIM",
+        "Qcb",
+        "Qcv",
+        "VIF",
+    )
     assert {m for m, up in prof.higher_is_better.items() if not up} == {"CE", "Qcv"}
     assert prof["MEF_SSIM"].name == "MEF-SSIM"  # MEFB's spelling is accepted
 
@@ -72,8 +92,22 @@ def test_mef_ssim_alone_on_other_tasks(tmp_path, capsys, folder, a, b):
     pairs_a = _link_folder(tmp_path / "a", first)
     pairs_b = _link_folder(tmp_path / "b", [next(p for p in src_b.iterdir() if p.stem == f.stem) for f in first])
     out = tmp_path / "m.json"
-    rc = main(["eval", "--a", str(pairs_a), "--b", str(pairs_b), "--fused", str(pairs_b), "--metrics", "MEF-SSIM",
-               "--json", str(out), "--no-progress"])
+    rc = main(
+        [
+            "eval",
+            "--a",
+            str(pairs_a),
+            "--b",
+            str(pairs_b),
+            "--fused",
+            str(pairs_b),
+            "--metrics",
+            "MEF-SSIM",
+            "--json",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     err = capsys.readouterr().err
     assert "profile 'mefb'" in err

@@ -61,8 +61,9 @@ def test_vif_lake1_within_tie_noise() -> None:
     """Lake1: VIF within 2.5e-4 (each pixel takes the source with the smaller gain g; many windows
     give g = 0 to both through the 1e-10 variance thresholds, which MATLAB's rounding decides)."""
     spec = _spec("VIF")
-    errors = [err for _, _, _, err in relative_errors(lambda f, a, b: spec.fn(f, a, b, None), "VIF",
-                                                        _selected(("Lake1",)))]
+    errors = [
+        err for _, _, _, err in relative_errors(lambda f, a, b: spec.fn(f, a, b, None), "VIF", _selected(("Lake1",)))
+    ]
     assert max(errors) <= 2.5e-4
 
 

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from metaloss.metrics import PROFILES, evaluate, get_profile
-from metaloss.metrics import _ops, cddfuse, vifb
+from metaloss.metrics import PROFILES, _ops, cddfuse, evaluate, get_profile, vifb
 from metaloss.metrics.api import MIN_SIZE, min_size
 from metaloss.utils.numerics import reordering_tolerance
 
@@ -21,6 +20,7 @@ H, W = 64, 80
 def _size(profile: str) -> dict[str, int]:
     """``h``/``w`` for :func:`_img`: H × W, or larger where a profile's metric needs it (mefb's VIF: 81)."""
     return {"h": H, "w": W} if min_size(profile) <= min(H, W) else {"h": 96, "w": 112}
+
 
 #: metrics whose images pass through float32 FFTs (vifb.py: Qcb's and Qcv's frequency-domain filters)
 FLOAT32_FFT = {"Qcb", "Qcv"}
@@ -149,7 +149,7 @@ def test_chunking_does_not_change_results(monkeypatch):
     monkeypatch.setattr("metaloss.metrics.api.CPU_CHUNK_PIXELS", 1)  # one image per chunk
     chunked = evaluate(f, a, b)
     for k in whole:
-        for w, c in zip(whole[k].tolist(), chunked[k].tolist()):
+        for w, c in zip(whole[k].tolist(), chunked[k].tolist(), strict=True):
             assert c == pytest.approx(w, rel=0, abs=batch_tolerance(k, w)), k
 
 

@@ -122,7 +122,7 @@ def _as_function(module: torch.nn.Module):  # type: ignore[no-untyped-def]
     def f(*args: torch.Tensor) -> torch.Tensor:
         *params, x1, x2 = args
         inputs = (x1,) if x2.numel() == 0 else (x1, x2)
-        return functional_call(module, dict(zip(names, params)), inputs)
+        return functional_call(module, dict(zip(names, params, strict=True)), inputs)
 
     return f, [p.detach().clone().requires_grad_(True) for p in module.parameters()]
 
@@ -177,9 +177,12 @@ def test_blocks_take_the_attention_function_as_an_argument_and_give_their_calls_
         assert torch.equal(module(*inputs, attention=recording), module(*inputs))
         calls = module.attention_calls(*inputs)
         assert len(calls) == len(seen) == len(inputs)
-        for call, (q, k) in zip(calls, seen):
+        for call, (q, k) in zip(calls, seen, strict=True):
             assert torch.equal(call.q, q) and torch.equal(call.k, k) and call.heads == 2
-    assert torch.equal(block(x1, attention=lambda q, k, v, t, h: torch.zeros_like(v)), x1 + block.ffn(block.norm2(x1 + block.attn.project_out(torch.zeros_like(x1)))))
+    assert torch.equal(
+        block(x1, attention=lambda q, k, v, t, h: torch.zeros_like(v)),
+        x1 + block.ffn(block.norm2(x1 + block.attn.project_out(torch.zeros_like(x1)))),
+    )
 
 
 def test_run_stages_with_the_base_stages_is_the_forward_and_backbones_run_by_is_this_threads() -> None:

@@ -2,13 +2,13 @@ import pytest
 import torch
 
 from metaloss.config import load_config
-from metaloss.experiment import build_experiment
 from metaloss.data.collate import collate_pairs
+from metaloss.experiment import build_experiment
 from metaloss.meta import meta_gradient
 
 pytest.importorskip("ultralytics")
 
-from metaloss_tdfusion.detection import DetectionMAP, DetectionTask  # noqa: E402
+from metaloss_tdfusion.detection import DetectionMAP, DetectionTask
 
 
 def gt_batch():
@@ -66,7 +66,14 @@ def test_loss_is_per_image_and_pads_odd_sizes():
 def test_meta_gradient_through_yolo_reaches_the_loss_generator():
     cfg = load_config(
         {
-            "data": {"name": "synthetic", "num_images": 4, "height": 64, "width": 64, "crop_size": 32, "objects": [1, 2]},
+            "data": {
+                "name": "synthetic",
+                "num_images": 4,
+                "height": 64,
+                "width": 64,
+                "crop_size": 32,
+                "objects": [1, 2],
+            },
             "learner": {"name": "dense", "width": 4, "growth": 4, "layers": 1},
             "loss_generator": {"name": "conv", "width": 4},
             "objective": {"name": "detection"},

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from metaloss.models.restormer import RestormerFusion
 from metaloss.losses import sobel
+from metaloss.models.restormer import RestormerFusion
 from metaloss.protocols import LossGenerator
 from metaloss.registry import available, load
 
@@ -145,9 +145,9 @@ def _fusion_loss(fused: torch.Tensor, ir: torch.Tensor, vi: torch.Tensor, maps: 
 def test_meta_gradient_reaches_the_generator(cls: str) -> None:
     """A gradient of a gradient: θ' = θ − η∇θ L_f(θ, φ); ∇φ L_outer(θ') is finite and non-zero."""
     torch.manual_seed(0)
-    gen = {"tdfusion": TDFusionLossGenerator, "sigmoid": SigmoidLossGenerator, "refusion": ReFusionLossGenerator}[
-        cls
-    ](**SMALL)
+    gen = {"tdfusion": TDFusionLossGenerator, "sigmoid": SigmoidLossGenerator, "refusion": ReFusionLossGenerator}[cls](
+        **SMALL
+    )
     net = RestormerFusion(**SMALL)
     theta = {n: p.detach().clone().requires_grad_(True) for n, p in net.named_parameters()}
     phi = {n: p.detach().clone().requires_grad_(True) for n, p in gen.named_parameters()}
@@ -155,7 +155,7 @@ def test_meta_gradient_reaches_the_generator(cls: str) -> None:
     maps = functional_call(gen, phi, (ir, vi))
     inner = _fusion_loss(functional_call(net, theta, (ir, vi)), ir, vi, maps)
     grads = torch.autograd.grad(inner, list(theta.values()), create_graph=True)
-    theta2 = {n: p - 0.5 * g for (n, p), g in zip(theta.items(), grads)}
+    theta2 = {n: p - 0.5 * g for (n, p), g in zip(theta.items(), grads, strict=True)}
     ir2, vi2 = images((7, 10))
     outer = functional_call(net, theta2, (ir2, vi2)).sub(ir2).pow(2).mean()
     meta = torch.autograd.grad(outer, list(phi.values()), allow_unused=True)
@@ -176,7 +176,14 @@ def test_reference_lpn_checkpoint_keys_convert() -> None:
         for i in (0, 1):
             keys += [f"{enc}.{i}.norm{j}.body.{p}" for j in (1, 2) for p in ("weight", "bias")]
             keys.append(f"{enc}.{i}.attn.temperature")
-            for name in ("attn.qkv", "attn.qkv_dwconv", "attn.project_out", "ffn.project_in", "ffn.dwconv", "ffn.project_out"):
+            for name in (
+                "attn.qkv",
+                "attn.qkv_dwconv",
+                "attn.project_out",
+                "ffn.project_in",
+                "ffn.dwconv",
+                "ffn.project_out",
+            ):
                 keys += conv(f"{enc}.{i}.{name}")
     gen = TDFusionLossGenerator()
     ours = gen.state_dict()
@@ -206,7 +213,9 @@ def test_refusion_prior_starts_at_the_soft_max_rule_and_learns_a_correction() ->
     from metaloss_refusion.loss_generator import ReFusionLossGenerator
 
     torch.manual_seed(0)
-    gen = ReFusionLossGenerator(dim=4, heads=2, blocks_per_modality=1, fused_blocks=1, gradient_weights=False, prior_sharpness=20.0)
+    gen = ReFusionLossGenerator(
+        dim=4, heads=2, blocks_per_modality=1, fused_blocks=1, gradient_weights=False, prior_sharpness=20.0
+    )
     ir, vi = torch.rand(2, 1, 12, 10), torch.rand(2, 1, 12, 10)
     w = gen(ir, vi)["intensity"]
     torch.testing.assert_close(w[:, :1], torch.sigmoid(20.0 * (ir - vi)))

@@ -35,8 +35,15 @@ def refusion_config(**data):
         {
             "seed": 3,
             "device": "cpu",
-            "data": {"name": "synthetic", "num_images": 6, "height": 48, "width": 48, "crop_size": 32,
-                     "task_from_crop": True, **data},
+            "data": {
+                "name": "synthetic",
+                "num_images": 6,
+                "height": 48,
+                "width": 48,
+                "crop_size": 32,
+                "task_from_crop": True,
+                **data,
+            },
             "val_data": {"name": "synthetic", "num_images": 2, "height": 48, "width": 48},
             "learner": {"name": "dense", "width": 4, "growth": 4, "layers": 1},
             "loss_generator": {"name": "refusion"},
@@ -55,11 +62,13 @@ def test_refusion_meta_gradient_uses_both_weight_maps():
     assert torch.equal(train["task_ir"], train["ir"]) and "mask" not in train and "boxes" not in train
     maps = exp.problem.loss_generator(train["ir"], train["vi"])
     assert set(maps) == {"intensity", "gradient"}
-    grads, result = meta_gradient(exp.problem, train, test, inner_lr=1e-2, lookahead_lr=1e-2)
+    grads, _ = meta_gradient(exp.problem, train, test, inner_lr=1e-2, lookahead_lr=1e-2)
     flat = torch.cat([x.flatten() for x in grads])
     assert torch.isfinite(flat).all() and flat.norm() > 0
     # the head that produces the gradient weights V gets meta-gradient too
-    named = dict(zip([n for n, p in exp.problem.loss_generator.named_parameters() if p.requires_grad], grads))
+    named = dict(
+        zip([n for n, p in exp.problem.loss_generator.named_parameters() if p.requires_grad], grads, strict=True)
+    )
     assert sum(v.abs().sum() for v in named.values()) > 0
 
 

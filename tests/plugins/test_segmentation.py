@@ -3,7 +3,7 @@ import torch
 
 pytest.importorskip("segmentation_models_pytorch")
 
-from metaloss_tdfusion.segmentation import MeanIoU, SegmentationTask  # noqa: E402
+from metaloss_tdfusion.segmentation import MeanIoU, SegmentationTask
 
 
 def one_hot_logits(labels, classes):
@@ -37,7 +37,12 @@ def test_any_size_and_ignore_index():
 
 
 def test_other_architectures_and_bad_names():
-    assert SegmentationTask(num_classes=2, arch="Unet", encoder="resnet18")(torch.rand(2, 1, 64, 64)).shape == (2, 2, 64, 64)
+    assert SegmentationTask(num_classes=2, arch="Unet", encoder="resnet18")(torch.rand(2, 1, 64, 64)).shape == (
+        2,
+        2,
+        64,
+        64,
+    )
     with pytest.raises(ValueError, match="encoder"):
         SegmentationTask(num_classes=2, encoder="no_such_encoder")
     with pytest.raises(ValueError, match="num_classes"):

@@ -59,7 +59,7 @@ def test_peak_rss_is_this_processs_own_not_its_parents():
     if not sys.platform.startswith("linux"):
         pytest.skip("the inherited high-water mark is a Linux behaviour")
     ballast = bytearray(600 * 2**20)  # resident: written below
-    ballast[:: 4096] = b"x" * len(ballast[:: 4096])
+    ballast[::4096] = b"x" * len(ballast[::4096])
     assert peak_rss_bytes() > 600 * 2**20
     code = "from metaloss.utils.memory import peak_rss_bytes; print(peak_rss_bytes())"
     child = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)

@@ -13,7 +13,10 @@ import pytest
 from metaloss.utils import runlock
 from metaloss.utils.runlock import LOCK_NAME, RunLock, RunLocked
 
-HOLD = "import sys, time; from metaloss.utils.runlock import RunLock; RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)"
+HOLD = (
+    "import sys, time; from metaloss.utils.runlock import RunLock; RunLock(sys.argv[1]).acquire(); "
+    "print('held', flush=True); time.sleep(60)"
+)
 
 
 def test_a_second_holder_is_refused_naming_the_first(tmp_path):

@@ -21,7 +21,9 @@ def test_plugins_json(capsys):
     assert {e["name"] for e in data["fusion"]} >= {"restormer", "dense"}
     # (plugins of other installed packages, e.g. examples/plugins/metaloss-edges, may be listed too)
     assert all(e["error"] is None for g in data.values() for e in g if e["distribution"] == "metaloss")
-    assert {e["distribution"] for e in data["loss_generators"] if e["name"] in ("tdfusion", "refusion", "conv")} == {"metaloss"}
+    assert {e["distribution"] for e in data["loss_generators"] if e["name"] in ("tdfusion", "refusion", "conv")} == {
+        "metaloss"
+    }
 
 
 def test_bad_config_fails_before_work_with_exit_2(tmp_path, capsys):
@@ -65,8 +67,10 @@ def test_an_out_that_is_a_file_or_under_a_file_is_refused_before_work(tmp_path, 
     config = str(repo / "examples" / "quickstart.toml")
     afile = tmp_path / "notes.txt"
     afile.write_text("x")
-    for out, reason in ((afile, f"--out {afile}: is a file, not a folder"),
-                        (afile / "run", f"--out {afile / 'run'}: {afile} is a file, not a folder")):
+    for out, reason in (
+        (afile, f"--out {afile}: is a file, not a folder"),
+        (afile / "run", f"--out {afile / 'run'}: {afile} is a file, not a folder"),
+    ):
         for extra in ([], ["--check"]):
             assert main(["run", config, "--out", str(out), *extra]) == 2
             captured = capsys.readouterr()
@@ -120,8 +124,14 @@ def test_a_closed_stdout_ends_quietly(repo):
     read_end, write_end = os.pipe()
     os.close(read_end)  # as `metaloss plugins | head` once head has exited
     try:
-        proc = subprocess.run([sys.executable, "-m", "metaloss", "plugins"], stdout=write_end, stderr=subprocess.PIPE,
-                              text=True, cwd=repo, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "metaloss", "plugins"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=repo,
+            timeout=120,
+        )
     finally:
         os.close(write_end)
     assert proc.stderr == "" and proc.returncode == 1

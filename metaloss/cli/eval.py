@@ -12,8 +12,7 @@ means) with the problems found (missing partner, unreadable file, size mismatch)
 file; with several fused folders, a comparison table of the means with the best value of each
 metric marked ``*``.  Source pairs that a fused folder has no image for are named in a warning on
 stderr (its means leave them out).  ``--json``/``--csv`` naming an input (a source or fused image,
-or a folder) is refused before scoring.  ``configure_parser`` and ``run`` are what the ``metaloss``
-command wires in.
+or a folder) is refused before scoring.  Errors are ``error: MESSAGE`` lines on stderr.
 """
 
 from __future__ import annotations
@@ -25,11 +24,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from metaloss.metrics.folders import FolderEvaluation, MethodResult, evaluate_folders, list_images
+from metaloss.cli.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, fail
+from metaloss.data.pairs import list_images
+from metaloss.metrics.folders import FolderEvaluation, MethodResult, evaluate_folders
 from metaloss.metrics.profiles import DEFAULT_PROFILE, PROFILES
 from metaloss.utils.io import clashing_input
 
-__all__ = ["configure_parser", "run", "main", "format_table", "format_evaluation", "format_missing"]
+__all__ = ["configure_parser", "format_evaluation", "format_missing", "format_table", "run"]
 
 #: Source pairs named per fused folder in the warning about missing fused images; the rest are counted.
 MISSING_SHOWN = 10
@@ -39,11 +40,21 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the ``eval`` options to ``parser``."""
     parser.description = "Fusion metrics (EN, SD, SF, AG, MI, SCD, VIF, Qabf, SSIM, ...) of folders of fused images."
     parser.add_argument(
-        "--a", "--ir", dest="ir", required=True, type=Path, metavar="DIR",
+        "--a",
+        "--ir",
+        dest="ir",
+        required=True,
+        type=Path,
+        metavar="DIR",
         help="folder of the first source images (infrared; CT/PET/SPECT; near focus; under-exposed)",
     )
     parser.add_argument(
-        "--b", "--vi", dest="vi", required=True, type=Path, metavar="DIR",
+        "--b",
+        "--vi",
+        dest="vi",
+        required=True,
+        type=Path,
+        metavar="DIR",
         help="folder of the second source images (visible; MRI; far focus; over-exposed)",
     )
     parser.add_argument(
@@ -132,20 +143,18 @@ def run(args: argparse.Namespace) -> int:
     if metrics is not None:
         unknown = [m for m in metrics if m not in profile]
         if unknown:
-            print(
-                f"error: profile {profile.name!r} has no metric {', '.join(map(repr, unknown))}; "
+            return fail(
+                f"profile {profile.name!r} has no metric {', '.join(map(repr, unknown))}; "
                 f"it has {', '.join(profile.metrics)}",
-                file=err,
+                EXIT_USAGE,
+                prog=None,
             )
-            return 2
     for what, d in [("--a", args.ir), ("--b", args.vi)] + [("--fused", d) for d in args.fused]:
         if not Path(d).is_dir():
-            print(f"error: {what} {str(d)!r} is not a directory", file=err)
-            return 2
+            return fail(f"{what} {str(d)!r} is not a directory", EXIT_USAGE, prog=None)
     problem = _result_file_error(args)
     if problem is not None:
-        print(f"error: {problem}", file=err)
-        return 2
+        return fail(problem, EXIT_USAGE, prog=None)
     workers = max(1, int(args.workers))
     threads = None
     if workers > 1:
@@ -167,8 +176,7 @@ def run(args: argparse.Namespace) -> int:
             workers=workers,
         )
     except (ValueError, RuntimeError) as exc:  # e.g. an unusable --device
-        print(f"error: {exc}", file=err)
-        return 2
+        return fail(str(exc), EXIT_USAGE, prog=None)
     finally:
         if threads is not None:
             torch.set_num_threads(threads[0])
@@ -181,14 +189,7 @@ def run(args: argparse.Namespace) -> int:
     if args.csv:
         res.write_csv(args.csv)
         print(f"wrote {args.csv}", file=out)
-    return 0 if any(m.evaluated for m in res.methods) else 1
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone entry point: ``python -m metaloss.metrics.cli ...``."""
-    parser = argparse.ArgumentParser(prog="metaloss eval")
-    configure_parser(parser)
-    return run(parser.parse_args(argv))
+    return EXIT_OK if any(m.evaluated for m in res.methods) else EXIT_ERROR
 
 
 # ------------------------------------------------------------------------------------ formatting
@@ -211,7 +212,7 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(r[i])) for r in cols) for i in range(len(header))]
 
     def line(r: Sequence[str]) -> str:
-        cells = [str(r[0]).ljust(widths[0])] + [str(c).rjust(w) for c, w in zip(r[1:], widths[1:])]
+        cells = [str(r[0]).ljust(widths[0])] + [str(c).rjust(w) for c, w in zip(r[1:], widths[1:], strict=False)]
         return "  ".join(cells).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
@@ -280,7 +281,3 @@ def format_evaluation(res: FolderEvaluation, per_image: bool = True) -> str:
         parts.append(f"\n== {title}: mean over each folder's images, * = best (profile {res.profile.name})\n")
         parts.append(format_table(["method", *(h + " " for h in _header_cells(res))], rows))
     return "".join(parts)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""``metaloss eval`` (metaloss.metrics.cli) and evaluate_folders on small folders written here."""
+"""``metaloss eval`` (metaloss.cli.eval) and evaluate_folders on small folders written here."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
+from metaloss import cli
+from metaloss.cli.eval import configure_parser, format_table, run
 from metaloss.metrics import PROFILES, evaluate_folders
-from metaloss.metrics.cli import configure_parser, format_table, main, run
 
 H, W = 48, 64
 
@@ -49,6 +50,10 @@ def folders(tmp_path: Path) -> dict[str, Path]:
     return d
 
 
+def main(argv: list[str]) -> int:
+    return cli.main(["eval", *argv])
+
+
 def _args(*argv: str) -> argparse.Namespace:
     p = argparse.ArgumentParser()
     configure_parser(p)
@@ -75,7 +80,9 @@ def test_eval_folders_reports_problems_per_file(folders):
 
 
 def test_cli_single_folder(folders, capsys):
-    rc = run(_args("--ir", str(folders["ir"]), "--vi", str(folders["vi"]), "--fused", str(folders["m1"]), "--no-progress"))
+    rc = run(
+        _args("--ir", str(folders["ir"]), "--vi", str(folders["vi"]), "--fused", str(folders["m1"]), "--no-progress")
+    )
     out = capsys.readouterr().out
     assert rc == 0
     assert "profile: cddfuse" in out.splitlines()[0]
@@ -163,7 +170,10 @@ def test_cli_source_options_and_profile_choice(folders, capsys):
     assert main(["--a", str(folders["ir"]), "--b", str(folders["vi"]), *base, "--metrics", "RMSE"]) == 0
     captured = capsys.readouterr()
     assert "profile 'vifb'" in captured.err and "profile: vifb" in captured.out
-    assert main(["--a", str(folders["ir"]), "--b", str(folders["vi"]), *base, "--metrics", "RMSE", "--profile", "cddfuse"]) == 2
+    assert (
+        main(["--a", str(folders["ir"]), "--b", str(folders["vi"]), *base, "--metrics", "RMSE", "--profile", "cddfuse"])
+        == 2
+    )
     assert "profile 'cddfuse' has no metric 'RMSE'" in capsys.readouterr().err
     assert main(["--a", str(folders["ir"]), "--b", str(folders["vi"]), *base, "--metrics", "EI"]) == 2  # vifb and mefb
     assert "has no metric 'EI'" in capsys.readouterr().err
@@ -219,12 +229,12 @@ def test_nan_means_skip_nan(folders):
 
 
 def test_results_file_naming_an_input_is_refused_before_scoring(folders, tmp_path, capsys, monkeypatch):
-    import metaloss.metrics.cli as cli
+    import metaloss.cli.eval as eval_command
 
     def no_scoring(*args, **kwargs):
         raise AssertionError("scored before the results file was checked")
 
-    monkeypatch.setattr(cli, "evaluate_folders", no_scoring)
+    monkeypatch.setattr(eval_command, "evaluate_folders", no_scoring)
     (tmp_path / "link").symlink_to(folders["m2"])
     base = ["--ir", str(folders["ir"]), "--vi", str(folders["vi"]), "--fused", str(folders["m1"]),
             "--fused", str(folders["m2"]), "--no-progress"]  # fmt: skip
@@ -236,9 +246,10 @@ def test_results_file_naming_an_input_is_refused_before_scoring(folders, tmp_pat
     ]
     for option, target, clash in cases:
         assert main([*base, option, str(target)]) == 2
-        assert capsys.readouterr() == ("", (
-            f"error: {option} {str(target)!r} is the input {str(clash)!r}; write the results to another file\n"
-        ))
+        assert capsys.readouterr() == (
+            "",
+            (f"error: {option} {str(target)!r} is the input {str(clash)!r}; write the results to another file\n"),
+        )
     assert main([*base, "--csv", str(tmp_path)]) == 2
     assert capsys.readouterr().err == f"error: --csv {str(tmp_path)!r} is a folder; give a file name\n"
     assert {p: p.read_bytes() for d in ("ir", "vi", "m1", "m2") for p in folders[d].iterdir()} == before
@@ -246,8 +257,9 @@ def test_results_file_naming_an_input_is_refused_before_scoring(folders, tmp_pat
 
 def test_source_pairs_without_a_fused_image_are_warned_and_recorded(folders, tmp_path, capsys):
     js, cs = tmp_path / "r.json", tmp_path / "r.csv"
-    rc = main(["--ir", str(folders["ir"]), "--vi", str(folders["vi"]), "--fused", str(folders["m1"]),
-               "--fused", str(folders["m2"]), "--metrics", "EN", "--json", str(js), "--csv", str(cs), "--no-progress"])  # fmt: skip
+    sources = ["--ir", str(folders["ir"]), "--vi", str(folders["vi"])]
+    fused = ["--fused", str(folders["m1"]), "--fused", str(folders["m2"])]
+    rc = main([*sources, *fused, "--metrics", "EN", "--json", str(js), "--csv", str(cs), "--no-progress"])
     out, err = capsys.readouterr()
     assert rc == 0
     assert err == (
@@ -259,11 +271,13 @@ def test_source_pairs_without_a_fused_image_are_warned_and_recorded(folders, tmp
     assert (methods["m1"]["missing"], methods["m2"]["missing"]) == ([], ["c.png"])
     with open(cs, newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["method"] == "m2"]
-    assert [(r["image"], r["EN"], r["error"]) for r in rows if r["image"] == "c.png"] == [("c.png", "", "no fused image")]
+    assert [(r["image"], r["EN"], r["error"]) for r in rows if r["image"] == "c.png"] == [
+        ("c.png", "", "no fused image")
+    ]
 
 
 def test_missing_warning_names_ten_pairs_then_counts(tmp_path):
-    from metaloss.metrics.cli import format_missing
+    from metaloss.cli.eval import format_missing
 
     d = {k: tmp_path / k for k in ("ir", "vi", "fused")}
     for p in d.values():
@@ -276,3 +290,12 @@ def test_missing_warning_names_ten_pairs_then_counts(tmp_path):
     res = evaluate_folders(d["ir"], d["vi"], d["fused"], progress=False)
     assert res.methods[0].missing == names
     assert format_missing(res).endswith(f": {', '.join(names[:10])} and 2 more\n")
+
+
+def test_two_sources_of_one_stem_are_a_usage_error(folders, capsys):
+    cv2.imwrite(str(folders["vi"] / "a.jpg"), _scene(0))
+    assert (
+        main(["--ir", str(folders["ir"]), "--vi", str(folders["vi"]), "--fused", str(folders["m1"]), "--no-progress"])
+        == 2
+    )
+    assert capsys.readouterr().err == f"error: {folders['vi']}: several images with one name: a.jpg and a.png\n"

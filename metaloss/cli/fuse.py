@@ -1,28 +1,33 @@
 """``metaloss fuse``: fuse one pair of images, or two folders of pairs, with a trained model.
 
     metaloss fuse [--checkpoint CKPT | --model NAME] --ir PATH --vi PATH --out DIR [--tile SIZE]
-                  [--tiling auto|exact|blend] [--overlap PX] [--stretch | --no-stretch] [--save-weights] [--colormap NAME]
-                  [--engine auto|torch|fast] [--allocator auto|keep|release|system] [--device DEV] [--quiet]
+                  [--tiling auto|exact|blend] [--overlap PX] [--stretch | --no-stretch] [--save-weights]
+                  [--colormap NAME] [--engine auto|torch|fast] [--allocator auto|keep|release|system]
+                  [--threads N] [--device DEV] [--quiet]
 
 ``--ir``/``--vi`` are two files (one pair) or two folders; in folders, images (by extension) are
-paired by file name without extension, and files without a partner are listed on stderr.  Each
-fused image is written as an 8-bit PNG ``DIR/<name>.png`` (``<name>``: the source's file name
-without extension; for a single pair with two different names, the visible image's).  ``DIR``
-may not be the folder of a source image: that is refused before anything is written.  See
-``docs/fuse.md``.  Also runnable as ``python -m metaloss.fuse_cli``.
+paired by file name without extension (``metaloss.data.pairs``), and files without a partner are
+listed on stderr.  Each fused image is written as an 8-bit PNG ``DIR/<name>.png`` (``<name>``: the
+source's file name without extension; for a single pair with two different names, the visible
+image's).  ``DIR`` may not be the folder of a source image: that is refused before anything is
+written.  See ``docs/fuse.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
+import numpy as np
+
+from metaloss.cli.errors import EXIT_OK, EXIT_USAGE, fail
+from metaloss.data.pairs import PairingError, pair_images
 from metaloss.pretrained import MODELS
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+PROG = "metaloss fuse"
 
 
 def _nonneg_int(text: str) -> int:
@@ -35,16 +40,20 @@ def _nonneg_int(text: str) -> int:
     return value
 
 
-def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the ``fuse`` options to ``parser`` (a sub-parser of ``metaloss``)."""
+def configure_parser(parser: argparse.ArgumentParser) -> None:
     from metaloss.deploy.tiling import AUTO_TILE, AUTO_WHOLE_MAX_PIXELS, DEFAULT_OVERLAP, EXACT_CHUNK
 
     parser.add_argument(
-        "--checkpoint", "-c", metavar="CKPT",
+        "--checkpoint",
+        "-c",
+        metavar="CKPT",
         help="checkpoint written by `metaloss run` (or its run directory); default: the package's pretrained model",
     )
     parser.add_argument(
-        "--model", "-m", default="default", choices=sorted(MODELS),
+        "--model",
+        "-m",
+        default="default",
+        choices=sorted(MODELS),
         help="which shipped pretrained model to use when no --checkpoint is given: "
         + "; ".join(f"{k}: {v}" for k, v in MODELS.items()),
     )
@@ -52,14 +61,19 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--vi", required=True, metavar="PATH", help="visible image, or a folder of them")
     parser.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder (created if needed)")
     parser.add_argument(
-        "--tile", type=_nonneg_int, default=None, metavar="SIZE",
+        "--tile",
+        type=_nonneg_int,
+        default=None,
+        metavar="SIZE",
         help=(
             "process large images in SIZE×SIZE pieces to bound memory; 0 = whole image at once; default: whole "
             f"image up to {AUTO_WHOLE_MAX_PIXELS} pixels, else {EXACT_CHUNK} (exact) or {AUTO_TILE} (blend)"
         ),
     )
     parser.add_argument(
-        "--tiling", choices=("auto", "exact", "blend"), default="auto",
+        "--tiling",
+        choices=("auto", "exact", "blend"),
+        default="auto",
         help=(
             "exact: layer by layer with global attention statistics, same result as the whole image "
             "(Restormer-based networks); blend: independent overlapping tiles, ramp-blended (any network, "
@@ -67,45 +81,52 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         ),
     )
     parser.add_argument(
-        "--overlap", type=_nonneg_int, default=DEFAULT_OVERLAP, metavar="PX",
+        "--overlap",
+        type=_nonneg_int,
+        default=DEFAULT_OVERLAP,
+        metavar="PX",
         help=f"blend tiling: minimum overlap of neighbouring tiles in pixels (default {DEFAULT_OVERLAP})",
     )
     parser.add_argument(
-        "--stretch", action=argparse.BooleanOptionalAction, default=None,
+        "--stretch",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="min-max stretch the fused Y channel of each image to [0, 1], as the reference test scripts do "
         "(default: the model's own setting, [eval] stretch of its run; on for the reference-style networks)",
     )
     parser.add_argument(
-        "--save-weights", action="store_true",
+        "--save-weights",
+        action="store_true",
         help="also write the loss generator's weight maps as heat maps: <name>_w_ir.png, <name>_w_vi.png "
         "(and <name>_v_ir.png, <name>_v_vi.png for gradient weights)",
     )
     parser.add_argument(
-        "--engine", choices=("auto", "torch", "fast"), default="auto",
+        "--engine",
+        choices=("auto", "torch", "fast"),
+        default="auto",
         help="fast: Restormer networks run pixel-major in row bands with folded weights (metaloss.deploy.engine; "
         "the whole-image result up to float rounding, streamed, so --tiling exact is implied); torch: the network's "
         "own forward with the tiling options; auto (default): fast for Restormer networks on the CPU, else torch",
     )
     parser.add_argument(
-        "--allocator", choices=("auto", "keep", "release", "system"), default="auto",
+        "--allocator",
+        choices=("auto", "keep", "release", "system"),
+        default="auto",
         help="how freed CPU memory is handled (metaloss.utils.memory): release (returned to the system at once, "
         "lowest peak memory), keep (reused, faster), system (glibc's defaults); auto (default): keep with the fast "
         "engine (its few full-size maps are reused), release with the torch engine",
     )
     parser.add_argument(
-        "--threads", type=int, default=None, metavar="N",
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
         help="CPU threads (default: PyTorch's, i.e. OMP_NUM_THREADS or every core); the fast engine runs N row "
         "bands side by side, each on one thread",
     )
     parser.add_argument("--colormap", default="viridis", help="OpenCV colormap of the heat maps (default viridis)")
     parser.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    return parser
-
-
-def _fail(message: str, code: int = EXIT_ERROR) -> int:
-    print(f"metaloss fuse: error: {message}", file=sys.stderr)
-    return code
 
 
 @dataclass(frozen=True)
@@ -115,36 +136,15 @@ class Job:
     vi: Path
 
 
-class PairingError(ValueError):
-    pass
-
-
-def _images(folder: Path) -> dict[str, Path]:
-    from metaloss.data.io import IMAGE_EXTENSIONS
-
-    found: dict[str, Path] = {}
-    clashes: list[str] = []
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS:
-            if p.stem in found:
-                clashes.append(f"{found[p.stem].name} and {p.name}")
-            found.setdefault(p.stem, p)
-    if clashes:
-        raise PairingError(f"{folder}: several images with one name: {'; '.join(clashes)}")
-    return found
-
-
 def pair_jobs(ir: Path, vi: Path) -> tuple[list[Job], list[Path]]:
     """The pairs to fuse and the unpaired files.  Two files: one pair.  Two folders: images matched by
-    file name without extension (so ``a.png`` pairs with ``a.jpg``)."""
+    file name without extension (``metaloss.data.pairs``: ``a.png`` pairs with ``a.jpg``)."""
     if ir.is_file() and vi.is_file():
         name = vi.stem
         return [Job(name, ir, vi)], []
     if ir.is_dir() and vi.is_dir():
-        a, b = _images(ir), _images(vi)
-        jobs = [Job(n, a[n], b[n]) for n in sorted(a.keys() & b.keys())]
-        unpaired = sorted([a[n] for n in a.keys() - b.keys()] + [b[n] for n in b.keys() - a.keys()])
-        return jobs, unpaired
+        pairing = pair_images(ir, vi)
+        return [Job(*pair) for pair in pairing.pairs], sorted(pairing.only_a + pairing.only_b)
     for p in (ir, vi):
         if not p.exists():
             raise PairingError(f"no such file or folder: {p}")
@@ -174,52 +174,52 @@ def overwrite_risk(out: Path, sources: Sequence[Path]) -> str | None:
 def run(args: argparse.Namespace) -> int:
     """Run ``metaloss fuse`` with parsed ``args``; returns the exit status."""
     from metaloss.data.images import ImageReadError, ImageSizeError, load_pair
-    from metaloss.experiment import RunError, resolve_device
     from metaloss.deploy.allocator import set_fusing_allocator_policy
     from metaloss.deploy.fuse import fuse_images, heatmap, resolve_engine, write_png
     from metaloss.deploy.model import InferenceError, load_model
     from metaloss.deploy.tiling import plan_tiling
+    from metaloss.experiment import RunError, resolve_device
     from metaloss.registry import PluginError
 
     if args.threads is not None and args.threads < 1:
-        return _fail(f"--threads must be at least 1, got {args.threads}", EXIT_USAGE)
+        return fail(f"--threads must be at least 1, got {args.threads}", EXIT_USAGE, prog=PROG)
     if args.tiling == "blend" and args.tile and args.overlap >= args.tile:
-        return _fail(f"--overlap ({args.overlap}) must be smaller than --tile ({args.tile})", EXIT_USAGE)
+        return fail(f"--overlap ({args.overlap}) must be smaller than --tile ({args.tile})", EXIT_USAGE, prog=PROG)
     try:
-        heatmap([[0.0]], args.colormap)
+        heatmap(np.zeros((1, 1), np.float32), args.colormap)  # an unknown colormap fails before any work
     except ValueError as err:
-        return _fail(str(err), EXIT_USAGE)
+        return fail(str(err), EXIT_USAGE, prog=PROG)
     try:
         jobs, unpaired = pair_jobs(Path(args.ir), Path(args.vi))
     except PairingError as err:
-        return _fail(str(err), EXIT_USAGE)
+        return fail(str(err), EXIT_USAGE, prog=PROG)
     risk = overwrite_risk(Path(args.out), [p for job in jobs for p in (job.ir, job.vi)] + unpaired)
     if risk is not None:
-        return _fail(risk, EXIT_USAGE)
+        return fail(risk, EXIT_USAGE, prog=PROG)
     if unpaired:
         print(f"metaloss fuse: {len(unpaired)} file(s) without a partner, not fused:", file=sys.stderr)
         for p in unpaired:
             print(f"  {p}", file=sys.stderr)
     if not jobs:
-        return _fail(f"no image pairs in {args.ir} and {args.vi}")
+        return fail(f"no image pairs in {args.ir} and {args.vi}", prog=PROG)
     try:
         device = resolve_device(args.device)
         if args.checkpoint and args.model != "default":
-            return _fail("give --checkpoint or --model, not both", EXIT_USAGE)
+            return fail("give --checkpoint or --model, not both", EXIT_USAGE, prog=PROG)
         model = load_model(args.checkpoint, generator=args.save_weights, device=device, model=args.model)
     except (InferenceError, RunError, PluginError) as err:
-        return _fail(str(err))
+        return fail(str(err), prog=PROG)
     try:  # refuse an impossible tiling (exact for a network that cannot stream) before any work
         for net in (model.fusion, model.generator):
             if net is not None:
                 plan_tiling(net, 1 << 16, 1 << 16, tile=args.tile, mode=args.tiling, overlap=args.overlap)
     except ValueError as err:
-        return _fail(str(err), EXIT_USAGE)
+        return fail(str(err), EXIT_USAGE, prog=PROG)
 
     try:
         engines = {resolve_engine(net, args.engine) for net in (model.fusion, model.generator) if net is not None}
     except ValueError as err:
-        return _fail(str(err), EXIT_USAGE)
+        return fail(str(err), EXIT_USAGE, prog=PROG)
     set_fusing_allocator_policy(engines, args.allocator)
     if args.threads is not None:
         import torch
@@ -245,8 +245,15 @@ def run(args: argparse.Namespace) -> int:
             try:
                 pair = load_pair(job.ir, job.vi)
                 result = fuse_images(
-                    model, pair, tile=args.tile, mode=args.tiling, overlap=args.overlap, stretch_y=args.stretch,
-                    weights=args.save_weights, on_tile=on_tile, engine=args.engine,
+                    model,
+                    pair,
+                    tile=args.tile,
+                    mode=args.tiling,
+                    overlap=args.overlap,
+                    stretch_y=args.stretch,
+                    weights=args.save_weights,
+                    on_tile=on_tile,
+                    engine=args.engine,
                 )
                 del pair
                 write_png(out / f"{job.name}.png", result.image)
@@ -264,22 +271,7 @@ def run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     if failures:
-        return _fail(f"{len(failures)} of {len(jobs)} pair(s) failed; the others are in {out}")
+        return fail(f"{len(failures)} of {len(jobs)} pair(s) failed; the others are in {out}", prog=PROG)
     if not args.quiet:
         print(f"fused {len(jobs)} pair(s) into {out} ({model.source})", file=sys.stderr)
     return EXIT_OK
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Standalone entry point (``python -m metaloss.fuse_cli``)."""
-    parser = configure_parser(argparse.ArgumentParser(prog="metaloss fuse", description="Fuse infrared-visible image pairs."))
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        print("metaloss fuse: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""`metaloss fuse` (through metaloss.fuse_cli.main, the same parser `metaloss fuse` uses)."""
+"""`metaloss fuse` (metaloss.cli.fuse), run through `metaloss.cli.main`."""
 
 import json
 
@@ -8,13 +8,17 @@ import pytest
 import torch
 
 import metaloss.pretrained as pretrained
-from metaloss.fuse_cli import main
-from metaloss.data.images import compose, load_pair
+from metaloss import cli
 from metaloss.checkpoint import write_model_checkpoint
-from metaloss.data.images import stretch
+from metaloss.data.images import compose, load_pair, stretch
 from metaloss.deploy import fuse_pair, load_model
 from metaloss.models.conv_generator import ConvLossGenerator
 from metaloss.models.dense import DenseFusion
+
+
+def main(argv):
+    return cli.main(["fuse", *argv])
+
 
 DENSE = {"name": "dense", "width": 4, "growth": 4, "layers": 2}
 H, W = 40, 56
@@ -32,7 +36,13 @@ def _colour(seed):
 @pytest.fixture
 def ckpt(tmp_path):
     torch.manual_seed(0)
-    return write_model_checkpoint(tmp_path / "ck.pt", DenseFusion(width=4, growth=4, layers=2), DENSE, ConvLossGenerator(width=4), {"name": "conv", "width": 4})
+    return write_model_checkpoint(
+        tmp_path / "ck.pt",
+        DenseFusion(width=4, growth=4, layers=2),
+        DENSE,
+        ConvLossGenerator(width=4),
+        {"name": "conv", "width": 4},
+    )
 
 
 @pytest.fixture
@@ -60,11 +70,41 @@ def test_single_pair_grayscale_and_colour(tmp_path, ckpt):
     cv2.imwrite(str(tmp_path / "vi_gray.png"), _gray(1))
     cv2.imwrite(str(tmp_path / "vi.png"), _colour(1))
     out = tmp_path / "out"
-    assert main(["--checkpoint", str(ckpt), "--ir", str(tmp_path / "ir.png"), "--vi", str(tmp_path / "vi_gray.png"), "--out", str(out), "-q"]) == 0
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(ckpt),
+                "--ir",
+                str(tmp_path / "ir.png"),
+                "--vi",
+                str(tmp_path / "vi_gray.png"),
+                "--out",
+                str(out),
+                "-q",
+            ]
+        )
+        == 0
+    )
     gray = _read(out / "vi_gray.png")  # named after the visible source
     assert gray.dtype == np.uint8 and gray.shape == (H, W)
     assert gray.min() == 0 and gray.max() == 255  # stretched by default
-    assert main(["-c", str(ckpt), "--ir", str(tmp_path / "ir.png"), "--vi", str(tmp_path / "vi.png"), "--out", str(out), "-q"]) == 0
+    assert (
+        main(
+            [
+                "-c",
+                str(ckpt),
+                "--ir",
+                str(tmp_path / "ir.png"),
+                "--vi",
+                str(tmp_path / "vi.png"),
+                "--out",
+                str(out),
+                "-q",
+            ]
+        )
+        == 0
+    )
     colour = _read(out / "vi.png")
     assert colour.dtype == np.uint8 and colour.shape == (H, W, 3)
     assert sorted(p.name for p in out.iterdir()) == ["vi.png", "vi_gray.png"]
@@ -91,7 +131,9 @@ def test_stretch_default_is_the_models_own(tmp_path):
     cv2.imwrite(str(tmp_path / "ir.png"), _gray(0))
     cv2.imwrite(str(tmp_path / "vi.png"), _gray(1))
     torch.manual_seed(0)
-    plain = write_model_checkpoint(tmp_path / "plain.pt", DenseFusion(width=4, growth=4, layers=2), DENSE, stretch=False)
+    plain = write_model_checkpoint(
+        tmp_path / "plain.pt", DenseFusion(width=4, growth=4, layers=2), DENSE, stretch=False
+    )
     assert load_model(plain).stretch is False
     args = ["-c", str(plain), "--ir", str(tmp_path / "ir.png"), "--vi", str(tmp_path / "vi.png"), "-q"]
     assert main([*args, "--out", str(tmp_path / "d")]) == 0
@@ -130,7 +172,23 @@ def test_save_weights_writes_heat_maps(tmp_path, ckpt):
     (tmp_path / "v").mkdir()
     cv2.imwrite(str(tmp_path / "v" / "p.png"), _colour(1))
     out = tmp_path / "out"
-    assert main(["-c", str(ckpt), "--ir", str(tmp_path / "p.png"), "--vi", str(tmp_path / "v" / "p.png"), "--out", str(out), "--save-weights", "-q"]) == 0
+    assert (
+        main(
+            [
+                "-c",
+                str(ckpt),
+                "--ir",
+                str(tmp_path / "p.png"),
+                "--vi",
+                str(tmp_path / "v" / "p.png"),
+                "--out",
+                str(out),
+                "--save-weights",
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in out.iterdir()) == ["p.png", "p_w_ir.png", "p_w_vi.png"]
     w_ir, w_vi = _read(out / "p_w_ir.png"), _read(out / "p_w_vi.png")
     assert w_ir.shape == (H, W, 3) and w_ir.dtype == np.uint8
@@ -142,12 +200,42 @@ def test_save_weights_with_gradient_maps(tmp_path):
 
     torch.manual_seed(0)
     options = {"dim": 8, "heads": 2, "blocks_per_modality": 1, "fused_blocks": 1}
-    ck = write_model_checkpoint(tmp_path / "ck.pt", DenseFusion(width=4, growth=4, layers=2), DENSE, ReFusionLossGenerator(**options), {"name": "refusion", **options})
+    ck = write_model_checkpoint(
+        tmp_path / "ck.pt",
+        DenseFusion(width=4, growth=4, layers=2),
+        DENSE,
+        ReFusionLossGenerator(**options),
+        {"name": "refusion", **options},
+    )
     cv2.imwrite(str(tmp_path / "ir.png"), _gray(0))
     cv2.imwrite(str(tmp_path / "vi.png"), _gray(1))
     out = tmp_path / "out"
-    assert main(["-c", str(ck), "--ir", str(tmp_path / "ir.png"), "--vi", str(tmp_path / "vi.png"), "--out", str(out), "--save-weights", "--colormap", "jet", "-q"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["vi.png", "vi_v_ir.png", "vi_v_vi.png", "vi_w_ir.png", "vi_w_vi.png"]
+    assert (
+        main(
+            [
+                "-c",
+                str(ck),
+                "--ir",
+                str(tmp_path / "ir.png"),
+                "--vi",
+                str(tmp_path / "vi.png"),
+                "--out",
+                str(out),
+                "--save-weights",
+                "--colormap",
+                "jet",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "vi.png",
+        "vi_v_ir.png",
+        "vi_v_vi.png",
+        "vi_w_ir.png",
+        "vi_w_vi.png",
+    ]
 
 
 def test_tiling_options(tmp_path, ckpt):
@@ -159,7 +247,9 @@ def test_tiling_options(tmp_path, ckpt):
     w, t = _read(tmp_path / "w" / "vi.png"), _read(tmp_path / "t" / "vi.png")
     assert np.abs(w.astype(int) - t.astype(int)).max() <= 1  # a local CNN: tiling is exact up to rounding
     assert main([*args, "--out", str(tmp_path / "x"), "--tile", "16", "--overlap", "16"]) == 2
-    assert main([*args, "--out", str(tmp_path / "x"), "--tile", "16", "--tiling", "exact"]) == 2  # dense: no exact tiling
+    assert (
+        main([*args, "--out", str(tmp_path / "x"), "--tile", "16", "--tiling", "exact"]) == 2
+    )  # dense: no exact tiling
     assert not (tmp_path / "x").exists()
     with pytest.raises(SystemExit):
         main([*args, "--out", str(tmp_path / "x"), "--tile", "-3"])
@@ -173,7 +263,23 @@ def test_checkpoint_from_a_metaloss_run(tmp_path):
     cv2.imwrite(str(tmp_path / "vi.png"), _colour(1))
     for ck in (last, tmp_path / "run"):
         out = tmp_path / "out"
-        assert main(["-c", str(ck), "--ir", str(tmp_path / "ir.png"), "--vi", str(tmp_path / "vi.png"), "--out", str(out), "--save-weights", "-q"]) == 0
+        assert (
+            main(
+                [
+                    "-c",
+                    str(ck),
+                    "--ir",
+                    str(tmp_path / "ir.png"),
+                    "--vi",
+                    str(tmp_path / "vi.png"),
+                    "--out",
+                    str(out),
+                    "--save-weights",
+                    "-q",
+                ]
+            )
+            == 0
+        )
         assert sorted(p.name for p in out.iterdir()) == ["vi.png", "vi_w_ir.png", "vi_w_vi.png"]
 
 

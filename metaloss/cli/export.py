@@ -5,39 +5,35 @@
 The command around ``metaloss.deploy.export`` (inputs ``ir``, ``vi``, output ``fused``, float32
 ``[N, 1, H, W]``): loads the model, exports it, checks it with ``onnx.checker`` and, when
 ``onnxruntime`` is installed, runs it at two sizes and compares with PyTorch (the maximum absolute
-difference is printed).  Also runnable as ``python -m metaloss.export``.
+difference is printed).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
 
+from metaloss.cli.errors import EXIT_OK, fail
 from metaloss.deploy.export import DEFAULT_OPSET
 
-__all__ = ["configure_parser", "main", "run"]
-
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+PROG = "metaloss export"
 
 
-def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--checkpoint", "-c", metavar="CKPT",
+        "--checkpoint",
+        "-c",
+        metavar="CKPT",
         help="checkpoint written by `metaloss run` (or its run directory); default: the package's pretrained model",
     )
     parser.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the ONNX file to write")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     parser.add_argument(
-        "--verify", action=argparse.BooleanOptionalAction, default=True,
+        "--verify",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="compare onnxruntime with PyTorch at two sizes after export (default: on, when onnxruntime is installed)",
     )
-    return parser
-
-
-def _fail(message: str, code: int = EXIT_ERROR) -> int:
-    print(f"metaloss export: error: {message}", file=sys.stderr)
-    return code
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,16 +43,18 @@ def run(args: argparse.Namespace) -> int:
     try:
         import onnx  # noqa: F401
     except ImportError:
-        return _fail("ONNX export needs the 'onnx' package: pip install 'metaloss[onnx]'")
+        return fail("ONNX export needs the 'onnx' package: pip install 'metaloss[onnx]'", prog=PROG)
     try:
         model = load_model(args.checkpoint)
     except InferenceError as err:
-        return _fail(str(err))
+        return fail(str(err), prog=PROG)
     try:
         path = export_onnx(model.fusion, args.onnx, args.opset)
     except Exception as err:  # exporter errors come in many types; report them as one failure
-        return _fail(f"export to {args.onnx} failed: {type(err).__name__}: {err}")
-    print(f"wrote {path} (fusion network of {model.source}; inputs ir, vi; output fused; [N, 1, H, W], dynamic N, H, W)")
+        return fail(f"export to {args.onnx} failed: {type(err).__name__}: {err}", prog=PROG)
+    print(
+        f"wrote {path} (fusion network of {model.source}; inputs ir, vi; output fused; [N, 1, H, W], dynamic N, H, W)"
+    )
     if args.verify:
         try:
             import onnxruntime  # noqa: F401
@@ -68,14 +66,5 @@ def run(args: argparse.Namespace) -> int:
             print(f"  onnxruntime vs PyTorch at {h}×{w}: max abs difference {d:.3g}")
         worst = max(diffs.values())
         if worst > 1e-4:
-            return _fail(f"onnxruntime differs from PyTorch by {worst:.3g} (> 1e-4)")
+            return fail(f"onnxruntime differs from PyTorch by {worst:.3g} (> 1e-4)", prog=PROG)
     return EXIT_OK
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = configure_parser(argparse.ArgumentParser(prog="metaloss export", description="Export the fusion network to ONNX."))
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
