@@ -63,6 +63,7 @@ def _config(impl: str, crop: int, task: tuple[int, int], inner_steps: int, devic
             "crop_size": crop,
             "task_size": list(task),
         },
+        "loss_generator": {"name": "tdfusion"},
         "objective": {"name": "segmentation", "drop_path": 0.0},
         "meta": meta,
         "performance": performance,
