@@ -1,16 +1,17 @@
 """``metaloss fuse``: fuse one pair of images, or two folders of pairs, with a trained model.
 
-    metaloss fuse [--checkpoint CKPT | --model NAME] --ir PATH --vi PATH --out DIR [--tile SIZE]
+    metaloss fuse [--checkpoint CKPT | --model NAME] --a PATH --b PATH --out DIR [--tile SIZE]
                   [--tiling auto|exact|blend] [--overlap PX] [--stretch | --no-stretch] [--save-weights]
                   [--colormap NAME] [--engine auto|torch|fast] [--allocator auto|keep|release|system]
                   [--threads N] [--device DEV] [--quiet]
 
-``--ir``/``--vi`` are two files (one pair) or two folders; in folders, images (by extension) are
-paired by file name without extension (``metaloss.data.pairs``), and files without a partner are
-listed on stderr.  Each fused image is written as an 8-bit PNG ``DIR/<name>.png`` (``<name>``: the
-source's file name without extension; for a single pair with two different names, the visible
-image's).  ``DIR`` may not be the folder of a source image: that is refused before anything is
-written.  See ``docs/fuse.md``.
+``--a``/``--b`` (the two sources; ``--ir``/``--vi`` is their infrared–visible spelling; which source
+goes where for each shipped model: ``metaloss.pretrained.SOURCES``) are two files (one pair) or two
+folders; in folders, images (by extension) are paired by file name without extension
+(``metaloss.data.pairs``), and files without a partner are listed on stderr.  Each fused image is
+written as an 8-bit PNG ``DIR/<name>.png`` (``<name>``: the source's file name without extension;
+for a single pair with two different names, source b's); weight maps go to ``DIR/weights/``.
+``DIR`` may not be the folder of a source image: that is refused before anything is written.  See ``docs/fuse.md``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 
 from metaloss.cli.errors import EXIT_OK, EXIT_USAGE, fail
 from metaloss.data.pairs import PairingError, pair_images
-from metaloss.pretrained import MODELS
+from metaloss.pretrained import MODELS, SOURCES
 
 PROG = "metaloss fuse"
 
@@ -55,10 +56,24 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default="default",
         choices=sorted(MODELS),
         help="which shipped pretrained model to use when no --checkpoint is given: "
-        + "; ".join(f"{k}: {v}" for k, v in MODELS.items()),
+        + "; ".join(f"{k}: {v}, a = {SOURCES[k][0]}, b = {SOURCES[k][1]}" for k, v in MODELS.items()),
     )
-    parser.add_argument("--ir", required=True, metavar="PATH", help="infrared image, or a folder of them")
-    parser.add_argument("--vi", required=True, metavar="PATH", help="visible image, or a folder of them")
+    parser.add_argument(
+        "--a",
+        "--ir",
+        dest="a",
+        required=True,
+        metavar="PATH",
+        help="source a (infrared; CT, PET or SPECT; near focus; under-exposed), or a folder of them",
+    )
+    parser.add_argument(
+        "--b",
+        "--vi",
+        dest="b",
+        required=True,
+        metavar="PATH",
+        help="source b (visible; MRI; far focus; over-exposed), or a folder of them",
+    )
     parser.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder (created if needed)")
     parser.add_argument(
         "--tile",
@@ -97,8 +112,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--save-weights",
         action="store_true",
-        help="also write the loss generator's weight maps as heat maps: <name>_w_ir.png, <name>_w_vi.png "
-        "(and <name>_v_ir.png, <name>_v_vi.png for gradient weights)",
+        help="also write the loss generator's weight maps as heat maps in DIR/weights/: <name>_w_a.png, "
+        "<name>_w_b.png (and <name>_v_a.png, <name>_v_b.png for gradient weights)",
     )
     parser.add_argument(
         "--engine",
@@ -132,23 +147,22 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 @dataclass(frozen=True)
 class Job:
     name: str
-    ir: Path
-    vi: Path
+    a: Path
+    b: Path
 
 
-def pair_jobs(ir: Path, vi: Path) -> tuple[list[Job], list[Path]]:
+def pair_jobs(a: Path, b: Path) -> tuple[list[Job], list[Path]]:
     """The pairs to fuse and the unpaired files.  Two files: one pair.  Two folders: images matched by
-    file name without extension (``metaloss.data.pairs``: ``a.png`` pairs with ``a.jpg``)."""
-    if ir.is_file() and vi.is_file():
-        name = vi.stem
-        return [Job(name, ir, vi)], []
-    if ir.is_dir() and vi.is_dir():
-        pairing = pair_images(ir, vi)
+    file name without extension (``metaloss.data.pairs``: ``x.png`` pairs with ``x.jpg``)."""
+    if a.is_file() and b.is_file():
+        return [Job(b.stem, a, b)], []
+    if a.is_dir() and b.is_dir():
+        pairing = pair_images(a, b)
         return [Job(*pair) for pair in pairing.pairs], sorted(pairing.only_a + pairing.only_b)
-    for p in (ir, vi):
+    for p in (a, b):
         if not p.exists():
             raise PairingError(f"no such file or folder: {p}")
-    raise PairingError(f"--ir and --vi must both be files or both be folders: {ir}, {vi}")
+    raise PairingError(f"--a and --b must both be files or both be folders: {a}, {b}")
 
 
 def overwrite_risk(out: Path, sources: Sequence[Path]) -> str | None:
@@ -190,10 +204,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         return fail(str(err), EXIT_USAGE, prog=PROG)
     try:
-        jobs, unpaired = pair_jobs(Path(args.ir), Path(args.vi))
+        jobs, unpaired = pair_jobs(Path(args.a), Path(args.b))
     except PairingError as err:
         return fail(str(err), EXIT_USAGE, prog=PROG)
-    risk = overwrite_risk(Path(args.out), [p for job in jobs for p in (job.ir, job.vi)] + unpaired)
+    risk = overwrite_risk(Path(args.out), [p for job in jobs for p in (job.a, job.b)] + unpaired)
     if risk is not None:
         return fail(risk, EXIT_USAGE, prog=PROG)
     if unpaired:
@@ -201,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
         for p in unpaired:
             print(f"  {p}", file=sys.stderr)
     if not jobs:
-        return fail(f"no image pairs in {args.ir} and {args.vi}", prog=PROG)
+        return fail(f"no image pairs in {args.a} and {args.b}", prog=PROG)
     try:
         device = resolve_device(args.device)
         if args.checkpoint and args.model != "default":
@@ -243,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
             if bar is not None:
                 bar.set_description(f"fuse {job.name}")
             try:
-                pair = load_pair(job.ir, job.vi)
+                pair = load_pair(job.a, job.b)
                 result = fuse_images(
                     model,
                     pair,
@@ -257,8 +271,11 @@ def run(args: argparse.Namespace) -> int:
                 )
                 del pair
                 write_png(out / f"{job.name}.png", result.image)
+                if result.maps:
+                    (out / "weights").mkdir(exist_ok=True)
                 for suffix, values in result.maps.items():
-                    write_png(out / f"{job.name}_{suffix}.png", heatmap(values, args.colormap))
+                    image = heatmap(values, args.colormap, value_range=None, colorbar=True)
+                    write_png(out / "weights" / f"{job.name}_{suffix}.png", image)
             except (ImageReadError, ImageSizeError, OSError) as err:
                 failures.append(f"{job.name}: {err}")
                 if bar is not None:

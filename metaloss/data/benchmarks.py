@@ -6,6 +6,8 @@ Each dataset reads the layout its authors distribute; ``split`` "train" reads th
 
 from __future__ import annotations
 
+import fnmatch
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -30,50 +32,106 @@ def _split_dir(split: str) -> str:
 
 
 class PairFolders(PairedFolderDataset):
-    """Any folder of registered pairs: ``root/<ir>/``, ``root/<vi>/`` (same file names), optionally
-    ``root/<masks>/`` (class-index PNGs) or ``root/<labels>/`` (YOLO txt).  RoadScene, TNO, medical
-    pairs.  ``split`` reads ``root/<split>/`` when that folder exists; otherwise the whole root, of
-    which a fixed random ``val_fraction`` is held out for "val"/"test" (0: every split sees all pairs).
-    A pair of two sizes is an error unless ``mismatched_size`` says which image to resize.
+    """Any folder of registered pairs: ``root/<a>/``, ``root/<b>/`` (one stem per pair, any image
+    extensions), optionally ``root/<masks>/`` (class-index PNGs) or ``root/<labels>/`` (YOLO txt).
+    RoadScene, TNO, multi-focus (``a = "A"``, ``b = "B"``), multi-exposure (``a = "under"``,
+    ``b = "over"``).  ``ir``/``vi`` are the infrared–visible spelling of ``a``/``b``.  ``split`` reads
+    ``root/<split>/`` when that folder exists; otherwise the whole root, of which a fixed random
+    ``val_fraction`` is held out for "val"/"test" (0: every split sees all pairs).  ``exclude``: stems
+    matching any of these shell patterns (``"lytro_*"``) are left out of every split, e.g. a test set
+    kept out of training.  A pair of two sizes is an error unless ``mismatched_size`` says which image
+    to resize.
     """
 
     source = "any folder of registered image pairs"
-    layout = "  ROOT/ir/NAME.png  ROOT/vi/NAME.png  [ROOT/masks/NAME.png | ROOT/labels/NAME.txt]"
+    layout = "  ROOT/<a>/NAME.png  ROOT/<b>/NAME.jpg  [ROOT/masks/NAME.png | ROOT/labels/NAME.txt]"
 
     def __init__(
         self,
         root: str,
-        ir: str = "ir",
-        vi: str = "vi",
+        a: str | None = None,
+        b: str | None = None,
+        ir: str | None = None,
+        vi: str | None = None,
         masks: str | None = None,
         labels: str | None = None,
         class_names: tuple[str, ...] = (),
         box_class_names: tuple[str, ...] = (),
         val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0,
+        exclude: tuple[str, ...] = (),
         allow_unpaired: bool = False,
         mismatched_size: MismatchedSize = "error",
         split: Split = "train",
     ):
+        folder_a, folder_b = source_folders(a, b, ir, vi)
         base = self.check_root(root)
         has_split_dirs = (base / split).is_dir()
         base = base / split if has_split_dirs else base
-        pairs = match_pairs(base / ir, base / vi, allow_unpaired)
+        pairs = match_pairs(base / folder_a, base / folder_b, allow_unpaired)
+        pairs = [p for p in pairs if not any(fnmatch.fnmatchcase(p[0], pattern) for pattern in exclude)]
+        if not pairs:
+            raise DatasetError(f"{base}: every pair matches data.exclude = {list(exclude)}")
         if val_fraction and not has_split_dirs:
             keep = set(split_names([p[0] for p in pairs], split, val_fraction))
             pairs = [p for p in pairs if p[0] in keep]
         if masks and labels:
             raise DatasetError("give masks or labels, not both")
         records = []
-        for stem, ir_path, vi_path in pairs:
+        for stem, a_path, b_path in pairs:
             mask = boxes = None
             if masks:
                 mask = _find_label(base / masks, stem, (".png", ".bmp", ".tif", ".tiff"))
             if labels:
                 boxes = base / labels / f"{stem}.txt"
-            records.append(Pair(stem, ir_path, vi_path, mask, boxes))
+            records.append(Pair(stem, a_path, b_path, mask, boxes))
         super().__init__(records)
         self.class_names, self.box_class_names = tuple(class_names), tuple(box_class_names)
         self.mismatched_size = mismatched_size
+
+
+def source_folders(a: str | None, b: str | None, ir: str | None, vi: str | None) -> tuple[str, str]:
+    """The two source folders from ``a``/``b`` or their infrared–visible spelling ``ir``/``vi``
+    (default ``ir``, ``vi``); a source given under both names is refused."""
+    for name, alias, value, other in (("a", "ir", a, ir), ("b", "vi", b, vi)):
+        if value is not None and other is not None:
+            raise DatasetError(f"data.{name} and data.{alias} name the same source folder; give one of them")
+    return a or ir or "ir", b or vi or "vi"
+
+
+class Harvard(PairedFolderDataset):
+    """The Harvard whole-brain atlas as the medical fusion collections distribute it:
+    ``root/<M>-MRI/<M>/NAME.png`` with ``root/<M>-MRI/MRI/NAME.png`` for M in ``modalities``
+    (CT, PET, SPECT).  Source a is the CT/PET/SPECT image (PET and SPECT in pseudo-colour: their luma
+    here, their chroma kept by ``metaloss fuse``), source b the MRI, as ReFusion's medical model.
+    One dataset for all modalities, as ReFusion trains one medical model; a pair's name is
+    ``<M>_NAME``.  A fixed random ``val_fraction`` of each modality is held out for "val"/"test".
+    """
+
+    source = "the Harvard whole-brain atlas (https://www.med.harvard.edu/aanlib/), as paired by e.g. CDDFuse"
+    layout = "  ROOT/CT-MRI/{CT,MRI}/NAME.png  ROOT/PET-MRI/{PET,MRI}/NAME.png  ROOT/SPECT-MRI/{SPECT,MRI}/NAME.png"
+
+    def __init__(
+        self,
+        root: str,
+        modalities: Sequence[Literal["CT", "PET", "SPECT"]] = ("CT", "PET", "SPECT"),
+        val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1,
+        allow_unpaired: bool = False,
+        split: Split = "train",
+    ):
+        base = self.check_root(root)
+        if not modalities:
+            raise DatasetError("data.modalities is empty; name at least one of CT, PET, SPECT")
+        records = []
+        for modality in modalities:
+            folder = base / f"{modality}-MRI"
+            if not folder.is_dir():
+                raise DatasetError(
+                    f"{folder}: missing (data.modalities names {modality}); expected layout:\n{self.layout}"
+                )
+            pairs = match_pairs(folder / modality, folder / "MRI", allow_unpaired)
+            keep = set(split_names([p[0] for p in pairs], split, val_fraction))
+            records += [Pair(f"{modality}_{s}", a, b) for s, a, b in pairs if s in keep]
+        super().__init__(records)
 
 
 def _find_label(folder: Path, stem: str, extensions: tuple[str, ...]) -> Path:

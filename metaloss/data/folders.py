@@ -153,9 +153,13 @@ def read_yolo_boxes(path: Path, num_classes: int | None = None) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Pair:
+    """One pair's files: source a (infrared, CT/PET/SPECT, near focus, under-exposed), source b
+    (visible, MRI, far focus, over-exposed) and its labels.  In a sample the two sources keep the keys
+    ``"ir"`` (a) and ``"vi"`` (b) that every task and loss plugin reads."""
+
     name: str
-    ir: Path
-    vi: Path
+    a: Path
+    b: Path
     mask: Path | None = None
     boxes: Path | None = None
 
@@ -192,7 +196,7 @@ class PairedFolderDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         pair = self.pairs[index]
-        ir, vi = load_gray(pair.ir), load_gray(pair.vi)
+        ir, vi = load_gray(pair.a), load_gray(pair.b)
         if ir.shape != vi.shape:
             if self.mismatched_size == "resize_ir":
                 ir = resize_gray(ir, (vi.shape[1], vi.shape[2]))
@@ -200,7 +204,7 @@ class PairedFolderDataset(Dataset):
                 vi = resize_gray(vi, (ir.shape[1], ir.shape[2]))
             else:
                 raise DatasetError(
-                    f"pair {pair.name!r}: {pair.ir} is {tuple(ir.shape[1:])} but {pair.vi} is {tuple(vi.shape[1:])} "
+                    f"pair {pair.name!r}: {pair.a} is {tuple(ir.shape[1:])} but {pair.b} is {tuple(vi.shape[1:])} "
                     "(register them to one size, or set mismatched_size = 'resize_ir' or 'resize_vi' in [data])"
                 )
         sample: dict[str, Any] = {"name": pair.name, "ir": ir, "vi": vi}

@@ -160,13 +160,13 @@ def _module_device(module: nn.Module) -> torch.device:
 # -- whole pairs ----------------------------------------------------------------------------------------
 #: Short names of the loss generator's maps in output file names: ``<name>_<short>_<source>.png``.
 MAP_NAMES = {"intensity": "w", "gradient": "v"}
-SOURCE_NAMES = ("ir", "vi")
+SOURCE_NAMES = ("a", "b")
 
 
 @dataclass
 class FusedImage:
     """``image``: the fused 8-bit image (``H×W`` grayscale or ``H×W×3`` RGB); ``maps``: the loss
-    generator's maps by file suffix (``"w_ir"``, ``"w_vi"``, ``"v_ir"``, ...), each ``[H, W]`` in [0, 1]."""
+    generator's maps by file suffix (``"w_a"``, ``"w_b"``, ``"v_a"``, ...), each ``[H, W]`` in [0, 1]."""
 
     image: np.ndarray
     maps: dict[str, Tensor] = field(default_factory=dict)
@@ -216,15 +216,43 @@ def fuse_images(
 
 
 # -- writing --------------------------------------------------------------------------------------------
-def heatmap(values: Tensor | np.ndarray, colormap: str = "viridis") -> np.ndarray:
-    """``[H, W]`` values in [0, 1] (fixed scale, not stretched) → ``H×W×3`` uint8 RGB heat map with
-    one of OpenCV's colormaps (``viridis``, ``jet``, ``turbo``, ``inferno``, ...)."""
+def heatmap(
+    values: Tensor | np.ndarray,
+    colormap: str = "viridis",
+    value_range: tuple[float, float] | None = (0.0, 1.0),
+    colorbar: bool = False,
+) -> np.ndarray:
+    """``[H, W]`` values → ``H×W×3`` uint8 RGB heat map with one of OpenCV's colormaps (``viridis``,
+    ``jet``, ``turbo``, ``inferno``, ...).  ``value_range``: the values at the colormap's two ends
+    (None: the data's 1st and 99th percentiles, so that a map between 0.4 and 0.6 is not one flat
+    colour); ``colorbar``: append a bar on the right labelled with the range's ends."""
     code = getattr(cv2, f"COLORMAP_{colormap.upper()}", None)
     if code is None:
         raise ValueError(f"unknown colormap {colormap!r}; e.g. viridis, jet, turbo, inferno, magma, plasma")
     v = values.detach().float().cpu().numpy() if isinstance(values, Tensor) else np.asarray(values, dtype=np.float32)
-    grey = np.rint(np.clip(v, 0.0, 1.0) * 255.0).astype(np.uint8)
-    return cv2.cvtColor(cv2.applyColorMap(grey, code), cv2.COLOR_BGR2RGB)
+    lo, hi = value_range if value_range is not None else (float(np.percentile(v, 1)), float(np.percentile(v, 99)))
+    if not hi > lo:
+        lo, hi = lo - 0.5e-3, lo + 0.5e-3
+    grey = np.rint(np.clip((v - lo) / (hi - lo), 0.0, 1.0) * 255.0).astype(np.uint8)
+    image = cv2.cvtColor(cv2.applyColorMap(grey, code), cv2.COLOR_BGR2RGB)
+    return _with_colorbar(image, code, lo, hi) if colorbar else image
+
+
+def _with_colorbar(image: np.ndarray, code: int, lo: float, hi: float) -> np.ndarray:
+    """``image`` with a vertical colour bar (top: ``hi``, bottom: ``lo``) and its two labels on the right."""
+    h = image.shape[0]
+    scale = max(0.3, min(1.0, h / 600))
+    text_w = int(60 * scale) + 4
+    bar_w = max(8, h // 30)
+    ramp = np.linspace(255, 0, h).astype(np.uint8)[:, None].repeat(bar_w, axis=1)
+    bar = cv2.cvtColor(cv2.applyColorMap(ramp, code), cv2.COLOR_BGR2RGB)
+    panel = np.full((h, bar_w + text_w + 4, 3), 255, np.uint8)
+    panel[:, 2 : 2 + bar_w] = bar
+    font, thick = cv2.FONT_HERSHEY_SIMPLEX, 1
+    (_, th), _ = cv2.getTextSize("0", font, scale, thick)
+    cv2.putText(panel, f"{hi:.3g}", (bar_w + 4, th + 2), font, scale, (0, 0, 0), thick, cv2.LINE_AA)
+    cv2.putText(panel, f"{lo:.3g}", (bar_w + 4, h - 3), font, scale, (0, 0, 0), thick, cv2.LINE_AA)
+    return np.concatenate([image, panel], axis=1)
 
 
 def write_png(path: str | os.PathLike[str], image: np.ndarray) -> Path:

@@ -56,6 +56,9 @@ class FusionModel:
     generator: nn.Module | None
     source: str
     config: dict[str, Any] = field(default_factory=dict)
+    #: what goes in slot a and slot b, e.g. ("near focus", "far focus") for a shipped model
+    #: (``metaloss.pretrained.SOURCES``); ("a", "b") when a checkpoint does not say
+    sources: tuple[str, str] = ("a", "b")
 
     @property
     def device(self) -> torch.device:
@@ -71,8 +74,8 @@ class FusionModel:
 
     def fuse(
         self,
-        ir: ImageInput,
-        vi: ImageInput,
+        a: ImageInput,
+        b: ImageInput,
         *,
         tile: int | None = None,
         mode: TilingMode = "auto",
@@ -82,11 +85,12 @@ class FusionModel:
     ) -> np.ndarray:
         """Fuse one pair as ``metaloss fuse`` does, with its defaults (automatic tiling, the fast engine
         where it applies, the model's own stretch), and return the 8-bit image it would write: ``H×W``
-        (two grey sources) or ``H×W×3`` RGB.  ``ir``/``vi``: see ``ImageInput``; the options are the
-        command's ``--tile``, ``--tiling``, ``--overlap``, ``--stretch``, ``--engine``."""
+        (two grey sources) or ``H×W×3`` RGB.  ``a``/``b``: the two sources in the model's order
+        (:attr:`sources`; infrared then visible for the default model), see ``ImageInput``; the options
+        are the command's ``--tile``, ``--tiling``, ``--overlap``, ``--stretch``, ``--engine``."""
         from metaloss.deploy.fuse import fuse_images
 
-        pair = pair_of(_source(ir, "ir"), _source(vi, "vi"))
+        pair = pair_of(_source(a, "a"), _source(b, "b"))
         result = fuse_images(self, pair, tile=tile, mode=mode, overlap=overlap, stretch_y=stretch, engine=engine)
         return result.image
 
@@ -145,12 +149,14 @@ def load_model(
         with resources.as_file(resource) as path:
             state = _read(Path(path))
         source = f"pretrained model {model!r} ({resource})"
+        sources = pretrained.SOURCES.get(model, ("a", "b"))
     else:
         path = Path(checkpoint)
         if path.is_dir():
             path = path / "checkpoints" / "last.pt"
         state = _read(path)
         source = str(path)
+        sources = ("a", "b")
     config, trainer = state.get("config"), state.get("trainer")
     if not isinstance(config, Mapping) or not isinstance(trainer, Mapping) or "learner" not in trainer:
         raise InferenceError(f"{source}: no config/trainer.learner entries; not a checkpoint of `metaloss run`")
@@ -177,7 +183,7 @@ def load_model(
             raise InferenceError(f"{source}: holds no loss generator weights (trainer.generator)")
         gen = build("loss_generators", "loss_generator", "generator")
     sections = {k: dict(config[k]) for k in ("learner", "loss_generator", "eval") if isinstance(config.get(k), Mapping)}
-    return FusionModel(fusion, gen, source, sections)
+    return FusionModel(fusion, gen, source, sections, sources)
 
 
 def load(
@@ -190,7 +196,8 @@ def load(
 
         model = metaloss.load("default")          # a shipped model: metaloss.pretrained.MODELS
         model = metaloss.load("runs/x")           # a run directory (its checkpoints/last.pt) or a checkpoint
-        fused = model.fuse(ir, vi)                # what `metaloss fuse` writes, as an array
+        fused = model.fuse(a, b)                  # what `metaloss fuse` writes, as an array
+        model.sources                             # which source goes where: ("infrared", "visible")
 
     ``model``: the name of a shipped model, else a checkpoint file or run directory (a ``Path`` is
     always a path).  ``device``: ``"auto"`` (CUDA when available, as ``metaloss fuse``), ``"cpu"``,

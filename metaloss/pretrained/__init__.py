@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.resources as resources
 from importlib.resources.abc import Traversable
 
-__all__ = ["DEFAULT_NAME", "MODELS", "PACKAGE", "default_checkpoint", "model_file"]
+__all__ = ["DEFAULT_NAME", "MODELS", "PACKAGE", "SOURCES", "default_checkpoint", "model_file"]
 
 #: The package holding the pretrained files, and the default model's file name in it.
 PACKAGE = __name__
@@ -20,7 +20,17 @@ DEFAULT_NAME = "default.pt"
 #: The shipped models by name (``metaloss fuse --model NAME``) and what each is for.
 MODELS = {
     "default": "infrared-visible fusion, trained on RoadScene (docs/pretrained.md)",
-    "medical": "MRI-CT fusion, trained on the Harvard atlas pairs (docs/pretrained.md)",
+    "medical": "CT/PET/SPECT-MRI fusion, trained on the Harvard atlas pairs (docs/pretrained.md)",
+    "mfif": "multi-focus fusion, trained on MFIFB pairs (docs/pretrained.md)",
+    "mef": "multi-exposure fusion, trained on MEFB scenes (docs/pretrained.md)",
+}
+#: Which source each shipped model takes in slot a and slot b (``--a``/``--b``, ``model.fuse(a, b)``);
+#: every model was trained with the sources swapped half the time, but this is the order it was scored in.
+SOURCES = {
+    "default": ("infrared", "visible"),
+    "medical": ("CT, PET or SPECT", "MRI"),
+    "mfif": ("near focus", "far focus"),
+    "mef": ("under-exposed", "over-exposed"),
 }
 
 

@@ -177,9 +177,9 @@ def test_save_weights_writes_heat_maps(tmp_path, ckpt):
             [
                 "-c",
                 str(ckpt),
-                "--ir",
+                "--a",
                 str(tmp_path / "p.png"),
-                "--vi",
+                "--b",
                 str(tmp_path / "v" / "p.png"),
                 "--out",
                 str(out),
@@ -189,10 +189,12 @@ def test_save_weights_writes_heat_maps(tmp_path, ckpt):
         )
         == 0
     )
-    assert sorted(p.name for p in out.iterdir()) == ["p.png", "p_w_ir.png", "p_w_vi.png"]
-    w_ir, w_vi = _read(out / "p_w_ir.png"), _read(out / "p_w_vi.png")
-    assert w_ir.shape == (H, W, 3) and w_ir.dtype == np.uint8
-    assert not np.array_equal(w_ir, w_vi)
+    # the maps go to weights/, so `metaloss eval --fused out` sees fused images only
+    assert sorted(p.name for p in out.iterdir()) == ["p.png", "weights"]
+    assert sorted(p.name for p in (out / "weights").iterdir()) == ["p_w_a.png", "p_w_b.png"]
+    w_a, w_b = _read(out / "weights" / "p_w_a.png"), _read(out / "weights" / "p_w_b.png")
+    assert w_a.shape[0] == H and w_a.shape[1] > W and w_a.dtype == np.uint8  # the map, then its colour bar
+    assert not np.array_equal(w_a[:, :W], w_b[:, :W])
 
 
 def test_save_weights_with_gradient_maps(tmp_path):
@@ -229,12 +231,11 @@ def test_save_weights_with_gradient_maps(tmp_path):
         )
         == 0
     )
-    assert sorted(p.name for p in out.iterdir()) == [
-        "vi.png",
-        "vi_v_ir.png",
-        "vi_v_vi.png",
-        "vi_w_ir.png",
-        "vi_w_vi.png",
+    assert sorted(p.name for p in (out / "weights").iterdir()) == [
+        "vi_v_a.png",
+        "vi_v_b.png",
+        "vi_w_a.png",
+        "vi_w_b.png",
     ]
 
 
@@ -280,7 +281,8 @@ def test_checkpoint_from_a_metaloss_run(tmp_path):
             )
             == 0
         )
-        assert sorted(p.name for p in out.iterdir()) == ["vi.png", "vi_w_ir.png", "vi_w_vi.png"]
+        assert sorted(p.name for p in out.iterdir()) == ["vi.png", "weights"]
+        assert sorted(p.name for p in (out / "weights").iterdir()) == ["vi_w_a.png", "vi_w_b.png"]
 
 
 def test_without_checkpoint_the_pretrained_model_is_used_or_its_absence_explained(tmp_path, ckpt, monkeypatch, capsys):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from metaloss.data.benchmarks import FMB, LLVIP, M3FD, MSRS, PairFolders
+from metaloss.data.benchmarks import FMB, LLVIP, M3FD, MSRS, Harvard, PairFolders
 from metaloss.data.folders import DatasetError, read_voc_boxes, read_yolo_boxes, to_unit_gray
 
 
@@ -165,7 +165,7 @@ def test_size_mismatch_names_both_files(tmp_path):
         PairFolders(str(tmp_path))[0]
 
 
-@pytest.mark.parametrize("cls", [MSRS, FMB, LLVIP, M3FD, PairFolders])
+@pytest.mark.parametrize("cls", [MSRS, FMB, LLVIP, M3FD, PairFolders, Harvard])
 def test_missing_root_says_where_to_get_it_and_the_layout(cls, tmp_path):
     with pytest.raises(DatasetError) as info:
         cls(str(tmp_path / "nowhere"))
@@ -173,3 +173,66 @@ def test_missing_root_says_where_to_get_it_and_the_layout(cls, tmp_path):
     assert "does not exist" in message and "layout" in message and str(tmp_path / "nowhere") in message
     if cls is not PairFolders:
         assert "http" in message
+
+
+# -- ReFusion's other fusion tasks: multi-focus, multi-exposure, the Harvard atlas (issue 21) -------------
+
+
+def test_multi_focus_folders_pair_across_extensions_and_exclude_a_test_set(shared_data):
+    mfif = shared_data / "mfif"
+    every = PairFolders(str(mfif), a="A", b="B")
+    assert len(every) == 80
+    assert {p.a.suffix.lower() for p in every.pairs} >= {".jpg", ".png", ".bmp"}  # JPEG, PNG and BMP pairs
+    train = PairFolders(str(mfif), a="A", b="B", exclude=("lytro_*",), val_fraction=0.1)
+    val = PairFolders(str(mfif), a="A", b="B", exclude=("lytro_*",), val_fraction=0.1, split="val")
+    assert len(train) == 54 and len(val) == 6
+    assert not any(p.name.startswith("lytro_") for p in train.pairs + val.pairs)
+    sample = train[0]
+    assert sample["ir"].shape == sample["vi"].shape and sample["ir"].shape[0] == 1  # luma of colour sources
+    with pytest.raises(DatasetError, match="exclude"):
+        PairFolders(str(mfif), a="A", b="B", exclude=("*",))
+
+
+def test_multi_exposure_folders_read_tiff_and_the_infrared_visible_spelling(shared_data):
+    mef = PairFolders(str(shared_data / "mef"), a="under", b="over")
+    assert len(mef) == 69
+    tiff = next(i for i, p in enumerate(mef.pairs) if p.a.suffix.lower() in (".tif", ".tiff"))
+    sample = mef[tiff]
+    assert 0.0 <= float(sample["ir"].min()) and float(sample["vi"].max()) <= 1.0
+    assert float(sample["vi"].mean()) > float(sample["ir"].mean())  # over-exposed is brighter
+    same = PairFolders(str(shared_data / "mef"), ir="under", vi="over")
+    assert [p.name for p in same.pairs] == [p.name for p in mef.pairs]
+    with pytest.raises(DatasetError, match=r"data\.a and data\.ir"):
+        PairFolders(str(shared_data / "mef"), a="under", ir="under", b="over")
+
+
+def test_harvard_reads_all_three_modalities_with_a_held_out_part_of_each(shared_data):
+    root = str(shared_data / "medical" / "harvard")
+    train, val = Harvard(root), Harvard(root, split="val")
+    counts = {m: sum(p.name.startswith(m + "_") for p in train.pairs + val.pairs) for m in ("CT", "PET", "SPECT")}
+    assert counts == {"CT": 160, "PET": 245, "SPECT": 333}
+    assert {p.name.split("_")[0] for p in val.pairs} == {"CT", "PET", "SPECT"}
+    assert not {p.name for p in train.pairs} & {p.name for p in val.pairs}
+    pet = next(p for p in val.pairs if p.name.startswith("PET_"))
+    assert pet.a.parent.name == "PET" and pet.b.parent.name == "MRI"  # source a: the functional image
+    sample = val[val.pairs.index(pet)]
+    assert sample["ir"].shape == (1, 256, 256) and sample["vi"].shape == (1, 256, 256)
+    assert len(Harvard(root, modalities=["CT"])) == 144
+    with pytest.raises(DatasetError, match="PET-MRI"):
+        Harvard(str(shared_data / "mfif"), modalities=["PET"])
+
+
+def test_colour_on_both_sides_is_fused_and_pseudo_colour_is_kept(shared_data):
+    from metaloss.data.color import fuse_chroma
+    from metaloss.data.images import load_pair
+
+    mfif = shared_data / "mfif"
+    a, b = next((mfif / "A").glob("lytro_01.*")), next((mfif / "B").glob("lytro_01.*"))
+    pair = load_pair(a, b)
+    assert pair.ir.is_color and pair.vi.is_color and pair.chroma is not None
+    assert torch.allclose(pair.chroma, fuse_chroma([pair.ir.cbcr, pair.vi.cbcr]))  # both sides' chroma
+    harvard = shared_data / "medical" / "harvard" / "PET-MRI"
+    name = sorted((harvard / "PET").iterdir())[0].name
+    pet = load_pair(harvard / "PET" / name, harvard / "MRI" / name)
+    assert pet.ir.is_color and not pet.vi.is_color
+    assert torch.equal(pet.chroma, pet.ir.cbcr)  # the pseudo-colour of PET, kept as it is

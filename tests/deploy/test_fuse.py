@@ -152,8 +152,8 @@ def test_fuse_images_with_weight_maps(tmp_path, dense_ckpt):
     pair = load_pair(tmp_path / "ir.png", tmp_path / "vi.png")
     out = fuse_images(model, pair, weights=True)
     assert out.image.shape == (40, 56, 3) and out.image.dtype == np.uint8
-    assert set(out.maps) == {"w_ir", "w_vi"}
-    assert torch.allclose(out.maps["w_ir"] + out.maps["w_vi"], torch.ones(40, 56), atol=1e-5)
+    assert set(out.maps) == {"w_a", "w_b"}
+    assert torch.allclose(out.maps["w_a"] + out.maps["w_b"], torch.ones(40, 56), atol=1e-5)
     fused = fuse_pair(model.fusion, pair.ir.y, pair.vi.y)
     assert np.array_equal(out.image, compose(stretch(fused), pair.chroma))
     raw = fuse_images(model, pair, stretch_y=False)
@@ -185,6 +185,12 @@ def test_heatmap_and_atomic_png(tmp_path):
     assert np.array_equal(heatmap(v, "jet")[0, 0], [0, 0, 128])  # jet: 0 is dark blue (RGB)
     with pytest.raises(ValueError, match="unknown colormap"):
         heatmap(v, "nope")
+    narrow = 0.45 + 0.1 * v  # a map between 0.45 and 0.55: one flat colour on the fixed scale ...
+    flat, spread = heatmap(narrow), heatmap(narrow, value_range=None)  # ... spread over the colormap by the data
+    assert np.abs(flat[0, 0].astype(int) - flat[-1, -1]).max() < 60
+    assert np.array_equal(spread[-1, -1], heatmap(torch.ones(1, 1))[0, 0])  # the data's top is the colormap's top
+    bar = heatmap(narrow, value_range=None, colorbar=True)
+    assert bar.shape[0] == 5 and bar.shape[1] > 6 and np.array_equal(bar[:, :6], spread)
     path = write_png(tmp_path / "sub" / "h.png", hm)
     assert np.array_equal(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB), hm)
     assert os.listdir(tmp_path / "sub") == ["h.png"]  # no temporary file left behind

@@ -243,3 +243,43 @@ def test_refusion_symmetric_generator_is_swap_equivariant(gradient_weights: bool
     plain = ReFusionLossGenerator(**SMALL, gradient_weights=gradient_weights)
     assert (plain(vi, ir)["intensity"] - swap(plain(ir, vi)["intensity"])).abs().max() > 1e-4
     assert n_params(sym) < n_params(plain)  # one source's logits out, not both
+
+
+def test_refusion_focus_prior_gives_the_sharper_source_the_weight() -> None:
+    """prior = "focus": before training W follows the local sharpness share; a blurred copy of a
+    textured image loses to the sharp one, and both flat halves of a pair blend evenly."""
+    from metaloss_refusion.loss_generator import ReFusionLossGenerator, prior_scores, sobel_magnitude
+
+    torch.manual_seed(0)
+    texture = torch.rand(1, 1, 32, 32)
+    blurred = torch.nn.functional.avg_pool2d(texture, 5, 1, 2, count_include_pad=False)
+    near = torch.cat([texture[..., :16], blurred[..., 16:]], dim=-1)  # sharp on the left
+    far = torch.cat([blurred[..., :16], texture[..., 16:]], dim=-1)  # sharp on the right
+    gen = ReFusionLossGenerator(**SMALL, gradient_weights=False, prior="focus", prior_sharpness=10.0, symmetric=True)
+    with torch.no_grad():
+        w = gen(near, far)["intensity"]
+    assert float(w[0, 0, :, 2:10].mean()) > 0.85 and float(w[0, 1, :, 22:30].mean()) > 0.85
+    scores = prior_scores("focus", near, far, sobel_magnitude(near), sobel_magnitude(far))
+    torch.testing.assert_close(w, (10.0 * scores).softmax(1))
+    flat = torch.full((1, 1, 16, 16), 0.3)  # inside (the zero-padded Sobel sees edges at the border)
+    with torch.no_grad():
+        torch.testing.assert_close(gen(flat, flat + 0.2)["intensity"][..., 4:12, 4:12], torch.full((1, 2, 8, 8), 0.5))
+
+
+def test_refusion_exposure_prior_prefers_the_well_exposed_region() -> None:
+    """prior = "exposure": W_k ∝ exp(s·σ_k), σ_k = −(μ_k − 0.5)²/(2·0.2²) of the local brightness μ_k;
+    with s = 1 that is Mertens et al.'s well-exposedness weight."""
+    from metaloss_refusion.loss_generator import EXPOSURE_SIGMA, ReFusionLossGenerator
+
+    under = torch.full((1, 1, 40, 40), 0.05)
+    under[..., 20:] = 0.45  # the right half is well exposed in the dark image ...
+    over = torch.full((1, 1, 40, 40), 0.55)
+    over[..., 20:] = 0.98  # ... the left half in the bright one
+    gen = ReFusionLossGenerator(**SMALL, gradient_weights=False, prior="exposure", prior_sharpness=1.0)
+    with torch.no_grad():
+        w = gen(under, over)["intensity"]
+    assert float(w[0, 1, 20, 2]) > 0.9 and float(w[0, 0, 20, 37]) > 0.9
+    e = lambda x: torch.exp(-((x - 0.5) ** 2) / (2 * EXPOSURE_SIGMA**2))
+    torch.testing.assert_close(w[0, 0, 20, 0], e(torch.tensor(0.05)) / (e(torch.tensor(0.05)) + e(torch.tensor(0.55))))
+    with pytest.raises(ValueError, match="prior"):
+        ReFusionLossGenerator(**SMALL, prior="nope", prior_sharpness=1.0)(under, over)
