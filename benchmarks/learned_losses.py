@@ -132,7 +132,7 @@ def figure(runs: dict[str, Path], names: list[str], out: Path) -> None:
         pair = load_pair(next((data / "ir").glob(name + ".*")), next((data / "vi").glob(name + ".*")))
         fused = {v: fuse_images(m, pair, weights=True) for v, m in models.items()}
         rows.append((name, pair, fused))
-    maps = [r.maps["w_ir"].numpy() for _, _, fused in rows for v, r in fused.items() if v in learned]
+    maps = [r.maps["w_a"].numpy() for _, _, fused in rows for v, r in fused.items() if v in learned]
     lo, hi = (min(float(m.min()) for m in maps), max(float(m.max()) for m in maps)) if maps else (0.0, 1.0)
     cols = 2 + len(runs) + len(learned)
     fig, axes = plt.subplots(len(rows), cols, figsize=(2.3 * cols, 2.2 * len(rows)), squeeze=False)
@@ -144,7 +144,7 @@ def figure(runs: dict[str, Path], names: list[str], out: Path) -> None:
             axes[r][c].imshow(img, cmap="gray", vmin=0, vmax=255 if img.dtype.kind == "u" else 1)
             axes[r][c].set_title(title, fontsize=8)
         for c, v in enumerate(learned, start=len(panels)):
-            shown = axes[r][c].imshow(fused[v].maps["w_ir"].numpy(), cmap="viridis", vmin=lo, vmax=hi)
+            shown = axes[r][c].imshow(fused[v].maps["w_a"].numpy(), cmap="viridis", vmin=lo, vmax=hi)
             axes[r][c].set_title(f"W infrared: {v}", fontsize=8)
     for ax in axes.flat:
         ax.axis("off")

@@ -5,7 +5,9 @@ fuses the evaluation pairs with the run's checkpoint (per-image min-max stretch 
 test scripts), and ``metaloss eval --profile cddfuse`` scores them.
 
     python -m benchmarks.refusion pretrained      # examples/refusion_roadscene.toml -> metaloss/pretrained/default.pt
-    python -m benchmarks.refusion medical         # examples/refusion_medical.toml   -> metaloss/pretrained/medical.pt
+    python -m benchmarks.refusion task mfif       # examples/refusion_mfif.toml      -> metaloss/pretrained/mfif.pt
+    python -m benchmarks.refusion task mef        # examples/refusion_mef.toml       -> metaloss/pretrained/mef.pt
+    python -m benchmarks.refusion task medical    # examples/refusion_medical.toml   -> metaloss/pretrained/medical.pt
     python -m benchmarks.refusion ablation        # learned loss vs fixed W = V = 0.5, same budget, on tno25
     python -m benchmarks.refusion score CKPT --data ../shared/data/tno25     # any checkpoint
 
@@ -24,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,9 +51,77 @@ TNO_REFERENCE = {
 }
 #: The targets of the pretrained model on tno25 (at least the official ReFusion model).
 TNO_TARGET = {"VIF": 0.754, "Qabf": 0.552, "SSIM": 1.016}
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Pairs a task model is scored on: ``data/a`` + ``data/b``, the stems matching ``pattern`` (shell
+    pattern) or those of a dataset's held-out ``split``, with published or measured reference rows."""
+
+    data: Path
+    a: str
+    b: str
+    pattern: str = "*"
+    held_out: str = ""  # "config": the run's own validation pairs (the dataset's split "val")
+    reference: dict[str, dict[str, float]] = field(default_factory=dict)
+    target: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One of ReFusion's fusion tasks: the config that trains its shipped model and where it is scored."""
+
+    config: str
+    model: str
+    sets: dict[str, EvalSet]
+    mef_ssim: bool = False
+
+
+#: Official ReFusion values measured on these very pairs (first source in slot a, the official test
+#: script's min-max stretch; issue 21), where there are any.
+LYTRO_REFERENCE = {
+    "official ReFusion multi-focus checkpoint": {"VIF": 1.176, "Qabf": 0.701, "SSIM": 1.465},
+    "plain average (stretched, as the official script)": {"VIF": 1.091, "Qabf": 0.586, "SSIM": 1.502},
+}
 MEDICAL_REFERENCE = {
     "official ReFusion medical checkpoint": {"VIF": 0.485, "Qabf": 0.653, "SSIM": 0.530},
-    "plain average of the two sources": {"VIF": 0.454, "Qabf": 0.372, "SSIM": 1.309},
+}
+HARVARD = DATA / "medical" / "harvard"
+TASKS = {
+    "mfif": Task(
+        "examples/refusion_mfif.toml",
+        "mfif",
+        {
+            "Lytro (20 pairs, kept out of training)": EvalSet(
+                DATA / "mfif",
+                "A",
+                "B",
+                pattern="lytro_*",
+                reference=LYTRO_REFERENCE,
+                target={"VIF": 1.176, "Qabf": 0.701, "SSIM": 1.465},
+            ),
+            "the run's 6 validation pairs": EvalSet(DATA / "mfif", "A", "B", held_out="config"),
+        },
+    ),
+    "mef": Task(
+        "examples/refusion_mef.toml",
+        "mef",
+        {"the run's 14 held-out MEFB scenes": EvalSet(DATA / "mef", "under", "over", held_out="config")},
+        mef_ssim=True,
+    ),
+    "medical": Task(
+        "examples/refusion_medical.toml",
+        "medical",
+        {
+            "CT-MRI, 16 held-out Harvard pairs": EvalSet(HARVARD / "CT-MRI", "CT", "MRI", held_out="config"),
+            "PET-MRI, 24 held-out Harvard pairs": EvalSet(HARVARD / "PET-MRI", "PET", "MRI", held_out="config"),
+            "SPECT-MRI, 33 held-out Harvard pairs": EvalSet(HARVARD / "SPECT-MRI", "SPECT", "MRI", held_out="config"),
+            "MRI-CT, CDDFuse's 21 test pairs": EvalSet(
+                DATA / "medical" / "mri_ct", "CT", "MRI", reference=MEDICAL_REFERENCE
+            ),
+            "MRI-PET, CDDFuse's 42 test pairs": EvalSet(DATA / "medical" / "mri_pet", "PET", "MRI"),
+        },
+    ),
 }
 
 
@@ -120,7 +191,13 @@ def train_or_reuse(config: str, out: Path, overrides: list[str], reuse: bool) ->
 
 
 def score(
-    checkpoint: Path | None, data: Path, ir: str, vi: str, out: Path, stretch: bool | None = None
+    checkpoint: Path | None,
+    data: Path,
+    ir: str,
+    vi: str,
+    out: Path,
+    stretch: bool | None = None,
+    mef_ssim: bool = False,
 ) -> dict[str, float]:
     """Fuse ``data/ir`` + ``data/vi`` with ``checkpoint`` (``metaloss fuse``; the stretch as the model
     says unless ``stretch`` is given; ``None``: the plain average of the two sources' grey images) and
@@ -165,7 +242,104 @@ def score(
     )
     result = json.loads(report.read_text())
     (method,) = result["methods"].values()
-    return {m: float(v) for m, v in method["mean"].items()}
+    values = {m: float(v) for m, v in method["mean"].items()}
+    if mef_ssim:  # the multi-exposure papers' headline metric, from the mefb profile
+        metaloss_cli(
+            "eval",
+            "--a",
+            str(data / ir),
+            "--b",
+            str(data / vi),
+            "--fused",
+            str(fused),
+            "--profile",
+            "mefb",
+            "--metrics",
+            "MEF-SSIM",
+            "--json",
+            str(report),
+            "--summary",
+            "--no-progress",
+        )
+        (method,) = json.loads(report.read_text())["methods"].values()
+        values["MEF-SSIM"] = float(method["mean"]["MEF-SSIM"])
+    return values
+
+
+def subset(eval_set: EvalSet, config: str, out: Path) -> Path:
+    """A folder ``out`` with links ``a/`` and ``b/`` to the pairs of ``eval_set`` (its pattern, or the
+    held-out split of ``config``'s dataset), so that fuse and eval see those pairs only."""
+    import fnmatch
+
+    from metaloss.data.pairs import pair_images
+
+    pairs = pair_images(eval_set.data / eval_set.a, eval_set.data / eval_set.b).pairs
+    if eval_set.held_out:
+        from metaloss.config import load_config
+        from metaloss.experiment import build_dataset
+
+        cwd = os.getcwd()
+        try:  # data.root is relative to the repository root
+            os.chdir(ROOT)
+            dataset = build_dataset(load_config(ROOT / config).data, "val")
+        finally:
+            os.chdir(cwd)
+        files = {Path(ROOT / p.a).resolve() for p in dataset.pairs}
+        pairs = [p for p in pairs if p[1].resolve() in files]
+    else:
+        pairs = [p for p in pairs if fnmatch.fnmatchcase(p[0], eval_set.pattern)]
+    if not pairs:
+        raise SystemExit(f"no pairs for {eval_set}")
+    if out.exists():
+        shutil.rmtree(out)
+    for folder in ("a", "b"):
+        (out / folder).mkdir(parents=True)
+    for _, a, b in pairs:
+        (out / "a" / a.name).symlink_to(a.resolve())
+        (out / "b" / b.name).symlink_to(b.resolve())
+    return out
+
+
+def run_task(name: str, reuse: bool, overrides: list[str], ship_model: bool, doc: bool) -> dict[str, object]:
+    """Train (or reuse) a task's run, score it on each of its evaluation sets beside the plain average,
+    ship it as ``metaloss/pretrained/<model>.pt`` and write its section of docs/pretrained.md."""
+    task = TASKS[name]
+    out = ROOT / "runs" / f"refusion-{name}"
+    seconds, how = train_or_reuse(task.config, out, overrides, reuse)
+    ckpt = out / "checkpoints" / "last.pt"
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for label, eval_set in task.sets.items():
+        tag = "".join(c if c.isalnum() else "_" for c in label)[:40]
+        data = subset(eval_set, task.config, out / "eval" / tag / "sources")
+        rows = {
+            f"metaloss {name} model (this run)": score(ckpt, data, "a", "b", out / "eval" / tag, mef_ssim=task.mef_ssim),
+            "plain average (measured here)": score(None, data, "a", "b", out / "eval" / tag / "avg", mef_ssim=task.mef_ssim),
+        }
+        rows.update(eval_set.reference)
+        results[label] = rows
+        print(label, json.dumps(rows, indent=1), file=sys.stderr)
+    if ship_model:
+        print("shipped", ship(ckpt, f"{task.model}.pt"), file=sys.stderr)
+    if doc:
+        metrics = METRICS + (["MEF-SSIM"] if task.mef_ssim else [])
+        parts = []
+        for label, rows in results.items():
+            text = f"{label}, `cddfuse` profile{' (MEF-SSIM: `mefb` profile)' if task.mef_ssim else ''}:\n\n"
+            text += table(rows, metrics)
+            target = task.sets[label].target
+            if target:
+                values = rows[f"metaloss {name} model (this run)"]
+                text += "\n\nTargets (at least the official checkpoint; SSIM no lower): " + ", ".join(
+                    f"{m} >= {t} ({'met' if values[m] >= t else 'NOT met'}: {values[m]:.3f})" for m, t in target.items()
+                )
+            parts.append(text)
+        body = (
+            f"_Measured by `python -m benchmarks.refusion task {name}` on {machine()}._\n\n"
+            f"Training: `metaloss run {task.config}` took **{seconds / 60:.1f} min** ({how}).\n\n"
+            + "\n\n".join(parts)
+        )
+        write_section(ROOT / "docs" / "pretrained.md", name.upper(), body)
+    return {"seconds": seconds, "results": results}
 
 
 def sha256(path: Path) -> str:
@@ -278,7 +452,7 @@ def figure(checkpoint: Path, data: Path, ir: str, vi: str, names: list[str], out
             (pair.ir.y[0].numpy(), "infrared", "gray"),
             (pair.vi.y[0].numpy(), "visible (Y)", "gray"),
             (result.image, "fused", "gray"),
-            (result.maps["w_ir"].numpy(), "learned W (infrared)", "inferno"),
+            (result.maps["w_a"].numpy(), "learned W (infrared)", "inferno"),
         ]
         for ax, (img, title, cmap) in zip(axes[row], panels, strict=True):
             ax.imshow(
@@ -295,8 +469,10 @@ def figure(checkpoint: Path, data: Path, ir: str, vi: str, names: list[str], out
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("pretrained", "medical"):
+    for name in ("pretrained", "task"):
         p = sub.add_parser(name)
+        if name == "task":
+            p.add_argument("task", choices=sorted(TASKS), help="which ReFusion task model to train and score")
         p.add_argument("--set", dest="overrides", action="append", default=[])
         p.add_argument("--no-ship", action="store_true", help="do not copy the model into metaloss/pretrained/")
         p.add_argument("--no-doc", action="store_true")
@@ -379,23 +555,8 @@ def main(argv: list[str] | None = None) -> int:
             write_section(ROOT / "docs" / "pretrained.md", "HELDOUT", body)
         return 0
 
-    if args.command == "medical":
-        out = runs / "refusion-medical"
-        seconds, how = train_or_reuse("examples/refusion_medical.toml", out, args.overrides, args.reuse)
-        ckpt = out / "checkpoints" / "last.pt"
-        data = DATA / "medical" / "mri_ct"
-        values = score(ckpt, data, "CT", "MRI", out / "mri_ct")
-        print(json.dumps({"seconds": seconds, "mri_ct": values}, indent=2))
-        if not args.no_ship:
-            print("shipped", ship(ckpt, "medical.pt"))
-        if not args.no_doc:
-            rows = {"metaloss medical model (this run)": values, **MEDICAL_REFERENCE}
-            body = (
-                f"_Measured by `python -m benchmarks.refusion medical` on {machine()}._\n\n"
-                f"Training: `metaloss run examples/refusion_medical.toml` took **{seconds / 60:.1f} min** ({how}).\n\n"
-                f"All 21 MRI–CT pairs (CT in the infrared role), `cddfuse` profile:\n\n{table(rows)}"
-            )
-            write_section(ROOT / "docs" / "pretrained.md", "MEDICAL", body)
+    if args.command == "task":
+        run_task(args.task, args.reuse, args.overrides, not args.no_ship, not args.no_doc)
         return 0
 
     # ablation: the learned loss against fixed W = V = 0.5, same config and budget otherwise
