@@ -30,11 +30,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 import metaloss
-from metaloss import distributed
+from metaloss import distributed, registry
 from metaloss.checkpoint import CheckpointError, build_plugin, checkpoint_state, read_checkpoint, write_checkpoint
 from metaloss.config import ExperimentConfig, PluginSection, check_eval_size, upgrade_keys
 from metaloss.data.collate import collate_pairs
 from metaloss.data.images import stretch
+from metaloss.data.scan import check_labels
 from metaloss.meta.guard import ROLES, NonFiniteStop
 from metaloss.meta.trainer import AlternatingTrainer, TrainerHooks, seed_everything
 from metaloss.problem import FusionProblem
@@ -107,6 +108,18 @@ def build_task(section: PluginSection, dataset: Dataset) -> nn.Module:
     return _build("tasks", section, dataset=dataset)
 
 
+def build_datasets(cfg: ExperimentConfig) -> tuple[Dataset, Dataset]:
+    """The training and validation sets, fitted to the objective's targets and their labels scanned
+    (:func:`metaloss.data.scan.check_labels`): problems with the data end a run before it starts."""
+    targets = getattr(registry.load("tasks", cfg.objective.name), "targets", None)
+    train_set = build_dataset(cfg.data, "train")
+    check_labels(train_set, targets, f"data ({cfg.data.name}, train split)")
+    val_section = cfg.val_data or cfg.data
+    val_set = build_dataset(val_section, "val")
+    check_labels(val_set, targets, f"{'val_data' if cfg.val_data else 'data'} ({val_section.name}, val split)")
+    return train_set, val_set
+
+
 @dataclass
 class Experiment:
     config: ExperimentConfig
@@ -123,8 +136,7 @@ def build_experiment(cfg: ExperimentConfig, device: torch.device | None = None) 
     seed_everything(cfg.seed)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    train_set = build_dataset(cfg.data, "train")
-    val_set = build_dataset(cfg.val_data or cfg.data, "val")
+    train_set, val_set = build_datasets(cfg)
     if cfg.eval.metrics and len(val_set):  # type: ignore[arg-type]  # too small for the metrics: found now, not after an epoch
         check_eval_size(cfg, *val_set[0]["ir"].shape[-2:])
     learner = _build("fusion", cfg.learner)

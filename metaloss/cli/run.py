@@ -7,8 +7,12 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from metaloss.cli.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, fail, os_error_line
+
+if TYPE_CHECKING:
+    from metaloss.config import ExperimentConfig
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -73,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         return fail(problem, EXIT_USAGE)
     if args.check:
         print(cfg.to_toml(), end="")
-        return EXIT_OK
+        return _check_data(cfg)
     if args.nproc != 1:
         return _launch(args, run_dir)
     from metaloss import distributed
@@ -106,6 +110,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"finished {summary['epochs']} epochs in {summary['seconds']:.1f} s")
         for key, value in metrics.items():
             print(f"  {key:24s} {value:.4f}")
+    return EXIT_OK
+
+
+def _check_data(cfg: ExperimentConfig) -> int:
+    """``--check``: build the datasets and scan their labels as a run would before its first step; the
+    pair counts on stderr (stdout holds the config), or the problems found."""
+    from metaloss.experiment import build_datasets
+    from metaloss.registry import PluginError
+
+    try:
+        train_set, val_set = build_datasets(cfg)
+    except (PluginError, FileNotFoundError, ValueError) as err:
+        return fail(str(err))
+    keys = getattr(train_set, "label_keys", None)
+    labels = f"; labels: {', '.join(keys) or 'none'}" if keys is not None else ""
+    print(f"data: {len(train_set)} training pairs, {len(val_set)} validation pairs{labels}", file=sys.stderr)  # type: ignore[arg-type]
     return EXIT_OK
 
 

@@ -33,7 +33,8 @@ def _split_dir(split: str) -> str:
 
 class PairFolders(PairedFolderDataset):
     """Any folder of registered pairs: ``root/<a>/``, ``root/<b>/`` (one stem per pair, any image
-    extensions), optionally ``root/<masks>/`` (class-index PNGs) or ``root/<labels>/`` (YOLO txt).
+    extensions), optionally ``root/<masks>/`` (class-index PNGs) or ``root/<labels>/`` (YOLO txt; box
+    class names from ``box_class_names``, else from a ``classes.txt`` there).
     RoadScene, TNO, multi-focus (``a = "A"``, ``b = "B"``), multi-exposure (``a = "under"``,
     ``b = "over"``).  ``ir``/``vi`` are the infrared–visible spelling of ``a``/``b``.  ``split`` reads
     ``root/<split>/`` when that folder exists; otherwise the whole root, of which a fixed random
@@ -76,6 +77,10 @@ class PairFolders(PairedFolderDataset):
             pairs = [p for p in pairs if p[0] in keep]
         if masks and labels:
             raise DatasetError("give masks or labels, not both")
+        if labels and not (base / labels).is_dir():
+            raise DatasetError(f"{base / labels}: no such folder (data.labels = {labels!r})")
+        if labels and not box_class_names and (base / labels / "classes.txt").is_file():
+            box_class_names = read_class_names(base / labels / "classes.txt")
         records = []
         for stem, a_path, b_path in pairs:
             mask = boxes = None
@@ -135,11 +140,29 @@ class Harvard(PairedFolderDataset):
 
 
 def _find_label(folder: Path, stem: str, extensions: tuple[str, ...]) -> Path:
+    """The label mask of ``stem`` in ``folder``: the first extension found, else the first one's path,
+    whose absence the label scan reports (a task that needs no masks never reads it)."""
     for ext in extensions:
         path = folder / f"{stem}{ext}"
         if path.is_file():
             return path
-    raise DatasetError(f"no label mask for {stem!r} in {folder}")
+    return folder / f"{stem}{extensions[0]}"
+
+
+def read_class_names(path: Path) -> tuple[str, ...]:
+    """Class names from a ``classes.txt`` beside YOLO label files, one per line in id order: ``name``
+    or ``id name`` (as MSRS's labels write it)."""
+    names = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        parts = line.split(maxsplit=1)
+        if not parts:
+            continue
+        if len(parts) == 2 and parts[0].isdigit():
+            if int(parts[0]) != number:
+                raise DatasetError(f"{path}:{number + 1}: class id {parts[0]} out of order (expected {number})")
+            parts = parts[1:]
+        names.append(parts[0].strip())
+    return tuple(names)
 
 
 class MSRS(PairedFolderDataset):

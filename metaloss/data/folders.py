@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -151,6 +151,23 @@ def read_yolo_boxes(path: Path, num_classes: int | None = None) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.float32).reshape(-1, 5)
 
 
+def check_mask_ids(mask: torch.Tensor, path: Path, num_classes: int, ignore_index: int) -> None:
+    """A ``DatasetError`` naming ``path`` when a mask holds ids that are neither a class index below
+    ``num_classes`` nor ``ignore_index`` (no check when the classes are unknown: 0)."""
+    if not num_classes:
+        return
+    ids = torch.unique(mask)
+    bad = ids[(ids >= num_classes) & (ids != ignore_index)].tolist()
+    if bad:
+        raise DatasetError(
+            f"{path}: label ids {bad[:5]} out of range (classes 0..{num_classes - 1}, ignored {ignore_index})"
+        )
+
+
+#: The label keys of the core's datasets: class-index masks and boxes.
+LABEL_KEYS = ("mask", "boxes")
+
+
 @dataclass(frozen=True)
 class Pair:
     """One pair's files: source a (infrared, CT/PET/SPECT, near focus, under-exposed), source b
@@ -193,6 +210,39 @@ class PairedFolderDataset(Dataset):
 
     def read_boxes(self, path: Path) -> torch.Tensor:
         return read_yolo_boxes(path, self.num_box_classes or None)
+
+    @property
+    def label_keys(self) -> tuple[str, ...]:
+        """The label keys its samples hold (``"mask"``, ``"boxes"``), for the label scan
+        (:mod:`metaloss.data.scan`) to compare with what the task trains on."""
+        return tuple(key for key in LABEL_KEYS if any(getattr(p, key) is not None for p in self.pairs))
+
+    def use_labels(self, keys: Sequence[str]) -> None:
+        """Read only the labels ``keys`` names: a task that needs none of them (reconstruction) runs on
+        a labelled layout without reading, or needing, its label files."""
+        drop = {key: None for key in LABEL_KEYS if key not in keys}
+        self.pairs = [replace(p, **drop) for p in self.pairs]  # type: ignore[arg-type]
+
+    def scan_labels(self) -> list[str]:
+        """Every label file read once (parsed, no image decoded but masks), before any training: one
+        line per problem (missing, unreadable, a class id out of range), each naming its file."""
+        problems = []
+        if any(p.boxes is not None for p in self.pairs) and not self.num_box_classes:
+            problems.append(f"{self.pairs[0].boxes}: the dataset names no box classes, so the ids cannot be checked")
+        for pair in self.pairs:
+            for key, path in (("mask", pair.mask), ("boxes", pair.boxes)):
+                if path is None:
+                    continue
+                try:
+                    if key == "mask":
+                        check_mask_ids(read_mask(path), path, self.num_classes, self.ignore_index)
+                    else:
+                        self.read_boxes(path)
+                except (DatasetError, ImageReadError) as err:
+                    problems.append(str(err))
+                except OSError as err:
+                    problems.append(f"{path}: cannot read ({err.strerror or err})")
+        return problems
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         pair = self.pairs[index]

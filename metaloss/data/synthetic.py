@@ -36,6 +36,8 @@ class SyntheticScenes(Dataset):
     num_classes = 3
     num_box_classes = 2
     ignore_index = 255
+    #: every scene has both (rendered, nothing to scan)
+    label_keys = ("mask", "boxes")
 
     def __init__(
         self,
