@@ -161,6 +161,11 @@ class OptimConfig(_Strict):
 class EvalConfig(_Strict):
     every: int = Field(1, ge=0, description="evaluate every n epochs (and at the end); 0 = only at the end")
     num_images: int = Field(8, ge=0, description="validation pairs to fuse and score; 0 = all")
+    save_images: int = Field(
+        4,
+        ge=0,
+        description="fused images of the first n validation pairs kept per evaluation, in val_images/epoch_XXX/",
+    )
     profile: str = Field(
         "cddfuse", description="metric conventions: 'cddfuse', 'vifb', 'tdfusion' or 'mefb' (docs/metrics.md)"
     )
@@ -261,7 +266,12 @@ class PerformanceConfig(_Strict):
 
 
 class CheckpointConfig(_Strict):
-    every: int = Field(1, ge=0, description="write checkpoints/epoch_XXX.pt every n epochs; 0 = only last.pt")
+    every: int = Field(
+        0,
+        ge=0,
+        description="also keep checkpoints/epoch_XXX.pt every n epochs (each a full training state, tens of MB); "
+        "0 = only last.pt, all that --resume needs",
+    )
 
 
 class ExperimentConfig(_Strict):

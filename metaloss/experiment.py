@@ -1,7 +1,8 @@
 """From a config to a finished run: build the plugins, train, evaluate, write the run directory.
 
 A run directory holds ``config.toml`` (the resolved config), ``log.jsonl`` (one JSON record per step
-and per epoch), ``checkpoints/last.pt`` and ``checkpoints/epoch_XXX.pt``, and ``summary.json``.
+and per epoch), ``checkpoints/last.pt`` (and ``checkpoints/epoch_XXX.pt`` with ``checkpoint.every``),
+``val_images/epoch_XXX/NAME.png`` (a few fused validation images per evaluation) and ``summary.json``.
 
 Interruptions (docs/reliability.md): every file is written atomically; ``last.pt`` always holds a
 consistent state (the initial one, then the state after each completed epoch), so a run killed at any
@@ -34,13 +35,13 @@ from metaloss import distributed, registry
 from metaloss.checkpoint import CheckpointError, build_plugin, checkpoint_state, read_checkpoint, write_checkpoint
 from metaloss.config import ExperimentConfig, PluginSection, check_eval_size, upgrade_keys
 from metaloss.data.collate import collate_pairs
-from metaloss.data.images import stretch
+from metaloss.data.images import compose, stretch
 from metaloss.data.scan import check_labels
 from metaloss.meta.guard import ROLES, NonFiniteStop
 from metaloss.meta.trainer import AlternatingTrainer, TrainerHooks, seed_everything
 from metaloss.problem import FusionProblem
 from metaloss.protocols import Task
-from metaloss.utils.io import atomic_write_json, atomic_write_text, naming_the_file
+from metaloss.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text, naming_the_file
 from metaloss.utils.memory import set_allocator_policy
 from metaloss.utils.runlock import LOCK_NAME, RunLock, RunLocked
 
@@ -172,8 +173,9 @@ def _val_batches(exp: Experiment) -> Iterator[dict[str, Any]]:
 
 
 @torch.no_grad()
-def evaluate(exp: Experiment) -> dict[str, float]:
-    """Fuse the validation pairs; score the fused images (fusion metrics) and the task on them."""
+def evaluate(exp: Experiment, image_dir: Path | None = None) -> dict[str, float]:
+    """Fuse the validation pairs; score the fused images (fusion metrics) and the task on them.  The
+    first ``eval.save_images`` fused images go to ``image_dir`` as ``NAME.png``, to look at."""
     from metaloss import metrics as fusion_metrics
 
     problem, cfg = exp.problem, exp.config
@@ -181,11 +183,14 @@ def evaluate(exp: Experiment) -> dict[str, float]:
     task.eval()
     evaluator = cast(Task, task).evaluator()
     scores: dict[str, list[float]] = {}
+    saved = 0
     for batch in _val_batches(exp):
         ir, vi = batch["ir"].to(exp.device), batch["vi"].to(exp.device)
         fused = problem.fuse(ir, vi).to(ir.dtype)  # metrics in the images' own type (dtype = float64 runs)
         if cfg.eval.stretch:  # as `metaloss fuse` writes this run's images
             fused = torch.stack([stretch(f) for f in fused])
+        if image_dir is not None:
+            saved += save_fused(fused, batch["name"], image_dir, cfg.eval.save_images - saved)
         if cfg.eval.metrics:
             values = fusion_metrics.evaluate(
                 (fused * 255).round(),
@@ -205,11 +210,30 @@ def evaluate(exp: Experiment) -> dict[str, float]:
     return out
 
 
+def save_fused(fused: torch.Tensor, names: list[str], folder: Path, limit: int) -> int:
+    """Up to ``limit`` (>= 0) of the fused images ``[B, 1, H, W]`` as 8-bit ``folder/NAME.png``
+    (atomically); the number written."""
+    import cv2
+
+    count = min(limit, len(names))
+    for image, name in zip(fused[:count], names[:count], strict=True):
+        ok, data = cv2.imencode(".png", compose(image, None))
+        if not ok:
+            raise RunError(f"cannot encode the fused validation image {name!r} as PNG")
+        file_name = name if name.lower().endswith(".png") else f"{name}.png"  # synthetic scenes' names end so
+        atomic_write_bytes(folder / file_name, data.tobytes())
+    return count
+
+
 # -- the run directory ----------------------------------------------------------------------------------
 class RunDirectory:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.checkpoints = self.path / "checkpoints"
+
+    def val_images(self, epoch: int) -> Path:
+        """Where the fused validation images of the evaluation after ``epoch`` go."""
+        return self.path / "val_images" / f"epoch_{epoch:03d}"
 
     @property
     def log_path(self) -> Path:
@@ -492,7 +516,7 @@ def _train(
         prepare_batch=exp.problem.prepare_batch,
         log=run_dir.log,
         progress=progress,
-        evaluate=(lambda epoch: evaluate(exp)) if main else None,  # rank 0 alone; the others wait for it
+        evaluate=(lambda epoch: evaluate(exp, run_dir.val_images(epoch))) if main else None,  # rank 0 alone
         checkpoint=checkpoint,
     )
     if state is None:

@@ -232,7 +232,7 @@ def test_tdfusion_segmentation_two_processes_equal_one_with_double_batch_and_onl
     assert [p.name.startswith("dist_seg-") for p in runs] == [True]  # one directory, named by rank 0
     two = runs[0]
     assert sorted(p.name for p in work.rglob("*") if p.is_file()) == sorted(
-        ["config.toml", "log.jsonl", "summary.json", "epoch_001.pt", "last.pt"]
+        ["config.toml", "log.jsonl", "summary.json", "last.pt", "val_00000.png"]
     )
     # float64, global batch 2 × 24² pixels, 2 meta and 4 learner steps at lr 1e-3
     worst = assert_same_networks(

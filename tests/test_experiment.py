@@ -2,6 +2,7 @@
 
 import json
 
+import cv2
 import pytest
 import torch
 
@@ -35,6 +36,16 @@ def tiny(**sections):
     return load_config(cfg)
 
 
+def test_epoch_checkpoints_and_validation_images_are_as_many_as_asked(tmp_path):
+    run(tiny(checkpoint={"every": 2}, meta={"epochs": 3}, eval={"save_images": 1}), tmp_path / "run", quiet=True)
+    d = tmp_path / "run"
+    assert sorted(p.name for p in (d / "checkpoints").iterdir()) == ["epoch_002.pt", "last.pt"]
+    for epoch in ("epoch_001", "epoch_002", "epoch_003"):
+        images = list((d / "val_images" / epoch).iterdir())
+        assert [p.name for p in images] == ["val_00000.png"]
+        assert cv2.imread(str(images[0]), cv2.IMREAD_UNCHANGED).shape == (48, 48)  # the whole validation image
+
+
 def params(path):
     return read_checkpoint(path)["trainer"]
 
@@ -43,7 +54,9 @@ def test_run_writes_the_run_directory(tmp_path):
     summary = run(tiny(), tmp_path / "run", quiet=True)
     d = tmp_path / "run"
     assert (d / "config.toml").is_file() and (d / "summary.json").is_file()
-    assert {p.name for p in (d / "checkpoints").iterdir()} == {"last.pt", "epoch_001.pt", "epoch_002.pt"}
+    assert [p.name for p in (d / "checkpoints").iterdir()] == ["last.pt"]  # what --resume needs, no more
+    assert sorted(p.name for p in (d / "val_images").iterdir()) == ["epoch_001", "epoch_002"]
+    assert sorted(p.name for p in (d / "val_images" / "epoch_002").iterdir()) == ["val_00000.png", "val_00001.png"]
     records = [json.loads(line) for line in (d / "log.jsonl").read_text().splitlines()]
     phases = [r["phase"] for r in records]
     assert phases.count("meta") == 4 and phases.count("learner") == 6 and phases.count("epoch") == 2
@@ -113,8 +126,14 @@ def test_cli_progress_bar_and_quiet(tmp_path, capsys):
     assert main(["run", str(cfg), "--out", str(tmp_path / "loud")]) == 0
     err = capsys.readouterr().err
     assert "epoch 1/1 meta" in err and "epoch 1/1 learner" in err and "outer=" in err
-    assert main(["run", str(cfg), "--out", str(tmp_path / "quiet"), "--quiet"]) == 0
-    assert capsys.readouterr().err == ""
+    quiet = tmp_path / "quiet"
+    assert main(["run", str(cfg), "--out", str(quiet), "--quiet"]) == 0
+    printed = capsys.readouterr()
+    assert printed.err == ""  # no bar, no warning
+    summary = json.loads((quiet / "summary.json").read_text())
+    for key, value in summary["metrics"].items():  # the final metrics are kept with --quiet
+        assert f"  {key:24s} {value:.4f}\n" in printed.out
+    assert f"results in {quiet}: summary.json, log.jsonl, checkpoints/last.pt, val_images\n" in printed.out
 
 
 def test_unknown_metric_fails_before_work(tmp_path):

@@ -40,6 +40,7 @@ TINY = {
     "meta": {"epochs": 2, "meta_steps": 2, "learner_steps": 2, "outer_lr": 1e-3},
     "optim": {"learner_lr": 1e-3, "objective_lr": 1e-3},
     "eval": {"num_images": 1, "metrics": []},
+    "checkpoint": {"every": 1},  # the epoch files these tests kill writes of and resume from
 }
 NETS = ("learner", "generator", "objective")
 

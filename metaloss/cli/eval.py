@@ -10,8 +10,9 @@ with that profile's conventions.
 Prints, under a header naming the profile, a table per fused folder (one row per image, then the
 means) with the problems found (missing partner, unreadable file, size mismatch) listed per
 file; with several fused folders, a comparison table of the means with the best value of each
-metric marked ``*``.  Source pairs that a fused folder has no image for are named in a warning on
-stderr (its means leave them out).  ``--json``/``--csv`` naming an input (a source or fused image,
+metric marked ``*`` (one folder: its means, nothing marked).  Source pairs that a fused folder has no
+image for are named in a warning on stderr (its means leave them out), and so are the images not
+scored in every fused folder compared.  ``--json``/``--csv`` naming an input (a source or fused image,
 or a folder) is refused before scoring.  Errors are ``error: MESSAGE`` lines on stderr.
 """
 
@@ -30,7 +31,7 @@ from metaloss.metrics.folders import FolderEvaluation, MethodResult, evaluate_fo
 from metaloss.metrics.profiles import DEFAULT_PROFILE, PROFILES
 from metaloss.utils.io import clashing_input
 
-__all__ = ["configure_parser", "format_evaluation", "format_missing", "format_table", "run"]
+__all__ = ["configure_parser", "format_different_sets", "format_evaluation", "format_missing", "format_table", "run"]
 
 #: Source pairs named per fused folder in the warning about missing fused images; the rest are counted.
 MISSING_SHOWN = 10
@@ -182,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
             torch.set_num_threads(threads[0])
             cv2.setNumThreads(threads[1])
     err.write(format_missing(res))
+    err.write(format_different_sets(res))
     out.write(format_evaluation(res, per_image=not args.summary))
     if args.json:
         res.write_json(args.json)
@@ -248,6 +250,24 @@ def format_missing(res: FolderEvaluation) -> str:
     return "".join(lines)
 
 
+def format_different_sets(res: FolderEvaluation) -> str:
+    """The warning when the fused folders compared were scored on different images: their means then
+    differ by the images as much as by the methods.  Names the images not scored in every folder (the
+    first ``MISSING_SHOWN``, then a count); "" for one folder, or folders of one image set."""
+    sets = {mr.label: {Path(r.name).stem for r in mr.evaluated} for mr in res.methods}
+    if len(sets) < 2 or len({frozenset(s) for s in sets.values()}) == 1:
+        return ""
+    common = set.intersection(*sets.values())
+    differing = sorted(set.union(*sets.values()) - common)
+    names = ", ".join(differing[:MISSING_SHOWN])
+    more = f" and {len(differing) - MISSING_SHOWN} more" if len(differing) > MISSING_SHOWN else ""
+    counts = ", ".join(f"{label}: {len(stems)}" for label, stems in sets.items())
+    return (
+        f"warning: the fused folders hold different image sets ({counts} images scored; {len(common)} in all), "
+        f"so the comparison's means are over different images; not in every folder: {names}{more}\n"
+    )
+
+
 def format_evaluation(res: FolderEvaluation, per_image: bool = True) -> str:
     """The text ``metaloss eval`` prints for ``res``."""
     parts = [
@@ -267,7 +287,7 @@ def format_evaluation(res: FolderEvaluation, per_image: bool = True) -> str:
         if mr.errors:
             parts.append("problems:\n")
             parts.extend(f"  {r.name}: {r.error}\n" for r in mr.errors)
-    if len(res.methods) > 1 or not per_image:
+    if len(res.methods) > 1:
         means = res.means()
         best = res.best()
         rows = []
@@ -277,7 +297,11 @@ def format_evaluation(res: FolderEvaluation, per_image: bool = True) -> str:
                 v = means[mr.label][m]
                 cells.append(_fmt(v) + ("*" if mr.label in best[m] else " "))
             rows.append(cells)
-        title = "comparison" if len(res.methods) > 1 else "means"
-        parts.append(f"\n== {title}: mean over each folder's images, * = best (profile {res.profile.name})\n")
+        parts.append(f"\n== comparison: mean over each folder's images, * = best (profile {res.profile.name})\n")
         parts.append(format_table(["method", *(h + " " for h in _header_cells(res))], rows))
+    elif not per_image:  # one folder: its means, nothing to mark best against
+        means = res.means()
+        rows = [[mr.label, *(_fmt(means[mr.label][m]) for m in res.metrics)] for mr in res.methods]
+        parts.append(f"\n== means: mean over the folder's images (profile {res.profile.name})\n")
+        parts.append(format_table(["method", *_header_cells(res)], rows))
     return "".join(parts)

@@ -27,7 +27,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="override a config key, e.g. --set meta.inner_steps=3 (value read as TOML; repeatable)",
     )
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--quiet", "-q", action="store_true", help="no progress bar (the final metrics are still printed)"
+    )
     parser.add_argument("--check", action="store_true", help="validate the config, print it resolved, and exit")
     parser.add_argument(
         "--nproc",
@@ -105,12 +107,24 @@ def run(args: argparse.Namespace) -> int:
         distributed.shutdown()
     if not distributed.is_main_process():
         return EXIT_OK  # rank 0 reports for a distributed run
-    metrics = summary.get("metrics", {})
-    if not args.quiet:
-        print(f"finished {summary['epochs']} epochs in {summary['seconds']:.1f} s")
-        for key, value in metrics.items():
-            print(f"  {key:24s} {value:.4f}")
+    print(f"finished {summary['epochs']} epochs in {summary['seconds']:.1f} s")
+    for key, value in summary.get("metrics", {}).items():
+        print(f"  {key:24s} {value:.4f}")
+    print(results_line(run_dir))
     return EXIT_OK
+
+
+def results_line(run_dir: Path) -> str:
+    """Where a finished run's results are, named as they exist: its summary, log, checkpoints and
+    fused validation images, and the commands that use them."""
+    parts = [
+        name for name in ("summary.json", "log.jsonl", "checkpoints/last.pt", "val_images") if (run_dir / name).exists()
+    ]
+    quoted = shlex.quote(str(run_dir))
+    return (
+        f"results in {run_dir}: {', '.join(parts)}\n"
+        f"  curves: metaloss plot {quoted}   fuse: metaloss fuse --checkpoint {quoted} --a ... --b ... -o ..."
+    )
 
 
 def _check_data(cfg: ExperimentConfig) -> int:

@@ -24,6 +24,7 @@ are taken without graph, as truncation prescribes) and to problems that provide 
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -115,7 +116,10 @@ def output_jvp(problem: SplitInnerLoss, theta0: ParamDict, tangents: ParamDict, 
     """``J v``: the derivative of the learner's output at ``theta0`` in the direction ``tangents``
     (forward-mode AD with dual tensors; buffers are fresh copies, so batch-norm statistics stay put)."""
     learner = problem.learner  # type: ignore[attr-defined]
-    with fwAD.dual_level(), torch.no_grad():
+    with fwAD.dual_level(), torch.no_grad(), warnings.catch_warnings():
+        # torch's first make_dual loads its JVP decompositions through torch.jit.script, which warns
+        # of its own deprecation on every run; nothing for a user to act on
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
         params = {
             n: p if tangents.get(n) is None else fwAD.make_dual(p, tangents[n].to(p.dtype)) for n, p in theta0.items()
         }

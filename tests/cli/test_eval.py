@@ -299,3 +299,27 @@ def test_two_sources_of_one_stem_are_a_usage_error(folders, capsys):
         == 2
     )
     assert capsys.readouterr().err == f"error: {folders['vi']}: several images with one name: a.jpg and a.png\n"
+
+
+def test_one_folder_summary_stars_nothing(folders, capsys):
+    base = ["--ir", str(folders["ir"]), "--vi", str(folders["vi"]), "--metrics", "EN,SSIM", "--no-progress"]
+    assert main([*base, "--fused", str(folders["m2"]), "--summary"]) == 0
+    out = capsys.readouterr().out
+    means = out[out.index("== means") :].splitlines()
+    assert "best" not in means[0] and "*" not in "\n".join(means)
+    assert means[3].split()[0] == "m2" and len(means[3].split()) == 3  # the label and the two means
+
+
+def test_fused_folders_of_different_image_sets_are_warned(folders, tmp_path, capsys):
+    fewer = tmp_path / "m3"
+    fewer.mkdir()
+    (fewer / "a.jpg").write_bytes((folders["m2"] / "a.jpg").read_bytes())
+    base = ["--ir", str(folders["ir"]), "--vi", str(folders["vi"]), "--metrics", "EN", "--no-progress"]
+    assert main([*base, "--fused", str(folders["m1"]), "--fused", str(fewer)]) == 0
+    err = capsys.readouterr().err
+    assert (
+        "warning: the fused folders hold different image sets (m1: 2, m3: 1 images scored; 1 in all), so the "
+        "comparison's means are over different images; not in every folder: b\n"
+    ) in err
+    assert main([*base, "--fused", str(folders["m1"]), "--fused", str(folders["m2"])]) == 0
+    assert "different image sets" not in capsys.readouterr().err  # a and b scored in both
