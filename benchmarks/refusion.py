@@ -312,8 +312,12 @@ def run_task(name: str, reuse: bool, overrides: list[str], ship_model: bool, doc
         tag = "".join(c if c.isalnum() else "_" for c in label)[:40]
         data = subset(eval_set, task.config, out / "eval" / tag / "sources")
         rows = {
-            f"metaloss {name} model (this run)": score(ckpt, data, "a", "b", out / "eval" / tag, mef_ssim=task.mef_ssim),
-            "plain average (measured here)": score(None, data, "a", "b", out / "eval" / tag / "avg", mef_ssim=task.mef_ssim),
+            f"metaloss {name} model (this run)": score(
+                ckpt, data, "a", "b", out / "eval" / tag, mef_ssim=task.mef_ssim
+            ),
+            "plain average (measured here)": score(
+                None, data, "a", "b", out / "eval" / tag / "avg", mef_ssim=task.mef_ssim
+            ),
         }
         rows.update(eval_set.reference)
         results[label] = rows
@@ -335,8 +339,7 @@ def run_task(name: str, reuse: bool, overrides: list[str], ship_model: bool, doc
             parts.append(text)
         body = (
             f"_Measured by `python -m benchmarks.refusion task {name}` on {machine()}._\n\n"
-            f"Training: `metaloss run {task.config}` took **{seconds / 60:.1f} min** ({how}).\n\n"
-            + "\n\n".join(parts)
+            f"Training: `metaloss run {task.config}` took **{seconds / 60:.1f} min** ({how}).\n\n" + "\n\n".join(parts)
         )
         write_section(ROOT / "docs" / "pretrained.md", name.upper(), body)
     return {"seconds": seconds, "results": results}
