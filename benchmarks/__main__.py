@@ -4,6 +4,7 @@
     python -m benchmarks --parts meta inference       # some parts only (the others' sections are kept)
     python -m benchmarks --quick                      # a smoke run at small sizes, printed, docs untouched
     python -m benchmarks --device cuda --threads 4    # on a GPU (meta-step and inference parts)
+    python -m benchmarks --device cuda --quick        # on a GPU: the reference sizes, one repeat, eager engines
 
 Parts:
 
@@ -129,9 +130,21 @@ def write_section(doc: Path, part: str, body: str) -> None:
 
 
 # -- parts ------------------------------------------------------------------------------------------------
+def small_sizes(args: argparse.Namespace) -> bool:
+    """``--quick`` shrinks the images on the CPU only: a GPU takes the reference sizes in seconds, and
+    they are the sizes its timings are wanted for."""
+    return bool(args.quick) and not args.device.startswith("cuda")
+
+
+def engines(device: str) -> list[str]:
+    """The inference engines worth timing on ``device``: on a GPU the eager forward and ``metaloss fuse``'s
+    plan (the fast engine and onnxruntime's CPU provider are CPU engines)."""
+    return ["torch", "torch:exact"] if device.startswith("cuda") else list(inference_speed.ENGINES)
+
+
 def meta_part(args: argparse.Namespace) -> dict:
     load = _load()
-    crop, task = (64, (64, 64)) if args.quick else (256, (240, 320))
+    crop, task = (64, (64, 64)) if small_sizes(args) else (256, (240, 320))
     impls = ["torch.func", "torch.func:recompute", "torch.func:double_backward", "higher", "reference"]
     data = meta_step.run_all(
         impls,
@@ -206,10 +219,10 @@ def render_meta(data: dict) -> str:
 
 def inference_part(args: argparse.Namespace) -> dict:
     load = _load()
-    sizes = [(120, 160)] if args.quick else [(480, 640), (1024, 1280)]
+    sizes = [(120, 160)] if small_sizes(args) else [(480, 640), (1024, 1280)]
     data = inference_speed.run_all(
         sizes,
-        list(inference_speed.ENGINES),
+        engines(args.device),
         1 if args.quick else args.repeats,
         args.threads,
         args.device,

@@ -284,8 +284,11 @@ class ExperimentConfig(_Strict):
     seed: int = Field(0, description="seeds python, numpy and torch; each epoch re-seeds from (seed, epoch)")
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     deterministic: bool = Field(True, description="torch.use_deterministic_algorithms for repeatable runs")
-    dtype: Literal["float32", "float64"] = Field(
-        "float32", description="floating-point type of the networks and batches; float64 for exact comparisons (slower)"
+    dtype: Literal["float32", "float64", "bfloat16"] = Field(
+        "float32",
+        description="floating-point type of the networks and batches; float64 for exact comparisons (slower); "
+        "'bfloat16' (CUDA only): float32 networks whose learner and objective steps run under bfloat16 autocast, "
+        "the meta-step in float32 (docs/gpu.md)",
     )
     data: DataConfig = Field(default_factory=DataConfig)
     val_data: DataConfig | None = Field(None, description="validation data; omitted = [data] with split 'val'")
@@ -318,6 +321,16 @@ class ExperimentConfig(_Strict):
         forms = _device_forms()
         if not (v in forms or re.fullmatch(r"cuda:\d+", v)):
             raise ValueError(f"unknown device {v!r}; valid: {', '.join(forms)}, or cuda:N (N = 0, 1, ...)")
+        return v
+
+    @field_validator("dtype")
+    @classmethod
+    def _bfloat16_on_cuda(cls, v: str, info: ValidationInfo) -> str:
+        """bfloat16 autocast is a GPU speed switch (on CPUs without bfloat16 units it is slower than
+        float32); ``device = "auto"`` is checked when the run resolves it (``metaloss.experiment``)."""
+        device = info.data.get("device")
+        if v == "bfloat16" and device is not None and not device.startswith(("auto", "cuda")):
+            raise ValueError(f"'bfloat16' needs a CUDA device, but device = {device!r}; use float32 there")
         return v
 
     def to_toml(self) -> str:

@@ -41,6 +41,7 @@ from metaloss.meta.guard import ROLES, NonFiniteStop
 from metaloss.meta.trainer import AlternatingTrainer, TrainerHooks, seed_everything
 from metaloss.problem import FusionProblem
 from metaloss.protocols import Task
+from metaloss.utils.cuda import bfloat16_problem, configure_cuda
 from metaloss.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text, naming_the_file
 from metaloss.utils.memory import set_allocator_policy
 from metaloss.utils.runlock import LOCK_NAME, RunLock, RunLocked
@@ -87,12 +88,31 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device ``device = name`` means here; a CUDA device that this machine lacks is refused now,
+    naming the key, rather than by torch when the first network is moved to it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RunError(f"device = {name!r} but CUDA is not available; use device = 'cpu' or 'auto'")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise RunError(f"device = {name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
+
+
+#: ``dtype`` of a config -> (the networks' dtype, the autocast dtype of learner and objective steps)
+PRECISION: dict[str, tuple[torch.dtype, torch.dtype | None]] = {
+    "float32": (torch.float32, None),
+    "float64": (torch.float64, None),
+    "bfloat16": (torch.float32, torch.bfloat16),
+}
+
+
+def check_precision(dtype: str, device: torch.device) -> None:
+    """Refuse ``dtype = "bfloat16"`` where it cannot run; ``device = "auto"`` is known only now."""
+    problem = bfloat16_problem(device) if PRECISION[dtype][1] is torch.bfloat16 else None
+    if problem is not None:
+        raise RunError(f"dtype = {dtype!r}: {problem}; use dtype = 'float32'")
 
 
 def _build(group: str, section: PluginSection, **kwargs: Any) -> Any:
@@ -133,7 +153,11 @@ class Experiment:
 def build_experiment(cfg: ExperimentConfig, device: torch.device | None = None) -> Experiment:
     """``device``: where to build (a rank's own GPU, say); default: ``cfg.device`` resolved."""
     device = device if device is not None else resolve_device(cfg.device)
+    check_precision(cfg.dtype, device)
+    dtype = PRECISION[cfg.dtype][0]
     set_allocator_policy(cfg.performance.allocator)
+    if device.type == "cuda":
+        configure_cuda(cfg.deterministic)
     seed_everything(cfg.seed)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -156,11 +180,11 @@ def build_experiment(cfg: ExperimentConfig, device: torch.device | None = None) 
         task_from_crop=cfg.data.task_from_crop,
         swap_modalities=cfg.data.swap_modalities,
         device=device,
-        dtype=getattr(torch, cfg.dtype),
+        dtype=dtype,
         recompute_generator=cfg.performance.recompute_generator,
         recompute_outer=cfg.performance.recompute_outer,
         meta_gradient_method=cfg.performance.meta_gradient,
-    ).to(device=device, dtype=getattr(torch, cfg.dtype))
+    ).to(device=device, dtype=dtype)
     return Experiment(cfg, problem, train_set, val_set, device)
 
 
@@ -486,6 +510,7 @@ def _train(
         checkpoint_every=cfg.checkpoint.every,
         guard=cfg.guard,
         parallel=parallel,
+        autocast=PRECISION[cfg.dtype][1],
     )
     if state is not None:
         try:

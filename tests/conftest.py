@@ -18,6 +18,16 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` run where torch sees a CUDA device, and are skipped with the reason elsewhere."""
+    if torch.cuda.is_available():
+        return
+    reason = f"no CUDA device: torch {torch.__version__} (CUDA {torch.version.cuda}) sees none"
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

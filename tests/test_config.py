@@ -196,6 +196,23 @@ def test_valid_device_forms_pass_the_config(device):
     assert load_config({**NETWORKS, "device": device}, check_plugins=False).device == device
 
 
+def test_bfloat16_on_the_cpu_is_refused_naming_dtype():
+    with pytest.raises(ConfigError) as info:
+        load_config({**NETWORKS, "device": "cpu", "dtype": "bfloat16"}, check_plugins=False)
+    assert "<config>: dtype: 'bfloat16' needs a CUDA device, but device = 'cpu'" in str(info.value)
+
+
+@pytest.mark.parametrize("device", ["auto", "cuda", "cuda:1"])
+def test_bfloat16_passes_the_config_where_the_device_may_be_cuda(device):
+    assert load_config({**NETWORKS, "device": device, "dtype": "bfloat16"}, check_plugins=False).dtype == "bfloat16"
+
+
+def test_an_unknown_dtype_is_refused_naming_the_key_and_the_valid_values():
+    with pytest.raises(ConfigError) as info:
+        load_config({**NETWORKS, "dtype": "float16"}, check_plugins=False)
+    assert "<config>: dtype: Input should be 'float32', 'float64' or 'bfloat16'" in str(info.value)
+
+
 @pytest.mark.parametrize(
     "eval_section,key,reason",
     [

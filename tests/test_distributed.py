@@ -304,3 +304,28 @@ def test_errors_of_a_rank_surface_with_a_clear_message(tmp_path):
     assert "metaloss: error: the distributed run failed: rank 0" in proc.stderr
     assert (out / "keep.txt").read_text() == "x" and sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     assert not [p.name for p in tmp.iterdir() if p.name.startswith("metaloss_torchrun_")]  # torchrun's logs removed
+
+
+# -- on GPUs (docs/gpu.md) ---------------------------------------------------------------------------------
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL needs one GPU per rank: 2 ranks need 2 GPUs")
+def test_nccl_two_processes_on_two_gpus_equal_one_with_double_batch(tmp_path):
+    """``device = "auto"``: rank r takes GPU r and the backend is NCCL; float64 so that only rounding differs."""
+    cfg = with_batch(REFUSION, 2, device="auto", dtype="float64")
+    one, two = tmp_path / "one", tmp_path / "two"
+    metaloss("run", write_config(tmp_path / "one.toml", with_batch(cfg, 4)), "--out", one, "--quiet")
+    metaloss("run", write_config(tmp_path / "two.toml", cfg), "--out", two, "--quiet", "--nproc", "2")
+    assert_same_networks(trainer_state(one), trainer_state(two), run_tolerance(torch.float64, 4 * 24 * 24, 5, 1e-3))
+    assert json.loads((two / "summary.json").read_text())["distributed"]["backend"] == "nccl"
+
+
+@pytest.mark.cuda
+def test_gloo_two_processes_on_one_gpu_equal_one_with_double_batch(tmp_path):
+    """``device = "cuda:0"`` pins both ranks to one GPU (NCCL refuses that; gloo all-reduces CUDA tensors):
+    the data-parallel path on CUDA tensors, on a machine with a single GPU."""
+    cfg = with_batch(REFUSION, 2, device="cuda:0", dtype="float64", distributed={"backend": "gloo"})
+    one, two = tmp_path / "one", tmp_path / "two"
+    metaloss("run", write_config(tmp_path / "one.toml", with_batch(cfg, 4)), "--out", one, "--quiet")
+    metaloss("run", write_config(tmp_path / "two.toml", cfg), "--out", two, "--quiet", "--nproc", "2")
+    assert_same_networks(trainer_state(one), trainer_state(two), run_tolerance(torch.float64, 4 * 24 * 24, 5, 1e-3))
+    assert json.loads((two / "summary.json").read_text())["distributed"]["backend"] == "gloo"

@@ -1,6 +1,7 @@
 """End-to-end runs on tiny synthetic scenes through the real plugins and the CLI."""
 
 import json
+import math
 
 import cv2
 import pytest
@@ -290,3 +291,36 @@ def test_eval_stretch_scores_the_images_as_fuse_writes_them(tmp_path):
     stretched = run(tiny(**one, eval={"stretch": True}), tmp_path / "stretched", quiet=True)["metrics"]
     assert stretched["fusion/SD"] > raw["fusion/SD"]
     assert load_config(tmp_path / "raw" / "config.toml").eval.stretch is False
+
+
+# -- GPU: device, precision and cuDNN settings (docs/gpu.md) ----------------------------------------------
+@pytest.mark.skipif(torch.cuda.is_available(), reason="device = 'auto' resolves to CUDA here")
+def test_bfloat16_with_device_auto_on_a_machine_without_cuda_is_refused_naming_dtype(tmp_path):
+    with pytest.raises(RunError, match=r"dtype = 'bfloat16': it needs a CUDA device, and the run is on cpu"):
+        run(tiny(device="auto", dtype="bfloat16"), tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+@pytest.mark.cuda
+def test_a_cuda_index_the_machine_lacks_is_refused_naming_device():
+    from metaloss.experiment import resolve_device
+
+    index = torch.cuda.device_count()
+    with pytest.raises(RunError, match=rf"device = 'cuda:{index}' but this machine has {index} CUDA device"):
+        resolve_device(f"cuda:{index}")
+    assert resolve_device("auto") == torch.device("cuda") and resolve_device("cuda:0").type == "cuda"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_run_on_cuda_trains_with_float32_weights_and_the_documented_cudnn_settings(tmp_path, dtype):
+    summary = run(tiny(device="cuda", dtype=dtype), tmp_path / "run", quiet=True)
+    assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic  # deterministic = true
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    state = params(tmp_path / "run" / "checkpoints" / "last.pt")
+    weights = [
+        t for role in ("learner", "generator", "objective") for t in state[role].values() if t.is_floating_point()
+    ]
+    assert weights and all(t.dtype == torch.float32 and bool(t.isfinite().all()) for t in weights)
+    assert summary["environment"]["cuda"] == torch.cuda.get_device_name()
+    assert all(math.isfinite(v) for v in summary["metrics"].values())

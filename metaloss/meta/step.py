@@ -298,6 +298,7 @@ def learner_step(
     *,
     loss_scale: float = 1.0,
     grad_hook: Callable[[list[Tensor]], None] | None = None,
+    autocast: torch.dtype | None = None,
 ) -> LearnerStepResult:
     """One step of the learner on the current learned loss (loss generator frozen), then one of the
     objective network on its own loss with the learner's output detached.  Returns both losses.
@@ -311,11 +312,16 @@ def learner_step(
     network's gradients (``p.grad``, in place) before the checks, clipping and step: data-parallel
     training scales by the rank's share of the global batch and sums the gradients over the ranks.
     The losses returned are unscaled.
+
+    ``autocast`` (e.g. ``torch.bfloat16``): the two forward passes run under ``torch.autocast`` on the
+    learner's device type, their backward passes outside it; parameters, gradients and optimizer
+    states keep their own dtype.  (``meta_step`` has no such switch: the meta-gradient is a small
+    difference of second-order terms that bfloat16's 8-bit mantissa would drown.)
     """
     learner_params = trainable_params(problem.learner)
     learner_optimizer.zero_grad(set_to_none=True)
     saved = _buffer_snapshot(problem.learner)
-    with frozen(problem.loss_generator):
+    with frozen(problem.loss_generator), _autocast(problem.learner, autocast):
         loss, terms = split_loss(problem.inner_loss(learner_params, batch))
     (loss * loss_scale if loss_scale != 1.0 else loss).backward()
     if grad_hook is not None:
@@ -336,7 +342,8 @@ def learner_step(
         objective_optimizer.zero_grad(set_to_none=True)
         saved = _buffer_snapshot(problem.objective)
         learner_now = {n: p.detach() for n, p in problem.learner.named_parameters()}
-        objective = problem.objective_loss(objective_params, learner_now, batch)
+        with _autocast(problem.learner, autocast):
+            objective = problem.objective_loss(objective_params, learner_now, batch)
         (objective * loss_scale if loss_scale != 1.0 else objective).backward()
         if grad_hook is not None:
             grad_hook([p.grad for p in objective_params.values() if p.grad is not None])
@@ -353,6 +360,13 @@ def learner_step(
         objective_optimizer.step()
         objective_value = float(objective.detach())
     return LearnerStepResult(float(loss.detach()), objective_value, terms)
+
+
+def _autocast(module: nn.Module, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+    """``torch.autocast`` to ``dtype`` on the device type of ``module``'s parameters; None: no autocast."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(next(module.parameters()).device.type, dtype=dtype)
 
 
 def _buffer_snapshot(module: nn.Module) -> list[tuple[Tensor, Tensor]]:

@@ -143,8 +143,10 @@ class AlternatingTrainer:
         meta_test_set: Dataset | None = None,
         guard: NonFinitePolicy | None = None,
         parallel: DataParallel | None = None,
+        autocast: torch.dtype | None = None,
     ):
         self.problem, self.train_set, self.meta, self.optim = problem, train_set, meta, optim
+        self.autocast = autocast  # the learner steps' forward passes (learner_step); meta-steps stay as they are
         self.meta_test_set = meta_test_set
         self.batch_size, self.collate_fn, self.num_workers = batch_size, collate_fn, num_workers
         self.seed, self.hooks = seed, hooks or TrainerHooks()
@@ -329,6 +331,7 @@ class AlternatingTrainer:
                     self.learner_opt,
                     self.objective_opt,
                     grad_clip=self.optim.grad_clip,
+                    autocast=self.autocast,
                     **parallel,
                 )
             except NonFiniteError as err:

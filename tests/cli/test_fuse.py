@@ -452,3 +452,16 @@ def test_out_elsewhere_with_the_sources_names_is_fine(tmp_path, ckpt, folders):
     (out / "a.png").write_bytes(b"an older result")
     assert main(["-c", str(ckpt), "--ir", str(ir), "--vi", str(vi), "--out", str(out), "-q"]) == 0
     assert _read(out / "a.png").shape == (H, W, 3)  # replaced: it was an output, not a source
+
+
+@pytest.mark.cuda
+def test_fuse_on_cuda_writes_the_cpu_s_image_within_one_grey_level(tmp_path, ckpt):
+    """The same model and pair on both devices: float rounding may move a pixel across a rounding edge."""
+    cv2.imwrite(str(tmp_path / "ir.png"), _gray(0))
+    cv2.imwrite(str(tmp_path / "vi.png"), _colour(1))
+    for device in ("cpu", "cuda"):
+        argv = ["--checkpoint", str(ckpt), "--ir", str(tmp_path / "ir.png"), "--vi", str(tmp_path / "vi.png")]
+        assert main([*argv, "--out", str(tmp_path / device), "--device", device, "-q"]) == 0
+    cpu, cuda = _read(tmp_path / "cpu" / "vi.png"), _read(tmp_path / "cuda" / "vi.png")
+    assert cpu.shape == cuda.shape == (H, W, 3)
+    assert int(np.abs(cpu.astype(int) - cuda.astype(int)).max()) <= 1
