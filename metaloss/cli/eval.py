@@ -13,7 +13,7 @@ file; with several fused folders, a comparison table of the means with the best 
 metric marked ``*`` (one folder: its means, nothing marked).  Source pairs that a fused folder has no
 image for are named in a warning on stderr (its means leave them out), and so are the images not
 scored in every fused folder compared.  ``--json``/``--csv`` naming an input (a source or fused image,
-or a folder) is refused before scoring.  Errors are ``error: MESSAGE`` lines on stderr.
+or a folder) is refused before scoring.  Errors are ``metaloss eval: error: MESSAGE`` lines on stderr.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from metaloss.data.pairs import list_images
 from metaloss.metrics.folders import FolderEvaluation, MethodResult, evaluate_folders
 from metaloss.metrics.profiles import DEFAULT_PROFILE, PROFILES
 from metaloss.utils.io import clashing_input
+
+PROG = "metaloss eval"
 
 __all__ = ["configure_parser", "format_different_sets", "format_evaluation", "format_missing", "format_table", "run"]
 
@@ -148,14 +150,14 @@ def run(args: argparse.Namespace) -> int:
                 f"profile {profile.name!r} has no metric {', '.join(map(repr, unknown))}; "
                 f"it has {', '.join(profile.metrics)}",
                 EXIT_USAGE,
-                prog=None,
+                prog=PROG,
             )
     for what, d in [("--a", args.ir), ("--b", args.vi)] + [("--fused", d) for d in args.fused]:
         if not Path(d).is_dir():
-            return fail(f"{what} {str(d)!r} is not a directory", EXIT_USAGE, prog=None)
+            return fail(f"{what} {str(d)!r} is not a directory", EXIT_USAGE, prog=PROG)
     problem = _result_file_error(args)
     if problem is not None:
-        return fail(problem, EXIT_USAGE, prog=None)
+        return fail(problem, EXIT_USAGE, prog=PROG)
     workers = max(1, int(args.workers))
     threads = None
     if workers > 1:
@@ -177,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
             workers=workers,
         )
     except (ValueError, RuntimeError) as exc:  # e.g. an unusable --device
-        return fail(str(exc), EXIT_USAGE, prog=None)
+        return fail(str(exc), EXIT_USAGE, prog=PROG)
     finally:
         if threads is not None:
             torch.set_num_threads(threads[0])

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -105,51 +105,45 @@ def run_planned(
     raise ValueError(f"unknown tiling plan {plan}")
 
 
-def fuse_pair(
-    net: nn.Module,
-    ir: Tensor,
-    vi: Tensor,
+def run_network(
+    module: nn.Module,
+    a: Tensor,
+    b: Tensor,
     *,
     tile: int | None = None,
     mode: TilingMode = "auto",
     overlap: int = DEFAULT_OVERLAP,
     on_tile: Progress | None = None,
     engine: Engine = "torch",
-) -> Tensor:
-    """Fuse ``ir``, ``vi`` (``[B, 1, H, W]`` or ``[1, H, W]``, in [0, 1]) with ``net`` under
-    ``torch.inference_mode``, whole or tiled by :func:`plan_tiling` (``tile``: None = automatic,
-    0 = whole image; ``mode``: auto, exact or blend).  Returns float32 of the input's shape on the
-    input's device; ``net`` runs on its own device."""
-    squeeze = ir.ndim == 3
+) -> Tensor | dict[str, Tensor]:
+    """Run ``module`` on sources ``[B, 1, H, W]`` or ``[1, H, W]`` (in [0, 1]), whole or tiled by
+    :func:`plan_tiling` (``tile``: None = automatic, 0 = whole image; ``mode``: auto, exact or
+    blend), under ``torch.inference_mode``; results with the inputs' batch dimension (or none)."""
+    squeeze = a.ndim == 3
     if squeeze:
-        ir, vi = ir[None], vi[None]
-    plan = plan_tiling(net, *ir.shape[-2:], tile=tile, mode=mode, overlap=overlap)
-    out = run_planned(net, ir, vi, plan, on_tile=on_tile, engine=engine)
-    assert isinstance(out, Tensor)
-    return out[0] if squeeze else out
+        a, b = a[None], b[None]
+    plan = plan_tiling(module, *a.shape[-2:], tile=tile, mode=mode, overlap=overlap)
+    out = run_planned(module, a, b, plan, on_tile=on_tile, engine=engine)
+    if not squeeze:
+        return out
+    return {k: v[0] for k, v in out.items()} if isinstance(out, dict) else out[0]
 
 
-def generator_maps(
-    generator: nn.Module,
-    ir: Tensor,
-    vi: Tensor,
-    *,
-    tile: int | None = None,
-    mode: TilingMode = "auto",
-    overlap: int = DEFAULT_OVERLAP,
-    on_tile: Progress | None = None,
-    engine: Engine = "torch",
-) -> dict[str, Tensor]:
+def fuse_pair(net: nn.Module, a: Tensor, b: Tensor, **options: Any) -> Tensor:
+    """The fused image of sources ``a``, ``b`` (``[B, 1, H, W]`` or ``[1, H, W]``, in [0, 1]): float32
+    of the input's shape on the input's device; ``net`` runs on its own device; ``options``: those
+    of :func:`run_network`."""
+    out = run_network(net, a, b, **options)
+    if not isinstance(out, Tensor):
+        raise TypeError(f"{type(net).__name__} returned {type(out).__name__}, not the fused image")
+    return out
+
+
+def generator_maps(generator: nn.Module, a: Tensor, b: Tensor, **options: Any) -> dict[str, Tensor]:
     """The loss generator's maps (``"intensity"``, and ``"gradient"`` when it gives them) for a pair,
-    each ``[B, 2, H, W]`` (channel 0 infrared, 1 visible), tiled like :func:`fuse_pair`."""
-    squeeze = ir.ndim == 3
-    if squeeze:
-        ir, vi = ir[None], vi[None]
-    plan = plan_tiling(generator, *ir.shape[-2:], tile=tile, mode=mode, overlap=overlap)
-    out = run_planned(generator, ir, vi, plan, on_tile=on_tile, engine=engine)
-    if not isinstance(out, dict):
-        out = {"intensity": out}
-    return {k: (v[0] if squeeze else v) for k, v in out.items()}
+    each ``[B, 2, H, W]`` (channel 0 source a, 1 source b); ``options``: those of :func:`run_network`."""
+    out = run_network(generator, a, b, **options)
+    return out if isinstance(out, dict) else {"intensity": out}
 
 
 def _module_device(module: nn.Module) -> torch.device:

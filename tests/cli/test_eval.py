@@ -248,10 +248,13 @@ def test_results_file_naming_an_input_is_refused_before_scoring(folders, tmp_pat
         assert main([*base, option, str(target)]) == 2
         assert capsys.readouterr() == (
             "",
-            (f"error: {option} {str(target)!r} is the input {str(clash)!r}; write the results to another file\n"),
+            (
+                f"metaloss eval: error: {option} {str(target)!r} is the input {str(clash)!r}; "
+                "write the results to another file\n"
+            ),
         )
     assert main([*base, "--csv", str(tmp_path)]) == 2
-    assert capsys.readouterr().err == f"error: --csv {str(tmp_path)!r} is a folder; give a file name\n"
+    assert capsys.readouterr().err == f"metaloss eval: error: --csv {str(tmp_path)!r} is a folder; give a file name\n"
     assert {p: p.read_bytes() for d in ("ir", "vi", "m1", "m2") for p in folders[d].iterdir()} == before
 
 
@@ -298,7 +301,10 @@ def test_two_sources_of_one_stem_are_a_usage_error(folders, capsys):
         main(["--ir", str(folders["ir"]), "--vi", str(folders["vi"]), "--fused", str(folders["m1"]), "--no-progress"])
         == 2
     )
-    assert capsys.readouterr().err == f"error: {folders['vi']}: several images with one name: a.jpg and a.png\n"
+    assert (
+        capsys.readouterr().err
+        == f"metaloss eval: error: {folders['vi']}: several images with one name: a.jpg and a.png\n"
+    )
 
 
 def test_one_folder_summary_stars_nothing(folders, capsys):
