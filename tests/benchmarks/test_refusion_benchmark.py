@@ -1,11 +1,16 @@
-"""Pieces of the ReFusion benchmark that need no training: the plain-average baseline's images."""
+"""Pieces of the ReFusion benchmark that need no training: the plain-average baseline's images, the
+held-out evaluation sets of the task models."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import cv2
 import numpy as np
+import pytest
 
-from benchmarks.refusion import HELD_OUT, TNO_TARGET, write_average
+from benchmarks.refusion import HELD_OUT, ROOT, TASKS, TNO_TARGET, subset, write_average
 
 
 def test_plain_average_is_written_per_pair_by_name(tmp_path):
@@ -26,3 +31,25 @@ def test_plain_average_is_written_per_pair_by_name(tmp_path):
 def test_held_out_sets_are_not_the_evaluation_set():
     assert "tno25" not in {folder for folder, _, _ in HELD_OUT.values()}
     assert TNO_TARGET == {"VIF": 0.754, "Qabf": 0.552, "SSIM": 1.016}  # the official checkpoint on tno25
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_each_task_model_is_scored_on_pairs_its_run_never_trains_on(task, shared_data, tmp_path):
+    """The evaluation sets of `benchmarks.refusion task` hold no training pair of the task's config:
+    its validation split, a pattern its `data.exclude` keeps out, or another collection."""
+    from metaloss.config import load_config
+    from metaloss.experiment import build_dataset
+
+    config = TASKS[task].config
+    cwd = os.getcwd()
+    os.chdir(ROOT)  # data.root is relative to the repository root
+    try:
+        trained = {Path(p.a).resolve() for p in build_dataset(load_config(ROOT / config).data, "train").pairs}
+    finally:
+        os.chdir(cwd)
+    for label, eval_set in TASKS[task].sets.items():
+        folder = subset(eval_set, config, tmp_path / "".join(c for c in label if c.isalnum()))
+        scored = {p.resolve() for p in (folder / "a").iterdir()}
+        assert len(scored) == len(list((folder / "b").iterdir())) > 0
+        assert not scored & trained, f"{label}: scored on training pairs"
