@@ -102,6 +102,7 @@ def tomllib_dumps(table: dict) -> str:
         return ""
 
 
+@pytest.mark.filterwarnings("ignore:.*config key .* is deprecated:FutureWarning")  # old keys are drawn too
 @SETTINGS
 @given(
     items=st.lists(
