@@ -117,7 +117,11 @@ TASKS = {
             "PET-MRI, 24 held-out Harvard pairs": EvalSet(HARVARD / "PET-MRI", "PET", "MRI", held_out="config"),
             "SPECT-MRI, 33 held-out Harvard pairs": EvalSet(HARVARD / "SPECT-MRI", "SPECT", "MRI", held_out="config"),
             "MRI-CT, CDDFuse's 21 test pairs": EvalSet(
-                DATA / "medical" / "mri_ct", "CT", "MRI", reference=MEDICAL_REFERENCE
+                DATA / "medical" / "mri_ct",
+                "CT",
+                "MRI",
+                reference=MEDICAL_REFERENCE,
+                target={"VIF": 0.485, "Qabf": 0.653, "SSIM": 0.530},
             ),
             "MRI-PET, CDDFuse's 42 test pairs": EvalSet(DATA / "medical" / "mri_pet", "PET", "MRI"),
         },
