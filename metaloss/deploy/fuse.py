@@ -235,17 +235,16 @@ def heatmap(
 def _with_colorbar(image: np.ndarray, code: int, lo: float, hi: float) -> np.ndarray:
     """``image`` with a vertical colour bar (top: ``hi``, bottom: ``lo``) and its two labels on the right."""
     h = image.shape[0]
-    scale = max(0.3, min(1.0, h / 600))
-    text_w = int(60 * scale) + 4
+    scale, thick, font = max(0.3, min(1.0, h / 600)), 1, cv2.FONT_HERSHEY_SIMPLEX
+    labels = [f"{hi:.3g}", f"{lo:.3g}"]
+    sizes = [cv2.getTextSize(text, font, scale, thick)[0] for text in labels]
     bar_w = max(8, h // 30)
+    panel = np.full((h, bar_w + 8 + max(w for w, _ in sizes), 3), 255, np.uint8)
     ramp = np.linspace(255, 0, h).astype(np.uint8)[:, None].repeat(bar_w, axis=1)
-    bar = cv2.cvtColor(cv2.applyColorMap(ramp, code), cv2.COLOR_BGR2RGB)
-    panel = np.full((h, bar_w + text_w + 4, 3), 255, np.uint8)
-    panel[:, 2 : 2 + bar_w] = bar
-    font, thick = cv2.FONT_HERSHEY_SIMPLEX, 1
-    (_, th), _ = cv2.getTextSize("0", font, scale, thick)
-    cv2.putText(panel, f"{hi:.3g}", (bar_w + 4, th + 2), font, scale, (0, 0, 0), thick, cv2.LINE_AA)
-    cv2.putText(panel, f"{lo:.3g}", (bar_w + 4, h - 3), font, scale, (0, 0, 0), thick, cv2.LINE_AA)
+    panel[:, 2 : 2 + bar_w] = cv2.cvtColor(cv2.applyColorMap(ramp, code), cv2.COLOR_BGR2RGB)
+    text_h = sizes[0][1]
+    cv2.putText(panel, labels[0], (bar_w + 5, text_h + 2), font, scale, (0, 0, 0), thick, cv2.LINE_AA)
+    cv2.putText(panel, labels[1], (bar_w + 5, h - 3), font, scale, (0, 0, 0), thick, cv2.LINE_AA)
     return np.concatenate([image, panel], axis=1)
 
 
