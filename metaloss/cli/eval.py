@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TextIO
 
 from metaloss.cli.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, fail
+from metaloss.cli.sources import add_source_arguments
 from metaloss.data.pairs import list_images
 from metaloss.metrics.folders import FolderEvaluation, MethodResult, evaluate_folders
 from metaloss.metrics.profiles import DEFAULT_PROFILE, PROFILES
@@ -42,24 +43,7 @@ MISSING_SHOWN = 10
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the ``eval`` options to ``parser``."""
     parser.description = "Fusion metrics (EN, SD, SF, AG, MI, SCD, VIF, Qabf, SSIM, ...) of folders of fused images."
-    parser.add_argument(
-        "--a",
-        "--ir",
-        dest="ir",
-        required=True,
-        type=Path,
-        metavar="DIR",
-        help="folder of the first source images (infrared; CT/PET/SPECT; near focus; under-exposed)",
-    )
-    parser.add_argument(
-        "--b",
-        "--vi",
-        dest="vi",
-        required=True,
-        type=Path,
-        metavar="DIR",
-        help="folder of the second source images (visible; MRI; far focus; over-exposed)",
-    )
+    add_source_arguments(parser, "a folder of source images")
     parser.add_argument(
         "--fused",
         required=True,
@@ -121,7 +105,7 @@ def _result_file_error(args: argparse.Namespace) -> str | None:
     """Why ``--json``/``--csv`` cannot be written, or None: it names an input of this evaluation (a
     source or fused image, or one of their folders), which it would replace, or another folder, or a
     file in a folder that does not exist, where writing would fail after all the scoring."""
-    folders = [args.ir, args.vi, *args.fused]
+    folders = [args.a, args.b, *args.fused]
     inputs = [*folders, *(p for d in folders for p in list_images(d))]
     for option, target in (("--json", args.json), ("--csv", args.csv)):
         if target is None:
@@ -152,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
                 EXIT_USAGE,
                 prog=PROG,
             )
-    for what, d in [("--a", args.ir), ("--b", args.vi)] + [("--fused", d) for d in args.fused]:
+    for what, d in [("--a", args.a), ("--b", args.b)] + [("--fused", d) for d in args.fused]:
         if not Path(d).is_dir():
             return fail(f"{what} {str(d)!r} is not a directory", EXIT_USAGE, prog=PROG)
     problem = _result_file_error(args)
@@ -169,8 +153,8 @@ def run(args: argparse.Namespace) -> int:
         cv2.setNumThreads(1)
     try:
         res = evaluate_folders(
-            args.ir,
-            args.vi,
+            args.a,
+            args.b,
             args.fused,
             profile,
             metrics,

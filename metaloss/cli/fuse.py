@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from metaloss.cli.errors import EXIT_OK, EXIT_USAGE, fail
+from metaloss.cli.sources import add_source_arguments
 from metaloss.data.pairs import PairingError, pair_images
 from metaloss.pretrained import MODELS, SOURCES
 
@@ -58,22 +59,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="which shipped pretrained model to use when no --checkpoint is given: "
         + "; ".join(f"{k}: {v}, a = {SOURCES[k][0]}, b = {SOURCES[k][1]}" for k, v in MODELS.items()),
     )
-    parser.add_argument(
-        "--a",
-        "--ir",
-        dest="a",
-        required=True,
-        metavar="PATH",
-        help="source a (infrared; CT, PET or SPECT; near focus; under-exposed), or a folder of them",
-    )
-    parser.add_argument(
-        "--b",
-        "--vi",
-        dest="b",
-        required=True,
-        metavar="PATH",
-        help="source b (visible; MRI; far focus; over-exposed), or a folder of them",
-    )
+    add_source_arguments(parser, "an image, or a folder of them")
     parser.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder (created if needed)")
     parser.add_argument(
         "--tile",
@@ -204,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         return fail(str(err), EXIT_USAGE, prog=PROG)
     try:
-        jobs, unpaired = pair_jobs(Path(args.a), Path(args.b))
+        jobs, unpaired = pair_jobs(args.a, args.b)
     except PairingError as err:
         return fail(str(err), EXIT_USAGE, prog=PROG)
     risk = overwrite_risk(Path(args.out), [p for job in jobs for p in (job.a, job.b)] + unpaired)
