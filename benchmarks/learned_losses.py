@@ -1,13 +1,14 @@
 """Learned fusion losses against the hand-made ones practitioners use, on real images.
 
 Every variant trains the same fusion network (``examples/refusion_roadscene.toml``: RoadScene's
-training pairs, 128x128 crops, the reconstruction task) for the same learner budget and seeds; only
+training pairs, 64x64 crops, the reconstruction task) for the same learner budget and seeds; only
 the loss differs.  Each run is scored on tno25 (``cddfuse`` profile) through ``metaloss fuse`` and
-``metaloss eval``, as a user would:
+``metaloss eval``, as a user would, with and without the min-max stretch:
 
     python -m benchmarks.learned_losses                       # every variant, seeds 0 1 2
     python -m benchmarks.learned_losses --variants fixed_half learned_prior --seeds 0
     python -m benchmarks.learned_losses --render              # the doc section from the saved results
+    python -m benchmarks.learned_losses --rescore             # add the scores without the stretch to saved runs
 
 Runs go two at a time (one CPU thread each) to ``runs/learned-losses/<variant>-s<seed>/``; results are
 saved after each run to ``runs/learned-losses/results.json`` (a rerun skips finished runs), and written
@@ -35,6 +36,7 @@ VARIANTS: dict[str, dict[str, object]] = {
         "loss_generator": '{name = "fixed", ir_weight = 0.5}',
         "loss.intensity_norm": '"l2"',
         "loss.gradient_target": '"max"',
+        "loss.ssim_weight": "0.0",
         "meta.meta_steps": "0",
     },
     "max_l1": {  # (b) SeAFusion / PIAFusion: |I_f - max(I_a, I_b)| + max-rule gradient term, their 10x weighting
@@ -42,30 +44,52 @@ VARIANTS: dict[str, dict[str, object]] = {
         "loss.intensity_norm": '"l1"',
         "loss.gradient_target": '"max"',
         "loss.alpha": "10.0",
+        "loss.ssim_weight": "0.0",
         "meta.meta_steps": "0",
     },
     "max_target": {  # (c) (I_f - max(I_a, I_b))^2 + |grad I_f - grad max(I_a, I_b)|: both terms ask for one image
         "loss_generator": '{name = "fixed", intensity_rule = "max"}',
         "loss.intensity_norm": '"l2"',
         "loss.gradient_target": '"intensity"',
+        "loss.ssim_weight": "0.0",
+        "meta.meta_steps": "0",
+    },
+    "swinfusion": {  # (c) SwinFusion's loss: 20 |I_f - max| + 20 max-rule gradient + 10 (1 - mean SSIM), over 20
+        "loss_generator": '{name = "fixed", intensity_rule = "max"}',
+        "loss.intensity_norm": '"l1"',
+        "loss.gradient_target": '"max"',
+        "loss.alpha": "1.0",
+        "loss.ssim_weight": "0.5",
+        "meta.meta_steps": "0",
+    },
+    "max_target_ssim": {  # (c) max_target with the config's SSIM term
+        "loss_generator": '{name = "fixed", intensity_rule = "max"}',
+        "loss.intensity_norm": '"l2"',
+        "loss.gradient_target": '"intensity"',
+        "loss.ssim_weight": "1.0",
         "meta.meta_steps": "0",
     },
     "learned": {  # the loss proposal module from 0.5 (no prior), meta-trained
         "loss_generator": '{name = "refusion", gradient_weights = false, symmetric = true}',
         "loss.intensity_norm": '"l2"',
         "loss.gradient_target": '"intensity"',
+        "loss.ssim_weight": "0.0",
     },
-    "learned_prior": {  # the config's learned loss: a meta-learned correction around a near-max rule
+    "learned_prior": {  # the first learned design: a meta-learned correction around a near-max rule
         "loss_generator": '{name = "refusion", gradient_weights = false, symmetric = true, prior_sharpness = 50.0}',
         "loss.intensity_norm": '"l2"',
         "loss.gradient_target": '"intensity"',
+        "loss.ssim_weight": "0.0",
     },
     "prior_only": {  # the same generator never meta-trained: the soft max rule alone (what the learning adds)
         "loss_generator": '{name = "refusion", gradient_weights = false, symmetric = true, prior_sharpness = 50.0}',
         "loss.intensity_norm": '"l2"',
         "loss.gradient_target": '"intensity"',
+        "loss.ssim_weight": "0.0",
         "meta.meta_steps": "0",
     },
+    "learned_config": {},  # the config as it is: the default model's learned loss
+    "config_no_meta": {"meta.meta_steps": "0"},  # the same loss never meta-trained: its hand-made rule alone
 }
 HEADLINE = ("VIF", "Qabf", "SSIM")
 
@@ -76,40 +100,63 @@ def overrides(variant: str, seed: int) -> list[str]:
     return [f"{key}={value}" for key, value in {**common, **VARIANTS[variant]}.items()]
 
 
+def score_tno25(out: Path) -> dict[str, float]:
+    """tno25 scores of the run in ``out``: with the min-max stretch (keys ``VIF``, ...) and without
+    (``raw_VIF``, ...), so that every loss is read both ways whatever its run's own setting."""
+    checkpoint = out / "checkpoints" / "last.pt"
+    values = score(checkpoint, DATA / "tno25", "ir", "vi", out / "tno25", stretch=True)
+    raw = score(checkpoint, DATA / "tno25", "ir", "vi", out / "tno25_raw", stretch=False)
+    return {**values, **{f"raw_{m}": v for m, v in raw.items()}}
+
+
 def summarise(results: dict[str, dict[str, float]]) -> dict[str, dict[str, tuple[float, float, int]]]:
     """``{variant: {metric: (mean, sample standard deviation, runs)}}`` over the seeds of each variant
-    (results keyed ``"<variant>-s<seed>"``)."""
+    (results keyed ``"<variant>-s<seed>"``), for every metric key that all of its runs have."""
     by_variant: dict[str, list[dict[str, float]]] = {}
     for key, values in results.items():
         by_variant.setdefault(key.rsplit("-s", 1)[0], []).append(values)
     out = {}
     for variant, runs in by_variant.items():
+        keys = [k for k in runs[0] if all(k in r for r in runs)]
         out[variant] = {
             m: (
                 statistics.fmean(r[m] for r in runs),
                 statistics.stdev(r[m] for r in runs) if len(runs) > 1 else 0.0,
                 len(runs),
             )
-            for m in METRICS
+            for m in keys
         }
     return out
 
 
-def render(results: dict[str, dict[str, float]], meta: dict[str, object]) -> str:
-    stats = summarise(results)
+def _table(stats: dict[str, dict[str, tuple[float, float, int]]], prefix: str) -> str:
     head = "| loss | runs | " + " | ".join(METRICS) + " |\n|---|---:|" + "---:|" * len(METRICS)
+
+    def cell(s: dict[str, tuple[float, float, int]], m: str) -> str:
+        if prefix + m not in s:
+            return "—"
+        mean, std, n = s[prefix + m]
+        return f"{mean:.3f} ± {std:.3f}" if n > 1 else f"{mean:.3f}"
+
     rows = [
-        f"| {variant} | {next(iter(s.values()))[2]} | "
-        + " | ".join(f"{s[m][0]:.3f} ± {s[m][1]:.3f}" if s[m][2] > 1 else f"{s[m][0]:.3f}" for m in METRICS)
-        + " |"
+        f"| {variant} | {next(iter(s.values()))[2]} | " + " | ".join(cell(s, m) for m in METRICS) + " |"
         for variant, s in stats.items()
     ]
+    return head + "\n" + "\n".join(rows) + "\n"
+
+
+def render(results: dict[str, dict[str, float]], meta: dict[str, object]) -> str:
+    stats = summarise(results)
     return (
         f"_Measured by `python -m benchmarks.learned_losses {meta.get('args', '')}` on {meta.get('machine', '?')}._ "
-        f"Budget of every run: `{CONFIG}` as it is (2 epochs of 796 learner steps on 64x64 crops of RoadScene's "
+        f"Budget of every run: `{CONFIG}` (2 epochs of 796 learner steps on 64x64 crops of RoadScene's "
         "199 training pairs; the learned variants also take 100 meta-steps after the one-epoch warm-up), only the "
-        "loss changed. tno25, `cddfuse` profile through `metaloss fuse` (stretch on) and `metaloss eval`, "
-        "mean ± sample standard deviation over the seeds:\n\n" + head + "\n" + "\n".join(rows) + "\n"
+        "loss changed. tno25, `cddfuse` profile through `metaloss fuse` and `metaloss eval`, "
+        "mean ± sample standard deviation over the seeds.\n\nWith the min-max stretch of the reference test "
+        "scripts (`metaloss fuse --stretch`):\n\n"
+        + _table(stats, "")
+        + "\nWithout it (`--no-stretch`; the default model's setting):\n\n"
+        + _table(stats, "raw_")
     )
 
 
@@ -163,17 +210,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time, one thread each")
     parser.add_argument("--render", action="store_true", help="only write the doc section from the saved results")
+    parser.add_argument(
+        "--rescore", action="store_true", help="score the saved runs that lack the scores without the stretch"
+    )
     args = parser.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     saved = OUT / "results.json"
     state = json.loads(saved.read_text()) if saved.is_file() else {"results": {}, "seconds": {}}
-    if not args.render:
+    if args.rescore:
+        for key, values in state["results"].items():
+            if "raw_VIF" not in values:
+                run = OUT / key
+                raw = score(
+                    run / "checkpoints" / "last.pt", DATA / "tno25", "ir", "vi", run / "tno25_raw", stretch=False
+                )
+                values.update({f"raw_{m}": v for m, v in raw.items()})
+                saved.write_text(json.dumps(state, indent=2))
+                print(key, {m: round(values["raw_" + m], 3) for m in HEADLINE}, flush=True)
+    elif not args.render:
         todo = [(v, s) for s in args.seeds for v in args.variants if f"{v}-s{s}" not in state["results"]]
 
         def train_and_score(variant: str, seed: int) -> tuple[float, dict[str, float]]:
             key, out = f"{variant}-s{seed}", OUT / f"{variant}-s{seed}"
             seconds = train_concurrently({key: (CONFIG, out, overrides(variant, seed))})[key]
-            return seconds, score(out / "checkpoints" / "last.pt", DATA / "tno25", "ir", "vi", out / "tno25")
+            return seconds, score_tno25(out)
 
         # a pool, not batches: a hand-made run does not wait for a slower meta-learned one
         with ThreadPoolExecutor(args.parallel) as pool:

@@ -85,7 +85,7 @@ class ObjectiveConfig(PluginSection):
 
 
 class LossConfig(_Strict):
-    """The learnable fusion loss L_f = L_int + alpha * L_grad (see ``metaloss.losses``)."""
+    """The learnable fusion loss L_f = L_int + alpha * L_grad + ssim_weight * L_ssim (see ``metaloss.losses``)."""
 
     alpha: float = Field(1.0, ge=0, description="weight of the gradient term")
     weight_form: Literal["linear", "squared"] = Field(
@@ -101,6 +101,12 @@ class LossConfig(_Strict):
         "max",
         description="gradient term's target: 'max': the sources' larger Sobel response per pixel; "
         "'intensity': the Sobel response of the intensity term's target w_a*Ia + w_b*Ib",
+    )
+    ssim_weight: float = Field(
+        0.0,
+        ge=0,
+        description="beta: weight of the structural term 1 - (SSIM(If, Ia) + SSIM(If, Ib)) / 2 "
+        "(SwinFusion's SSIM loss); 0 = none",
     )
 
 

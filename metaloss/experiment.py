@@ -175,6 +175,7 @@ def build_experiment(cfg: ExperimentConfig, device: torch.device | None = None) 
         weight_form=cfg.loss.weight_form,
         intensity_norm=cfg.loss.intensity_norm,
         gradient_target=cfg.loss.gradient_target,
+        ssim_weight=cfg.loss.ssim_weight,
         crop_size=cfg.data.crop_size,
         task_size=cfg.data.task_size,
         task_from_crop=cfg.data.task_from_crop,

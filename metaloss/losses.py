@@ -11,8 +11,12 @@
              (the gradient of the intensity term's own target, so the two terms ask for the same image)
            = sum_k mean(v_k * |Gx(I_f) - Gx(I_k)|) + (same for y)                 with gradient weights V (ReFusion)
 
+    L_ssim = 1 - (mean SSIM(I_f, I_a) + mean SSIM(I_f, I_b)) / 2                  added as beta * L_ssim (ssim_weight)
+             (the structural term of SwinFusion's loss: keep the local structure of both sources)
+
 G = 3x3 Sobel with zero padding; (w_a, w_b) = maps["intensity"], (v_a, v_b) = maps["gradient"].
-The squared form squares the V weights as well.
+The squared form squares the V weights as well.  SSIM: Wang et al.'s map with an 11x11 Gaussian window
+(sigma 1.5), K1 = 0.01, K2 = 0.03 for images in [0, 1], over the windows inside the image.
 """
 
 from __future__ import annotations
@@ -48,17 +52,46 @@ def max_abs(a: Tensor, b: Tensor) -> Tensor:
     return torch.where(a.abs() >= b.abs(), a, b)
 
 
+def _gaussian_window(size: int, sigma: float, like: Tensor) -> Tensor:
+    x = torch.arange(size, dtype=like.dtype, device=like.device) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def ssim_map(x: Tensor, y: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
+    """Per-window SSIM of ``[B, C, H, W]`` images in [0, 1] (Wang et al. 2004), valid windows only:
+    ``(2 u_x u_y + C1)(2 s_xy + C2) / ((u_x² + u_y² + C1)(s_x² + s_y² + C2))``, Gaussian-weighted local
+    moments, C1 = 0.01², C2 = 0.03²; on an image smaller than the window, the window shrinks to its shorter side."""
+    size = min(window, *x.shape[-2:])
+    g = _gaussian_window(size, sigma, x)
+    channels = x.shape[1]
+    kx, ky = g.view(1, 1, 1, size).expand(channels, 1, 1, size), g.view(1, 1, size, 1).expand(channels, 1, size, 1)
+
+    def blur(t: Tensor) -> Tensor:
+        return F.conv2d(F.conv2d(t, kx, groups=channels), ky, groups=channels)
+
+    ux, uy = blur(x), blur(y)
+    sxx, syy, sxy = blur(x * x) - ux * ux, blur(y * y) - uy * uy, blur(x * y) - ux * uy
+    c1, c2 = 0.01**2, 0.03**2
+    return ((2 * ux * uy + c1) * (2 * sxy + c2)) / ((ux * ux + uy * uy + c1) * (sxx + syy + c2))
+
+
 @dataclass
 class FusionLoss:
-    """L_f (``total``) and its two terms; a ``metaloss.meta.loss.Loss``-like result (``total``, ``terms``)."""
+    """L_f (``total``) and its terms; a ``metaloss.meta.loss.Loss``-like result (``total``, ``terms``).
+    ``structure`` (L_ssim) is None when the loss has no SSIM term."""
 
     total: Tensor
     intensity: Tensor
     gradient: Tensor
+    structure: Tensor | None = None
 
     @property
     def terms(self) -> dict[str, Tensor]:
-        return {"intensity": self.intensity.detach(), "gradient": self.gradient.detach()}
+        terms = {"intensity": self.intensity.detach(), "gradient": self.gradient.detach()}
+        if self.structure is not None:
+            terms["structure"] = self.structure.detach()
+        return terms
 
 
 def _weighted_mean(weight: Tensor, residual: Tensor, form: WeightForm) -> Tensor:
@@ -78,8 +111,10 @@ def fusion_loss(
     weight_form: WeightForm = "linear",
     intensity_norm: IntensityNorm = "l2",
     gradient_target: GradientTarget = "max",
+    ssim_weight: float = 0.0,
 ) -> FusionLoss:
-    """L_f of the module docstring; ``fused``, ``ir``, ``vi``: ``[B, 1, H, W]``; maps: ``[B, 2, H, W]``."""
+    """L_f of the module docstring; ``fused``, ``ir``, ``vi``: ``[B, 1, H, W]``; maps: ``[B, 2, H, W]``;
+    ``ssim_weight`` = beta, 0 for no SSIM term."""
     if intensity_norm not in ("l2", "l1"):
         raise ValueError(f"unknown intensity_norm {intensity_norm!r}; choose 'l2' or 'l1'")
     if gradient_target not in ("max", "intensity"):
@@ -111,4 +146,9 @@ def fusion_loss(
                 + _weighted_mean(va, (fy - ay).abs(), weight_form)
                 + _weighted_mean(vb, (fy - by).abs(), weight_form)
             )
-    return FusionLoss(total=intensity + alpha * gradient, intensity=intensity, gradient=gradient)
+    total = intensity + alpha * gradient
+    structure = None
+    if ssim_weight:
+        structure = 1 - (ssim_map(fused, ir).mean() + ssim_map(fused, vi).mean()) / 2
+        total = total + ssim_weight * structure
+    return FusionLoss(total=total, intensity=intensity, gradient=gradient, structure=structure)

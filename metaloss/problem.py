@@ -69,6 +69,7 @@ class FusionProblem(nn.Module):
         weight_form: WeightForm = "linear",
         intensity_norm: IntensityNorm = "l2",
         gradient_target: GradientTarget = "max",
+        ssim_weight: float = 0.0,
         crop_size: int = 256,
         task_size: tuple[int, int] | None = None,
         task_from_crop: bool = False,
@@ -88,7 +89,7 @@ class FusionProblem(nn.Module):
         self.meta_gradient_method = meta_gradient_method
         self.learner, self.loss_generator, self.objective = learner, loss_generator, objective
         self.alpha, self.weight_form, self.intensity_norm = alpha, weight_form, intensity_norm
-        self.gradient_target = gradient_target
+        self.gradient_target, self.ssim_weight = gradient_target, ssim_weight
         self.crop_size, self.task_size, self.swap_modalities = crop_size, task_size, swap_modalities
         self.task_from_crop = task_from_crop
         self.device, self.dtype = torch.device(device), dtype
@@ -167,6 +168,7 @@ class FusionProblem(nn.Module):
             weight_form=self.weight_form,
             intensity_norm=self.intensity_norm,
             gradient_target=self.gradient_target,
+            ssim_weight=self.ssim_weight,
         )
 
     @property

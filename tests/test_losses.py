@@ -159,3 +159,31 @@ def test_gradient_target_intensity_is_the_gradient_of_the_intensity_target() -> 
         fusion_loss(four(f), four(a), four(b), {**maps, "gradient": maps["intensity"]}, gradient_target="intensity")
     with pytest.raises(ValueError, match="gradient_target"):
         fusion_loss(four(f), four(a), four(b), maps, gradient_target="sum")  # type: ignore[arg-type]
+
+
+def test_ssim_map_matches_scikit_image_and_the_term_enters_the_loss():
+    """ssim_map: scikit-image's Gaussian SSIM (sigma 1.5, population covariance, data range 1) over the
+    same windows; beta * (1 - (SSIM(F, A) + SSIM(F, B)) / 2) is added to L_f and logged as 'structure'."""
+    from skimage.metrics import structural_similarity
+
+    from metaloss.losses import ssim_map
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(1, 1, 30, 40, dtype=torch.float64, generator=g)
+    b = (a + 0.3 * torch.rand(a.shape, dtype=torch.float64, generator=g)).clamp(0, 1)
+    expected = structural_similarity(
+        a[0, 0].numpy(), b[0, 0].numpy(), gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1
+    )
+    assert ssim_map(a, b).mean().item() == pytest.approx(expected, rel=1e-10)
+    assert ssim_map(a, a).mean().item() == pytest.approx(1.0)
+    w = torch.full((1, 2, 30, 40), 0.5, dtype=torch.float64)
+    fused = (a + b) / 2
+    plain = fusion_loss(fused, a, b, {"intensity": w})
+    with_ssim = fusion_loss(fused, a, b, {"intensity": w}, ssim_weight=2.0)
+    structure = 1 - (ssim_map(fused, a).mean() + ssim_map(fused, b).mean()) / 2
+    assert plain.structure is None and "structure" not in plain.terms
+    assert with_ssim.structure.item() == pytest.approx(structure.item())
+    assert with_ssim.total.item() == pytest.approx(plain.total.item() + 2.0 * structure.item())
+    assert set(with_ssim.terms) == {"intensity", "gradient", "structure"}
+    small = torch.rand(1, 1, 5, 6, dtype=torch.float64, generator=g)  # the window shrinks to 5 x 5
+    assert ssim_map(small, small).shape == (1, 1, 1, 2)

@@ -82,8 +82,10 @@ class ReFusionLossGenerator(nn.Module):
     multi-focus, ``exposure`` for multi-exposure).  ``symmetric=True``: one backbone scores each source
     against the other, ``logit_a = net(a, b)``, ``logit_b = net(b, a)``, so swapping the inputs swaps
     the weights exactly (no input-slot bias; twice the backbone's compute).  ``gradient_weights=False``:
-    W only (max-rule gradient term).  The Sobel magnitudes of both sources are computed
-    inside ``forward``.  45,105 trainable parameters at the default sizes.
+    W only (max-rule gradient term).  ``learn_prior=True``: the rule itself is learned too, in a few
+    scalars whose meta-gradients sum over every pixel (:meth:`prior_logits`): its sharpness, and the
+    weights of ``extra_priors`` mixed into its scores (a learned choice of target).  The Sobel
+    magnitudes of both sources are computed inside ``forward``.  45,105 trainable parameters at the default sizes.
     """
 
     def __init__(
@@ -99,12 +101,27 @@ class ReFusionLossGenerator(nn.Module):
         prior_sharpness: Annotated[float, Field(ge=0)] = 0.0,
         prior: Prior = "intensity",
         symmetric: bool = False,
+        learn_prior: bool = False,
+        extra_priors: list[Prior] = [],  # noqa: B006  (read-only; pydantic needs a plain default)
     ) -> None:
         super().__init__()
+        if (learn_prior or extra_priors) and prior_sharpness <= 0:
+            raise ValueError("learn_prior and extra_priors need a prior (prior_sharpness > 0)")
+        if extra_priors and not learn_prior:
+            raise ValueError("extra_priors enter with learned coefficients that start at 0: set learn_prior = true")
+        for rule in extra_priors:
+            if rule not in PRIORS:
+                raise ValueError(f"unknown prior {rule!r} in extra_priors; choose from {', '.join(PRIORS)}")
         self.gradient_weights = gradient_weights
         self.prior_sharpness = prior_sharpness
         self.prior = prior
         self.symmetric = symmetric
+        self.extra_priors = tuple(extra_priors)
+        if learn_prior:  # the rule's own sharpness s·exp(ρ) and the extra rules' coefficients s·c_j
+            self.prior_log_scale = nn.Parameter(torch.zeros(()))
+            self.prior_mix = nn.Parameter(torch.zeros(len(extra_priors)))
+        else:
+            self.prior_log_scale = self.prior_mix = None
         per_source = 2 if gradient_weights else 1  # logits of W (and V) for one source
         self.backbone = DualStreamRestormer(
             in_channels=2,
@@ -133,9 +150,20 @@ class ReFusionLossGenerator(nn.Module):
         else:
             logits = self.backbone(a, b)  # [B, 4, H, W] = [W_a, W_b, V_a, V_b]  ([W_a, W_b] without V)
         if self.prior_sharpness > 0:  # W = softmax(s·[σ_a, σ_b] + learned correction): the hand-made rule first
-            prior = self.prior_sharpness * prior_scores(self.prior, ir, vi, grad_a, grad_b)
+            prior = self.prior_logits(ir, vi, grad_a, grad_b)
             logits = torch.cat([logits[:, :2] + prior, logits[:, 2:]], dim=1)
         if not self.gradient_weights:
             return {"intensity": logits.softmax(dim=1)}
         w, v = logits.split(2, dim=1)
         return {"intensity": w.softmax(dim=1), "gradient": v.softmax(dim=1)}
+
+    def prior_logits(self, a: Tensor, b: Tensor, grad_a: Tensor, grad_b: Tensor) -> Tensor:
+        """``[B, 2, H, W]`` logits of the hand-made rule: s·σ(prior), or with ``learn_prior``
+        s·(exp(ρ)·σ(prior) + Σ_j c_j·σ(extra_priors[j])), ρ and c_j learned scalars starting at 0."""
+        scores = prior_scores(self.prior, a, b, grad_a, grad_b)
+        if self.prior_log_scale is None or self.prior_mix is None:
+            return self.prior_sharpness * scores
+        scores = scores * self.prior_log_scale.exp()
+        for rule, coefficient in zip(self.extra_priors, self.prior_mix, strict=True):
+            scores = scores + coefficient * prior_scores(rule, a, b, grad_a, grad_b)
+        return self.prior_sharpness * scores

@@ -283,3 +283,33 @@ def test_refusion_exposure_prior_prefers_the_well_exposed_region() -> None:
     torch.testing.assert_close(w[0, 0, 20, 0], e(torch.tensor(0.05)) / (e(torch.tensor(0.05)) + e(torch.tensor(0.55))))
     with pytest.raises(ValueError, match="prior"):
         ReFusionLossGenerator(**SMALL, prior="nope", prior_sharpness=1.0)(under, over)
+
+
+def test_refusion_learned_prior_starts_at_the_rule_and_its_scalars_learn() -> None:
+    """learn_prior = True: W is the hand-made rule before training (exp(ρ) = 1, c_j = 0); the rule's
+    sharpness ρ and the extra rules' coefficients c_j get gradients; misuse is refused by name."""
+    from metaloss_refusion.loss_generator import ReFusionLossGenerator, prior_scores, sobel_magnitude
+
+    torch.manual_seed(0)
+    ir, vi = images((16, 14), batch=2)
+    gen = ReFusionLossGenerator(
+        **SMALL, gradient_weights=False, prior_sharpness=20.0, symmetric=True, learn_prior=True, extra_priors=["focus"]
+    )
+    w = gen(ir, vi)["intensity"]
+    torch.testing.assert_close(w[:, :1], torch.sigmoid(20.0 * (ir - vi)))
+    (w[:, :1] * ir).sum().backward()
+    assert gen.prior_log_scale.grad.abs() > 0 and gen.prior_mix.grad.abs().sum() > 0
+    with torch.no_grad():
+        gen.prior_mix.fill_(0.5)
+        mixed = gen(ir, vi)["intensity"]
+    ga, gb = sobel_magnitude(ir), sobel_magnitude(vi)
+    logits = 20.0 * (prior_scores("intensity", ir, vi, ga, gb) + 0.5 * prior_scores("focus", ir, vi, ga, gb))
+    torch.testing.assert_close(mixed, logits.softmax(1))
+    torch.testing.assert_close(gen(vi, ir)["intensity"], gen(ir, vi)["intensity"].flip(1), rtol=0, atol=1e-6)
+    for kwargs, match in (
+        ({"learn_prior": True}, "prior_sharpness"),
+        ({"prior_sharpness": 5.0, "extra_priors": ["focus"]}, "learn_prior"),
+        ({"prior_sharpness": 5.0, "learn_prior": True, "extra_priors": ["nope"]}, "extra_priors"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            ReFusionLossGenerator(**SMALL, **kwargs)
