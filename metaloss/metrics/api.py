@@ -101,12 +101,24 @@ def evaluate(
             sl = slice(start, min(b, start + step))
             if not shared:
                 cache = {}
+            # One view per chunk for every metric, so metrics can share work on the fused image too.
+            chunk = {
+                key: (pf[sl], pa if pa.shape[0] == 1 else pa[sl], pb if pb.shape[0] == 1 else pb[sl])
+                for key, (pf, pa, pb) in prepared.items()
+            }
             for spec in specs:
-                pf, pa, pb = prepared[spec.sources]
-                pa = pa if pa.shape[0] == 1 else pa[sl]
-                pb = pb if pb.shape[0] == 1 else pb[sl]
-                parts[spec.name].append(spec.fn(pf[sl], pa, pb, cache).reshape(-1))
+                parts[spec.name].append(spec.fn(*chunk[spec.sources], cache).reshape(-1))
+            if cache is not None:
+                _drop_fused_work(cache, [pf for pf, _, _ in prepared.values()])
     return {name: torch.cat(p) if len(p) > 1 else p[0] for name, p in parts.items()}
+
+
+def _drop_fused_work(cache: dict, fused: list[Tensor]) -> None:
+    """Remove the entries of ``cache`` keyed on views of the ``fused`` tensors (a chunk and its
+    channels): the fused work of a chunk is shared by its metrics, not kept for the next chunk."""
+    roots = {id(x) for x in fused}
+    for key in [k for k, v in cache.items() if id(v[0]) in roots or id(v[0]._base) in roots]:
+        del cache[key]
 
 
 #: Pixels per chunk on the CPU: the working set of one ~0.3-megapixel image stays in the caches,

@@ -45,16 +45,20 @@ def _levels(x: Tensor) -> Tensor:
 
 def _joint_counts(sources: tuple[Tensor, ...], f: Tensor, cache: Cache | None) -> list[Tensor]:
     """Joint histogram counts of ``normalize1(s)`` (rows) and ``normalize1(f)`` (columns) for each
-    source s: ``[..., 256, 256]`` int64 (MATLAB's ``h(im1+1, im2+1)`` before ``h/sum(h(:))``)."""
-    f_cols = _levels(f)
-    out = []
-    for s in sources:
-        s_rows = cached(cache, "mefb-normalize1-rows", s, lambda s=s: _levels(s) * 256)
+    source s: ``[..., 256, 256]`` int64 (MATLAB's ``h(im1+1, im2+1)`` before ``h/sum(h(:))``).
+
+    Cached under ``f`` (tagged with the source): NMI, Qncie and TE count the same histograms of a
+    fused image, which :func:`metaloss.metrics.evaluate` gives them as one tensor object."""
+
+    def count(s: Tensor) -> Tensor:
+        s_rows = cached(cache, "mefb-normalize1-rows", s, lambda: _levels(s) * 256)
+        f_cols = cached(cache, "mefb-normalize1-cols", f, lambda: _levels(f))
         lead = torch.broadcast_shapes(s_rows.shape[:-1], f_cols.shape[:-1])
         n = s_rows.shape[-1]
         idx = (s_rows + f_cols).expand(lead + (n,)).reshape(-1, n)
-        out.append(batched_histogram(idx, 256 * 256).reshape(lead + (256, 256)))
-    return out
+        return batched_histogram(idx, 256 * 256).reshape(lead + (256, 256))
+
+    return [cached(cache, f"mefb-joint-{id(s)}", f, lambda s=s: count(s)) for s in sources]
 
 
 def _entropies_bits(joint: Tensor) -> tuple[Tensor, Tensor, Tensor]:

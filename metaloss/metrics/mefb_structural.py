@@ -83,6 +83,19 @@ def _yang_source(a: Tensor, b: Tensor, cache: Cache | None) -> tuple[tuple[Tenso
     )
 
 
+def _yang_fused(
+    f: Tensor, a: Tensor, b: Tensor, cache: Cache | None
+) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """:func:`_ssim_yang` of (A, F) and (B, F), cached under ``f``: Qc and Qy use the same maps."""
+    sa, sb = _yang_source(a, b, cache)
+
+    def maps() -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+        sf = _stats(f, _G7)
+        return _ssim_yang(sa, sf, a, f), _ssim_yang(sb, sf, b, f)
+
+    return cached(cache, f"mefb-yang-maps-{id(a)}-{id(b)}", f, maps)
+
+
 def _qc_channel(f: Tensor, a: Tensor, b: Tensor, cache: Cache | None = None) -> Tensor:
     """``metricsQc`` (Cvejic) of one channel: s = σAF/(σAF + σBF); Q = mean of
     s·SSIM(A,F) + (1−s)·SSIM(B,F), set to 0 where s < 0 and to 1 where s > 1, NaNs dropped.
@@ -95,10 +108,7 @@ def _qc_channel(f: Tensor, a: Tensor, b: Tensor, cache: Cache | None = None) -> 
     exact 0 or a mass above 1 (errors of several per cent). The weights here sum to 1 − 1e-12, which
     evaluates that limit; the rest of MATLAB's rounding noise is not reproducible.
     """
-    sa, sb = _yang_source(a, b, cache)
-    sf = _stats(f, _G7)
-    ssim_af, cov_af = _ssim_yang(sa, sf, a, f)
-    ssim_bf, cov_bf = _ssim_yang(sb, sf, b, f)
+    (ssim_af, cov_af), (ssim_bf, cov_bf) = _yang_fused(f, a, b, cache)
     s = cov_af / (cov_af + cov_bf)
     q = s * ssim_af + (1 - s) * ssim_bf
     q = torch.where(s < 0, 0.0, torch.where(s > 1, 1.0, q))
@@ -117,9 +127,7 @@ def _qy_channel(f: Tensor, a: Tensor, b: Tensor, cache: Cache | None = None) -> 
         return (ssim_ab >= 0.75).to(a.dtype), va / (va + vb)
 
     similar, lam = cached(cache, f"mefb-qy-pair-{id(b)}", a, pair)
-    sf = _stats(f, _G7)
-    ssim_af, _ = _ssim_yang(sa, sf, a, f)
-    ssim_bf, _ = _ssim_yang(sb, sf, b, f)
+    (ssim_af, _), (ssim_bf, _) = _yang_fused(f, a, b, cache)
     weighted = (lam * ssim_af + (1 - lam) * ssim_bf) * similar
     best = torch.fmax(ssim_af, ssim_bf) * (1 - similar)
     return _flat_nanmean(weighted + best)
