@@ -27,6 +27,13 @@ def test_each_model_ships_as_package_data_and_loads(model):
     assert not any(p.requires_grad for p in loaded.fusion.parameters())
 
 
+def test_default_model_is_fused_without_the_stretch():
+    """The default model's output is calibrated (its network starts from the sources' mean) and was
+    chosen unstretched (docs/refusion.md); the mfif, mef and medical models keep the stretch."""
+    assert load_model(None).stretch is False
+    assert load_model(None, model="mfif").stretch is True
+
+
 @pytest.mark.shared_data
 def test_default_model_fuses_tno_pairs_better_than_averaging(shared_data):
     torch.set_num_threads(1)
