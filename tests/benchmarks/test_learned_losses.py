@@ -20,10 +20,15 @@ def test_every_variant_is_a_valid_config_with_the_shared_budget(repo, variant):
     assert (cfg.meta.epochs, cfg.meta.learner_steps) == (base.meta.epochs, base.meta.learner_steps)
 
 
-def test_the_configs_learned_loss_is_the_learned_prior_variant(repo):
-    """The default model's config (docs/pretrained.md) is the benchmark's learned_prior run."""
-    base, cfg = load_config(repo / CONFIG), load_config(repo / CONFIG, overrides("learned_prior", seed=0))
+def test_the_configs_learned_loss_is_the_learned_config_variant(repo):
+    """The default model's config (docs/pretrained.md) is the benchmark's learned_config run, and
+    config_no_meta is the same loss without the meta phase."""
+    base = load_config(repo / CONFIG)
+    cfg = load_config(repo / CONFIG, overrides("learned_config", seed=0))
     assert (cfg.loss_generator, cfg.loss, cfg.meta) == (base.loss_generator, base.loss, base.meta)
+    fixed = load_config(repo / CONFIG, overrides("config_no_meta", seed=0))
+    assert (fixed.loss_generator, fixed.loss) == (base.loss_generator, base.loss) and fixed.meta.meta_steps == 0
+    assert base.loss.ssim_weight > 0 and not base.eval.stretch
 
 
 def test_summary_is_the_mean_and_spread_over_seeds():

@@ -49,8 +49,8 @@ def test_fuse_gives_the_image_that_metaloss_fuse_writes(tmp_path, pair, model, v
 
 def test_fuse_options_are_the_commands(pair, model):
     (_, ir), (_, vi) = pair["ir"], pair["vi_grey"]
-    assert model.stretch  # the shipped model stretches; --no-stretch turns it off
-    assert not np.array_equal(model.fuse(ir, vi, stretch=False), model.fuse(ir, vi))
+    assert not model.stretch  # the shipped default model does not stretch; --stretch turns it on
+    assert not np.array_equal(model.fuse(ir, vi, stretch=True), model.fuse(ir, vi))
     assert model.fuse(ir, vi, engine="torch", tile=16, mode="blend", overlap=8).shape == ir.shape
 
 
