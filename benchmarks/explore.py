@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks.refusion import DATA, ROOT, EvalSet, score, subset, train_concurrently
+from benchmarks.refusion import DATA, ROOT, EvalSet, score_both_ways, subset, train_concurrently
 
 CONFIG = "examples/refusion_roadscene.toml"
 OUT = ROOT / "runs" / "explore"
@@ -28,9 +28,8 @@ def score_run(out: Path) -> dict[str, float]:
     val = subset(EvalSet(DATA / "roadscene", "ir", "vi", held_out="config"), CONFIG, out / "val_pairs")
     values: dict[str, float] = {}
     for prefix, data, a, b in (("val_", val, "a", "b"), ("", DATA / "tno25", "ir", "vi")):
-        for stretch, tag in ((True, ""), (False, "raw_")):
-            scored = score(checkpoint, data, a, b, out / f"{prefix}{tag}scores", stretch=stretch)
-            values.update({f"{prefix}{tag}{m}": v for m, v in scored.items()})
+        scored = score_both_ways(checkpoint, data, a, b, out / f"{prefix}scores")
+        values.update({prefix + m: v for m, v in scored.items()})
     return values
 
 

@@ -25,7 +25,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from benchmarks.refusion import DATA, METRICS, ROOT, machine, score, train_concurrently, write_section
+from benchmarks.refusion import (
+    DATA,
+    METRICS,
+    ROOT,
+    machine,
+    report_means,
+    score,
+    score_both_ways,
+    train_concurrently,
+    write_section,
+)
 
 CONFIG = "examples/refusion_roadscene.toml"
 OUT = ROOT / "runs" / "learned-losses"
@@ -62,13 +72,6 @@ VARIANTS: dict[str, dict[str, object]] = {
         "loss.ssim_weight": "0.5",
         "meta.meta_steps": "0",
     },
-    "max_target_ssim": {  # (c) max_target with the config's SSIM term
-        "loss_generator": '{name = "fixed", intensity_rule = "max"}',
-        "loss.intensity_norm": '"l2"',
-        "loss.gradient_target": '"intensity"',
-        "loss.ssim_weight": "1.0",
-        "meta.meta_steps": "0",
-    },
     "learned": {  # the loss proposal module from 0.5 (no prior), meta-trained
         "loss_generator": '{name = "refusion", gradient_weights = false, symmetric = true}',
         "loss.intensity_norm": '"l2"',
@@ -100,15 +103,6 @@ def overrides(variant: str, seed: int) -> list[str]:
     """The ``--set`` options of one run: the variant's loss and the seed (the budget is the config's)."""
     common = {"seed": str(seed), "eval.every": "0", "checkpoint.every": "0"}
     return [f"{key}={value}" for key, value in {**common, **VARIANTS[variant]}.items()]
-
-
-def score_tno25(out: Path) -> dict[str, float]:
-    """tno25 scores of the run in ``out``: with the min-max stretch (keys ``VIF``, ...) and without
-    (``raw_VIF``, ...), so that every loss is read both ways whatever its run's own setting."""
-    checkpoint = out / "checkpoints" / "last.pt"
-    values = score(checkpoint, DATA / "tno25", "ir", "vi", out / "tno25", stretch=True)
-    raw = score(checkpoint, DATA / "tno25", "ir", "vi", out / "tno25_raw", stretch=False)
-    return {**values, **{f"raw_{m}": v for m, v in raw.items()}}
 
 
 def summarise(results: dict[str, dict[str, float]]) -> dict[str, dict[str, tuple[float, float, int]]]:
@@ -226,13 +220,13 @@ def main(argv: list[str] | None = None) -> int:
             if "raw_VIF" not in values and key.rsplit("-s", 1)[0] in args.variants:
                 run = OUT / key
                 report = run / "tno25_raw" / "metrics.json"  # scored before: read, do not fuse again
-                if report.is_file():
-                    (method,) = json.loads(report.read_text())["methods"].values()
-                    raw = {m: float(v) for m, v in method["mean"].items()}
-                else:
-                    raw = score(
-                        run / "checkpoints" / "last.pt", DATA / "tno25", "ir", "vi", run / "tno25_raw", stretch=False
+                raw = (
+                    report_means(report)
+                    if report.is_file()
+                    else score(
+                        run / "checkpoints" / "last.pt", DATA / "tno25", "ir", "vi", report.parent, stretch=False
                     )
+                )
                 values.update({f"raw_{m}": v for m, v in raw.items()})
                 saved.write_text(json.dumps(state, indent=2))
                 print(key, {m: round(values["raw_" + m], 3) for m in HEADLINE}, flush=True)
@@ -242,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         def train_and_score(variant: str, seed: int) -> tuple[float, dict[str, float]]:
             key, out = f"{variant}-s{seed}", OUT / f"{variant}-s{seed}"
             seconds = train_concurrently({key: (CONFIG, out, overrides(variant, seed))})[key]
-            return seconds, score_tno25(out)
+            return seconds, score_both_ways(out / "checkpoints" / "last.pt", DATA / "tno25", "ir", "vi", out / "tno25")
 
         # a pool, not batches: a hand-made run does not wait for a slower meta-learned one
         with ThreadPoolExecutor(args.parallel) as pool:

@@ -244,9 +244,7 @@ def score(
         "--summary",
         "--no-progress",
     )
-    result = json.loads(report.read_text())
-    (method,) = result["methods"].values()
-    values = {m: float(v) for m, v in method["mean"].items()}
+    values = report_means(report)
     if mef_ssim:  # the multi-exposure papers' headline metric, from the mefb profile
         metaloss_cli(
             "eval",
@@ -268,6 +266,20 @@ def score(
         (method,) = json.loads(report.read_text())["methods"].values()
         values["MEF-SSIM"] = float(method["mean"]["MEF-SSIM"])
     return values
+
+
+def report_means(report: Path) -> dict[str, float]:
+    """The mean of each metric in the ``metaloss eval --json`` report of one fused folder."""
+    (method,) = json.loads(report.read_text())["methods"].values()
+    return {m: float(v) for m, v in method["mean"].items()}
+
+
+def score_both_ways(checkpoint: Path, data: Path, a: str, b: str, out: Path) -> dict[str, float]:
+    """:func:`score` with the min-max stretch (keys ``VIF``, ...; fused into ``out``) and without it
+    (``raw_VIF``, ...; into ``out`` + ``_raw``), so that a model is read both ways whatever its own setting."""
+    values = score(checkpoint, data, a, b, out, stretch=True)
+    raw = score(checkpoint, data, a, b, out.with_name(out.name + "_raw"), stretch=False)
+    return {**values, **{f"raw_{m}": v for m, v in raw.items()}}
 
 
 def subset(eval_set: EvalSet, config: str, out: Path) -> Path:
