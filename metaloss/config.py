@@ -85,7 +85,8 @@ class ObjectiveConfig(PluginSection):
 
 
 class LossConfig(_Strict):
-    """The learnable fusion loss L_f = L_int + alpha * L_grad + ssim_weight * L_ssim (see ``metaloss.losses``)."""
+    """The learnable fusion loss L_f = L_int + alpha * L_grad + ssim_weight * L_ssim (see ``metaloss.losses``),
+    plus objective_weight * L_t(F) where the learner also takes the objective's loss directly."""
 
     alpha: float = Field(1.0, ge=0, description="weight of the gradient term")
     weight_form: Literal["linear", "squared"] = Field(
@@ -107,6 +108,13 @@ class LossConfig(_Strict):
         ge=0,
         description="beta: weight of the structural term 1 - (SSIM(If, Ia) + SSIM(If, Ib)) / 2 "
         "(SwinFusion's SSIM loss); 0 = none",
+    )
+    objective_weight: float = Field(
+        0.0,
+        ge=0,
+        description="gamma: weight of the objective's own loss on the fused crop, added to L_f (the learner "
+        "trained on the meta-objective directly, the baseline a learned loss must beat; needs "
+        "data.task_from_crop); 0 = none",
     )
 
 

@@ -176,6 +176,7 @@ def build_experiment(cfg: ExperimentConfig, device: torch.device | None = None) 
         intensity_norm=cfg.loss.intensity_norm,
         gradient_target=cfg.loss.gradient_target,
         ssim_weight=cfg.loss.ssim_weight,
+        objective_weight=cfg.loss.objective_weight,
         crop_size=cfg.data.crop_size,
         task_size=cfg.data.task_size,
         task_from_crop=cfg.data.task_from_crop,

@@ -79,18 +79,22 @@ def ssim_map(x: Tensor, y: Tensor, window: int = 11, sigma: float = 1.5) -> Tens
 @dataclass
 class FusionLoss:
     """L_f (``total``) and its terms; a ``metaloss.meta.loss.Loss``-like result (``total``, ``terms``).
-    ``structure`` (L_ssim) is None when the loss has no SSIM term."""
+    ``structure`` (L_ssim) is None when the loss has no SSIM term; ``objective`` is the objective's own
+    loss where the problem adds it (``metaloss.problem.FusionProblem``'s ``objective_weight``)."""
 
     total: Tensor
     intensity: Tensor
     gradient: Tensor
     structure: Tensor | None = None
+    objective: Tensor | None = None
 
     @property
     def terms(self) -> dict[str, Tensor]:
         terms = {"intensity": self.intensity.detach(), "gradient": self.gradient.detach()}
         if self.structure is not None:
             terms["structure"] = self.structure.detach()
+        if self.objective is not None:
+            terms["objective"] = self.objective.detach()
         return terms
 
 

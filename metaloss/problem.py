@@ -70,6 +70,7 @@ class FusionProblem(nn.Module):
         intensity_norm: IntensityNorm = "l2",
         gradient_target: GradientTarget = "max",
         ssim_weight: float = 0.0,
+        objective_weight: float = 0.0,
         crop_size: int = 256,
         task_size: tuple[int, int] | None = None,
         task_from_crop: bool = False,
@@ -92,6 +93,11 @@ class FusionProblem(nn.Module):
         self.gradient_target, self.ssim_weight = gradient_target, ssim_weight
         self.crop_size, self.task_size, self.swap_modalities = crop_size, task_size, swap_modalities
         self.task_from_crop = task_from_crop
+        if objective_weight and not task_from_crop:
+            raise ValueError(
+                "loss.objective_weight > 0 scores the objective on the fused crop: set data.task_from_crop = true"
+            )
+        self.objective_weight = objective_weight
         self.device, self.dtype = torch.device(device), dtype
 
     # -- batches ------------------------------------------------------------------------------
@@ -153,13 +159,14 @@ class FusionProblem(nn.Module):
         return functional_call(self.learner, learner_params, (batch["ir"], batch["vi"]))
 
     def inner_loss_from_output(self, fused: Tensor, batch: Batch) -> FusionLoss:
-        """L_f of the fused crops with the loss generator's weights, and its terms."""
+        """L_f of the fused crops with the loss generator's weights, and its terms (with ``objective_weight``
+        gamma, + gamma times the objective's loss on the fused crop)."""
         ir, vi = batch["ir"], batch["vi"]
         if self.recompute_generator and torch.is_grad_enabled():
             maps = checkpoint(self.loss_generator, ir, vi, use_reentrant=False)
         else:
             maps = self.loss_generator(ir, vi)
-        return fusion_loss(
+        loss = fusion_loss(
             fused,
             ir,
             vi,
@@ -170,6 +177,10 @@ class FusionProblem(nn.Module):
             gradient_target=self.gradient_target,
             ssim_weight=self.ssim_weight,
         )
+        if self.objective_weight:  # + gamma L_t(T(F)) on the same crop: the objective taken directly
+            loss.objective = self._task.loss(self.objective(fused), batch)
+            loss.total = loss.total + self.objective_weight * loss.objective
+        return loss
 
     @property
     def _task(self) -> Task:

@@ -186,7 +186,7 @@ def meta_gradient(
     objective_value = None
     if problem.objective is not None:
         objective_params = {n: p.detach() for n, p in trainable_params(problem.objective).items()}
-        if lookahead_lr:
+        if lookahead_lr and objective_params:  # a fixed objective takes no look-ahead step
             # with buffer copies: the learner's batch-norm statistics must not drift in a meta-step
             learner_now = {n: p.detach() for n, p in problem.learner.named_parameters()}
             learner_now.update(buffer_copies(problem.learner))

@@ -162,10 +162,10 @@ class AlternatingTrainer:
         if size < 2:
             raise ValueError(f"the training set needs at least 2 samples (disjoint meta-train/test), has {size}")
         self.learner_opt = torch.optim.Adam(trainable_params(problem.learner).values(), lr=optim.learner_lr)
+        # a fixed objective (a measure with no parameters, e.g. a fusion quality) has nothing to train
+        objective_params = trainable_params(problem.objective) if problem.objective is not None else {}
         self.objective_opt = (
-            torch.optim.Adam(trainable_params(problem.objective).values(), lr=optim.objective_lr)
-            if problem.objective is not None
-            else None
+            torch.optim.Adam(objective_params.values(), lr=optim.objective_lr) if objective_params else None
         )
         has_generator_params = any(p.requires_grad for p in problem.loss_generator.parameters())
         if not has_generator_params and meta.meta_steps:

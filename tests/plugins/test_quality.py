@@ -1,0 +1,129 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from metaloss.config import ConfigError, load_config
+from metaloss.data.collate import collate_pairs
+from metaloss.experiment import build_experiment, run
+from metaloss.meta import meta_gradient
+from metaloss.metrics import cddfuse
+from metaloss_refusion.quality import QualityObjective, quality_terms
+
+
+def smooth_pair(size: int = 96, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two different smooth textured images on 0-255 integers, [1, 1, size, size] float64."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(2):
+        x = torch.rand(1, 1, size // 4, size // 4, generator=g, dtype=torch.float64)
+        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+        out.append(torch.round(x * 255))
+    return out[0], out[1]
+
+
+@pytest.mark.parametrize("rule", ["mean", "max"])
+def test_vif_and_qabf_follow_the_scored_metrics(rule):
+    a, b = smooth_pair()
+    f = torch.round((a + b) / 2) if rule == "mean" else torch.maximum(a, b)
+    terms = quality_terms(f / 255, a / 255, b / 255)
+    # the same VIF as the scorer (its float32 log terms aside); Qabf up to the scorer's tie rule and
+    # the smoothed angle where the horizontal response is 0
+    assert float(terms["VIF"]) == pytest.approx(float(cddfuse.vif(f, a, b)), abs=1e-5)
+    assert float(terms["Qabf"]) == pytest.approx(float(cddfuse.qabf(f, a, b)), abs=2e-3)
+
+
+def test_quality_prefers_a_fusion_to_noise_and_has_finite_gradients():
+    a, b = (x / 255 for x in smooth_pair())
+    objective = QualityObjective()
+    assert not list(objective.parameters())
+    batch = {"task_ir": a, "task_vi": b}
+    noise = torch.rand_like(a, generator=torch.Generator().manual_seed(1))
+    assert objective.loss(objective((a + b) / 2), batch) < objective.loss(objective(noise), batch)
+    fused = ((a + b) / 2).requires_grad_(True)
+    objective.loss(fused, batch).backward()
+    assert fused.grad is not None and torch.isfinite(fused.grad).all() and fused.grad.abs().sum() > 0
+    # flat images: no NaN either
+    flat = torch.full_like(a, 0.5).requires_grad_(True)
+    objective.loss(flat, {"task_ir": torch.full_like(a, 0.2), "task_vi": b}).backward()
+    assert flat.grad is not None and torch.isfinite(flat.grad).all()
+
+
+def test_quality_weights_are_checked():
+    with pytest.raises(ValueError, match="at least one"):
+        QualityObjective(vif_weight=0, qabf_weight=0, ssim_weight=0)
+    raw = {**quality_config().model_dump(mode="json"), "objective": {"name": "quality", "vif_weight": -1.0}}
+    with pytest.raises(ConfigError, match=r"objective\.vif_weight"):
+        load_config(raw)
+    ev = QualityObjective().evaluator()
+    a, b = (x / 255 for x in smooth_pair())
+    ev.update((a + b) / 2, {"task_ir": a, "task_vi": b})
+    assert set(ev.compute()) == {"quality_VIF", "quality_Qabf", "quality_SSIM"}
+
+
+def quality_config(**loss):
+    return load_config(
+        {
+            "seed": 3,
+            "device": "cpu",
+            "data": {
+                "name": "synthetic",
+                "num_images": 6,
+                "height": 96,
+                "width": 96,
+                "crop_size": 96,
+                "task_from_crop": True,
+            },
+            "val_data": {"name": "synthetic", "num_images": 2, "height": 96, "width": 96},
+            "learner": {"name": "dense", "width": 4, "growth": 4, "layers": 1},
+            "loss_generator": {
+                "name": "refusion",
+                "gradient_weights": False,
+                "prior_sharpness": 20.0,
+                "dim": 8,
+                "heads": 2,
+                "blocks_per_modality": 1,
+                "fused_blocks": 1,
+            },
+            "loss": {"gradient_target": "intensity", **loss},
+            "objective": {"name": "quality"},
+            "meta": {"epochs": 1, "meta_steps": 2, "learner_steps": 2, "outer_lr": 1e-3},
+            "eval": {"num_images": 2, "metrics": []},
+        }
+    )
+
+
+def test_a_fixed_objective_drives_the_meta_step_and_trains_nothing_itself(tmp_path):
+    exp = build_experiment(quality_config())
+    g = torch.Generator().manual_seed(0)
+    train = exp.problem.prepare_batch(collate_pairs([exp.train_set[0]]), g)
+    test = exp.problem.prepare_batch(collate_pairs([exp.train_set[1]]), g)
+    grads, result = meta_gradient(exp.problem, train, test, inner_lr=1e-2, lookahead_lr=1e-2)
+    flat = torch.cat([x.flatten() for x in grads])
+    assert torch.isfinite(flat).all() and flat.norm() > 0
+    assert result.objective_loss is None  # no look-ahead step: there is nothing to update
+    summary = run(quality_config(), tmp_path / "run", quiet=True)
+    assert {"task/quality_VIF", "task/quality_Qabf", "task/quality_SSIM"} <= set(summary["metrics"])
+    assert summary["final"]["meta/loss_generator_grad_norm"] > 0
+
+
+def test_objective_weight_adds_the_objective_to_the_learner_loss():
+    plain = build_experiment(quality_config())
+    direct = build_experiment(quality_config(objective_weight=0.5))
+    g = torch.Generator().manual_seed(0)
+    batch = plain.problem.prepare_batch(collate_pairs([plain.train_set[0]]), g)
+    direct.problem.learner.load_state_dict(plain.problem.learner.state_dict())
+    direct.problem.loss_generator.load_state_dict(plain.problem.loss_generator.state_dict())
+    params = dict(plain.problem.learner.named_parameters())
+    base = plain.problem.inner_loss(params, batch)
+    both = direct.problem.inner_loss(dict(direct.problem.learner.named_parameters()), batch)
+    assert base.objective is None and both.objective is not None and "objective" in both.terms
+    fused = plain.problem.learner(batch["ir"], batch["vi"])
+    expected = base.total + 0.5 * plain.problem.objective.loss(fused, batch)
+    assert float(both.total.detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
+
+
+def test_objective_weight_needs_the_task_on_the_crop():
+    cfg = quality_config(objective_weight=0.5)
+    cfg.data.task_from_crop = False
+    with pytest.raises(ValueError, match="task_from_crop"):
+        build_experiment(cfg)
