@@ -129,6 +129,12 @@ class MetaConfig(_Strict):
         "learner", description="inner step size; 'learner' ties it to the learner's current lr (reference)"
     )
     truncate: int = Field(0, ge=0, description="backpropagate through the last k inner steps only; 0 = all")
+    horizon: Literal["unrolled", "optimum"] = Field(
+        "unrolled",
+        description="what the meta-objective judges: 'unrolled': the learner after k inner steps (MAML); "
+        "'optimum': the output that minimises the learned loss, where the problem knows it (a first-order "
+        "meta-gradient without the short-horizon bias of one small step)",
+    )
     backend: Literal["torch.func", "higher"] = "torch.func"
     outer_optimizer: Literal["adam", "maxabs_sgd"] = Field(
         "adam", description="'maxabs_sgd': phi -= lr * g / max|g| (the reference's outer update)"

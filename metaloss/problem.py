@@ -203,6 +203,32 @@ class FusionProblem(nn.Module):
         assert objective_params is not None
         return self._task.loss(functional_call(self.objective, objective_params, (fused,)), batch)
 
+    def optimum_outer_loss(self, objective_params: ParamDict | None, batch: Batch) -> Tensor:
+        """The meta-objective at the fused image that minimises L_f (``metaloss.meta.step``'s ``horizon =
+        "optimum"``): with L2 intensity, linear weights and the gradient of its own target, L_f is zero at
+        T = w_a I_a + w_b I_b and nowhere below, so argmin L_f = T, a function of the loss generator alone."""
+        self.check_optimum_horizon()
+        ir, vi = batch["task_ir"], batch["task_vi"]
+        weights = self.loss_generator(ir, vi)["intensity"]
+        optimum = weights[:, 0:1] * ir + weights[:, 1:2] * vi
+        assert objective_params is not None
+        return self._task.loss(functional_call(self.objective, objective_params, (optimum,)), batch)
+
+    def check_optimum_horizon(self) -> None:
+        """Raise unless L_f's minimiser is its intensity target (see :meth:`optimum_outer_loss`)."""
+        if (
+            self.intensity_norm != "l2"
+            or self.weight_form != "linear"
+            or self.gradient_target != "intensity"
+            or self.ssim_weight
+            or self.objective_weight
+        ):
+            raise ValueError(
+                "meta.horizon = 'optimum' needs a loss whose minimiser is its target: loss.intensity_norm = 'l2', "
+                "loss.weight_form = 'linear', loss.gradient_target = 'intensity', loss.ssim_weight = 0 and "
+                "loss.objective_weight = 0"
+            )
+
     # -- inference ------------------------------------------------------------------------------
     @torch.no_grad()
     def fuse(self, ir: Tensor, vi: Tensor) -> Tensor:

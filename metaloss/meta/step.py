@@ -6,6 +6,14 @@
     phi   <- outer optimizer step on grad_phi L_outer
 
 Methods differ only in their ``MetaProblem``: what the inner, objective and outer losses are.
+
+``horizon="optimum"`` replaces the unrolled inner steps by the inner loss's own minimiser over the
+learner's outputs, where the problem knows it in closed form (``optimum_outer_loss``):
+
+    L_outer = L_out(T_psi'(argmin_y L_inner(y, G_phi; x_mts)))                a learner that fits its loss
+
+a first-order meta-gradient with no short-horizon bias (the unrolled step sees only how one small
+learner step moves; its directions can cancel from step to step).
 """
 
 from __future__ import annotations
@@ -29,6 +37,9 @@ from metaloss.protocols import ParamDict
 #: (jvp where it applies, else double backward).  None: the problem's ``meta_gradient_method``
 #: attribute if it has one, else "double_backward".
 MetaGradientMethod = Literal["auto", "double_backward", "jvp"]
+#: What the outer loss sees: the learner after ``inner_steps`` unrolled steps ("unrolled", MAML), or the
+#: output that minimises the inner loss ("optimum"; the problem's ``optimum_outer_loss``).
+Horizon = Literal["unrolled", "optimum"]
 
 
 def resolve_method(
@@ -68,6 +79,9 @@ class MetaProblem(Protocol):
     - ``objective_loss(objective_params, learner_params, batch)``: the objective network's own loss on
       the learner's output, which it must detach.
     - ``outer_loss(learner_params, objective_params, batch)``: the meta-objective.
+
+    Optional, for ``horizon="optimum"``: ``optimum_outer_loss(objective_params, batch)``, the
+    meta-objective at the output that minimises the inner loss (graph to phi, none to the learner).
     """
 
     learner: nn.Module
@@ -135,6 +149,7 @@ def meta_gradient(
     train_scale: float = 1.0,
     test_scale: float = 1.0,
     method: MetaGradientMethod | None = None,
+    horizon: Horizon = "unrolled",
 ) -> tuple[list[Tensor], MetaStepResult]:
     """grad_phi L_outer for the loss generator's trainable parameters (their order), and the losses.
 
@@ -147,20 +162,42 @@ def meta_gradient(
     batch norm).  The losses reported are the unscaled ones of this process's batches.
 
     ``method``: see ``MetaGradientMethod``; both methods give the same gradient up to float rounding.
+    ``horizon``: see ``Horizon``; with "optimum" the learner takes no step (``inner_*``, ``truncate``,
+    ``backend`` and ``method`` do not apply) and the reported inner loss is the learner's, without a graph.
     """
     gen_params = [p for p in problem.loss_generator.parameters() if p.requires_grad]
     if not gen_params:
         raise ValueError("the loss generator has no parameter that requires grad")
+    if horizon not in ("unrolled", "optimum"):
+        raise ValueError(f"unknown horizon {horizon!r}; choose 'unrolled' or 'optimum'")
+    if horizon == "optimum" and not hasattr(problem, "optimum_outer_loss"):
+        raise ValueError(
+            f"horizon 'optimum' needs a problem with optimum_outer_loss(objective_params, batch); "
+            f"{type(problem).__name__} has none"
+        )
     first = FirstLoss()  # the reported inner loss and its terms: the first step's
 
     def inner_fn(p: ParamDict) -> Tensor:
         loss = first.total(problem.inner_loss(p, train_batch))
         return loss * train_scale if train_scale != 1.0 else loss
 
-    how = resolve_method(
-        problem, method, inner_steps=inner_steps, truncate=truncate, backend=backend, inner_grad_hook=inner_grad_hook
+    how = (
+        "optimum"
+        if horizon == "optimum"
+        else resolve_method(
+            problem,
+            method,
+            inner_steps=inner_steps,
+            truncate=truncate,
+            backend=backend,
+            inner_grad_hook=inner_grad_hook,
+        )
     )
-    if how == "jvp":
+    learner_new: ParamDict = {}
+    if how == "optimum":
+        with torch.no_grad():  # the learner's loss now, for the log; its buffers stay as they are
+            inner_fn({**trainable_params(problem.learner), **buffer_copies(problem.learner)})
+    elif how == "jvp":
         theta0, learner_new, u, _ = forward_mode.tracked_step(
             problem,  # type: ignore[arg-type]
             train_batch,
@@ -180,7 +217,8 @@ def meta_gradient(
             truncate=truncate,
             grad_hook=inner_grad_hook,
         )
-    learner_new.update(buffer_copies(problem.learner))
+    if how != "optimum":
+        learner_new.update(buffer_copies(problem.learner))
 
     objective_params: ParamDict | None = None
     objective_value = None
@@ -205,7 +243,10 @@ def meta_gradient(
             objective_value = values[0]
         objective_params.update(buffer_copies(problem.objective))
 
-    outer = problem.outer_loss(learner_new, objective_params, test_batch)
+    if how == "optimum":
+        outer = problem.optimum_outer_loss(objective_params, test_batch)  # type: ignore[attr-defined]
+    else:
+        outer = problem.outer_loss(learner_new, objective_params, test_batch)
     scaled_outer = outer * test_scale if test_scale != 1.0 else outer
     if how == "jvp":  # dL/dphi = -eta (du/dphi)^T J v, v = dL/dtheta' (metaloss.meta.forward_mode)
         names = list(tracked)
@@ -248,12 +289,13 @@ def meta_step(
     train_scale: float = 1.0,
     test_scale: float = 1.0,
     method: MetaGradientMethod | None = None,
+    horizon: Horizon = "unrolled",
 ) -> MetaStepResult:
     """One meta-step: compute the meta-gradient and step the loss generator's optimizer.
 
     ``grad_hook`` sees the gradients before the step and may change them in place (e.g. to all-reduce
     them across processes; ``loss_generator_grad_norm`` is then the norm of the changed gradients).
-    ``inner_grad_hook``, ``train_scale``, ``test_scale`` and ``method``: see ``meta_gradient``.
+    ``inner_grad_hook``, ``train_scale``, ``test_scale``, ``method`` and ``horizon``: see ``meta_gradient``.
     Only the loss generator's parameters change; the learner's and objective's parameters and buffers
     don't.  A NaN or Inf in a loss or in the gradients raises ``metaloss.meta.guard.NonFiniteError``
     before the step, leaving the loss generator and its optimizer untouched.
@@ -271,6 +313,7 @@ def meta_step(
         train_scale=train_scale,
         test_scale=test_scale,
         method=method,
+        horizon=horizon,
     )
     if grad_hook is not None:
         grad_hook(grads)

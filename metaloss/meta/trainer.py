@@ -58,7 +58,9 @@ class Schedule(Protocol):
     ``inner_steps`` inner steps of size ``inner_lr`` (a number, or ``"learner"``: the learner's current
     lr), tracked through the last ``truncate`` (0 = all), with ``backend``; the loss generator's
     ``outer_optimizer`` (``"adam"`` or ``"maxabs_sgd"``) has lr ``outer_lr``; with
-    ``objective_lookahead`` the objective network takes a look-ahead step before the outer loss."""
+    ``objective_lookahead`` the objective network takes a look-ahead step before the outer loss.  An
+    optional ``horizon`` (``metaloss.meta.step.Horizon``, default ``"unrolled"``) picks what the outer
+    loss judges."""
 
     epochs: int
     meta_steps: int
@@ -293,6 +295,7 @@ class AlternatingTrainer:
                     truncate=self.meta.truncate,
                     backend=self.meta.backend,
                     lookahead_lr=lookahead,
+                    horizon=getattr(self.meta, "horizon", "unrolled"),
                     **parallel,
                 )
             except NonFiniteError as err:

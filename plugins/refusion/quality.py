@@ -10,9 +10,12 @@ definitions, ``metaloss.metrics.cddfuse``), on images scaled to 0-255 as they ar
   g = max(s_12, 0) / (s_1^2 + eps), s_v^2 = max(s_2^2 - g s_12, eps);
 * Qabf: Xydeas & Petrovic's edge preservation, Sobel strength g = |grad| and line angle
   atan(g_y / g_x), Q^{kF} = Qg Qa with the reference's sigmoids, weighted by each source's strength;
-* SSIM = SSIM(I_f, I_a) + SSIM(I_f, I_b): ``metaloss.losses.ssim_map`` (Gaussian 11x11, sigma 1.5,
-  the usual constants for [0, 1]); the scored SSIM's 7x7 uniform window with data range 2 on 0-255
-  values has constants of 1e-4 of the usual and is unstable to differentiate on flat regions.
+* SSIM = SSIM(I_f, I_a) + SSIM(I_f, I_b), ``ssim_form = "scored"``: as CDDFuse scores it, scikit-image's
+  7x7 uniform window, sample covariance, constants of data range 2 on 0-255 values (1/16,000 of the
+  usual: a change of a grey level on a flat region costs as much as losing an edge), or
+  ``ssim_form = "gaussian"``: ``metaloss.losses.ssim_map`` (Wang et al.'s 11x11 Gaussian window, the
+  usual constants for [0, 1]).  With the Gaussian form a learned target trades the scored SSIM away
+  (docs/refusion.md).
 
 Used as the objective of a ReFusion-style meta-step (``[objective] name = "quality"``) the loss
 proposal module learns the weights W whose loss, after one learner step, most raises the fused
@@ -22,7 +25,7 @@ image's quality on held-out crops.  It has no parameters: nothing is trained in 
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +35,7 @@ from torch import Tensor, nn
 from metaloss.losses import sobel, ssim_map
 from metaloss.protocols import Batch
 
-__all__ = ["QualityObjective", "qabf", "quality_terms", "vif"]
+__all__ = ["QualityObjective", "qabf", "quality_terms", "ssim_scored", "vif"]
 
 _VIF_SIGMA_NSQ = 2.0
 _VIF_EPS = 1e-10
@@ -89,10 +92,31 @@ def qabf(fused: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return num / den
 
 
-def quality_terms(fused: Tensor, a: Tensor, b: Tensor) -> dict[str, Tensor]:
+def ssim_scored(x: Tensor, y: Tensor) -> Tensor:
+    """``[B]`` scikit-image's SSIM of ``[B, 1, H, W]`` images on 0-255 with ``data_range = 2`` (CDDFuse's
+    score): 7x7 uniform window, sample covariance (49/48), mean over the windows inside the image."""
+    ux, uy = F.avg_pool2d(x, 7, 1), F.avg_pool2d(y, 7, 1)
+    norm = 49 / 48
+    vx = (F.avg_pool2d(x * x, 7, 1) - ux * ux) * norm
+    vy = (F.avg_pool2d(y * y, 7, 1) - uy * uy) * norm
+    vxy = (F.avg_pool2d(x * y, 7, 1) - ux * uy) * norm
+    c1, c2 = (0.01 * 2) ** 2, (0.03 * 2) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return s.flatten(1).mean(1)
+
+
+SsimForm = Literal["scored", "gaussian"]
+
+
+def quality_terms(fused: Tensor, a: Tensor, b: Tensor, ssim_form: SsimForm = "scored") -> dict[str, Tensor]:
     """``{"VIF", "Qabf", "SSIM"}``, each ``[B]``, of ``[B, 1, H, W]`` images in [0, 1]."""
     f255, a255, b255 = fused * 255, a * 255, b * 255
-    ssim = ssim_map(fused, a).flatten(1).mean(1) + ssim_map(fused, b).flatten(1).mean(1)
+    if ssim_form == "scored":
+        ssim = ssim_scored(f255, a255) + ssim_scored(f255, b255)
+    elif ssim_form == "gaussian":
+        ssim = ssim_map(fused, a).flatten(1).mean(1) + ssim_map(fused, b).flatten(1).mean(1)
+    else:
+        raise ValueError(f"unknown ssim_form {ssim_form!r}; choose 'scored' or 'gaussian'")
     return {"VIF": vif(f255, a255, b255), "Qabf": qabf(f255, a255, b255), "SSIM": ssim}
 
 
@@ -108,32 +132,35 @@ class QualityObjective(nn.Module):
         vif_weight: Annotated[float, Field(ge=0)] = 1.0,
         qabf_weight: Annotated[float, Field(ge=0)] = 1.0,
         ssim_weight: Annotated[float, Field(ge=0)] = 1.0,
+        ssim_form: SsimForm = "scored",
     ):
         super().__init__()
         if vif_weight + qabf_weight + ssim_weight <= 0:
             raise ValueError("the quality objective needs at least one of vif_weight, qabf_weight, ssim_weight > 0")
         self.weights = {"VIF": vif_weight, "Qabf": qabf_weight, "SSIM": ssim_weight}
+        self.ssim_form = ssim_form
 
     def forward(self, fused: Tensor) -> Tensor:
         return fused
 
     def loss(self, outputs: Tensor, batch: Batch) -> Tensor:
-        terms = quality_terms(outputs, batch["task_ir"], batch["task_vi"])
+        terms = quality_terms(outputs, batch["task_ir"], batch["task_vi"], self.ssim_form)
         return -sum(w * terms[k].mean() for k, w in self.weights.items() if w)  # type: ignore[return-value]
 
     def evaluator(self) -> QualityMeans:
-        return QualityMeans()
+        return QualityMeans(self.ssim_form)
 
 
 class QualityMeans:
     """Means over images of the three differentiable measures (the objective's own view of quality)."""
 
-    def __init__(self) -> None:
+    def __init__(self, ssim_form: SsimForm = "scored") -> None:
+        self.ssim_form = ssim_form
         self.values: dict[str, list[float]] = {"VIF": [], "Qabf": [], "SSIM": []}
 
     def update(self, outputs: Tensor, batch: Batch) -> None:
         with torch.no_grad():
-            for k, v in quality_terms(outputs, batch["task_ir"], batch["task_vi"]).items():
+            for k, v in quality_terms(outputs, batch["task_ir"], batch["task_vi"], self.ssim_form).items():
                 self.values[k].extend(v.tolist())
 
     def compute(self) -> dict[str, float]:

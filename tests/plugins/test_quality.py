@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from metaloss.config import ConfigError, load_config
 from metaloss.data.collate import collate_pairs
 from metaloss.experiment import build_experiment, run
+from metaloss.losses import ssim_map
 from metaloss.meta import meta_gradient
 from metaloss.metrics import cddfuse
 from metaloss_refusion.quality import QualityObjective, quality_terms
@@ -22,7 +23,7 @@ def smooth_pair(size: int = 96, seed: int = 0) -> tuple[torch.Tensor, torch.Tens
 
 
 @pytest.mark.parametrize("rule", ["mean", "max"])
-def test_vif_and_qabf_follow_the_scored_metrics(rule):
+def test_vif_qabf_and_ssim_follow_the_scored_metrics(rule):
     a, b = smooth_pair()
     f = torch.round((a + b) / 2) if rule == "mean" else torch.maximum(a, b)
     terms = quality_terms(f / 255, a / 255, b / 255)
@@ -30,6 +31,11 @@ def test_vif_and_qabf_follow_the_scored_metrics(rule):
     # the smoothed angle where the horizontal response is 0
     assert float(terms["VIF"]) == pytest.approx(float(cddfuse.vif(f, a, b)), abs=1e-5)
     assert float(terms["Qabf"]) == pytest.approx(float(cddfuse.qabf(f, a, b)), abs=2e-3)
+    # the scored SSIM (float64 here, float32 in the scorer)
+    assert float(terms["SSIM"]) == pytest.approx(float(cddfuse.ssim(f, a, b)), abs=1e-4)
+    gaussian = quality_terms(f / 255, a / 255, b / 255, ssim_form="gaussian")["SSIM"]
+    expected = ssim_map(f / 255, a / 255).mean() + ssim_map(f / 255, b / 255).mean()
+    assert float(gaussian) == pytest.approx(float(expected), rel=1e-12)
 
 
 def test_quality_prefers_a_fusion_to_noise_and_has_finite_gradients():
@@ -54,6 +60,8 @@ def test_quality_weights_are_checked():
     raw = {**quality_config().model_dump(mode="json"), "objective": {"name": "quality", "vif_weight": -1.0}}
     with pytest.raises(ConfigError, match=r"objective\.vif_weight"):
         load_config(raw)
+    with pytest.raises(ValueError, match="ssim_form"):
+        quality_terms(torch.zeros(1, 1, 96, 96), torch.zeros(1, 1, 96, 96), torch.zeros(1, 1, 96, 96), "uniform")
     ev = QualityObjective().evaluator()
     a, b = (x / 255 for x in smooth_pair())
     ev.update((a + b) / 2, {"task_ir": a, "task_vi": b})
@@ -127,3 +135,51 @@ def test_objective_weight_needs_the_task_on_the_crop():
     cfg.data.task_from_crop = False
     with pytest.raises(ValueError, match="task_from_crop"):
         build_experiment(cfg)
+
+
+def optimum_config(**loss):
+    cfg = quality_config(**loss)
+    cfg.meta.horizon = "optimum"
+    return cfg
+
+
+def test_optimum_horizon_differentiates_the_objective_at_the_loss_target(tmp_path):
+    exp = build_experiment(optimum_config())
+    problem = exp.problem
+    g = torch.Generator().manual_seed(0)
+    train = problem.prepare_batch(collate_pairs([exp.train_set[0]]), g)
+    test = problem.prepare_batch(collate_pairs([exp.train_set[1]]), g)
+    before = {n: p.detach().clone() for n, p in problem.learner.named_parameters()}
+    grads, result = meta_gradient(problem, train, test, inner_lr=1e-2, horizon="optimum")
+    # by hand: T = w_a I_a + w_b I_b on the meta-test batch, then the objective's loss
+    ir, vi = test["task_ir"], test["task_vi"]
+    w = problem.loss_generator(ir, vi)["intensity"]
+    params = [p for p in problem.loss_generator.parameters() if p.requires_grad]
+    expected = torch.autograd.grad(problem.objective.loss(w[:, :1] * ir + w[:, 1:] * vi, test), params)
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want)
+    assert torch.cat([x.flatten() for x in grads]).norm() > 0
+    assert result.inner_loss == pytest.approx(
+        float(problem.inner_loss(dict(problem.learner.named_parameters()), train).total.detach())
+    )
+    assert all(torch.equal(p, before[n]) for n, p in problem.learner.named_parameters())
+    summary = run(optimum_config(), tmp_path / "run", quiet=True)
+    assert summary["final"]["meta/loss_generator_grad_norm"] > 0
+
+
+@pytest.mark.parametrize(
+    "loss", [{"ssim_weight": 1.0}, {"gradient_target": "max"}, {"intensity_norm": "l1"}, {"objective_weight": 0.1}]
+)
+def test_optimum_horizon_refuses_a_loss_whose_minimiser_is_not_its_target(loss):
+    with pytest.raises(ValueError, match="horizon = 'optimum'"):
+        build_experiment(optimum_config(**loss))
+
+
+def test_optimum_horizon_needs_the_problem_hook():
+    class NoOptimum:
+        def __init__(self, problem):
+            self.learner, self.loss_generator, self.objective = problem.learner, problem.loss_generator, None
+
+    exp = build_experiment(optimum_config())
+    with pytest.raises(ValueError, match="optimum_outer_loss"):
+        meta_gradient(NoOptimum(exp.problem), {}, {}, inner_lr=1e-2, horizon="optimum")
