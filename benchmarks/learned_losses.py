@@ -91,6 +91,15 @@ VARIANTS: dict[str, dict[str, object]] = {
         "loss.ssim_weight": "0.0",
         "meta.meta_steps": "0",
     },
+    "max_quality": {  # (c) max_target + 0.1 x the quality objective's loss taken directly (no meta-learning)
+        "loss_generator": '{name = "fixed", intensity_rule = "max"}',
+        "loss.intensity_norm": '"l2"',
+        "loss.gradient_target": '"intensity"',
+        "loss.ssim_weight": "0.0",
+        "objective": '{name = "quality", ssim_form = "gaussian"}',
+        "loss.objective_weight": "0.1",
+        "meta.meta_steps": "0",
+    },
     "learned_config": {},  # the config as it is: the default model's learned loss
     "config_no_meta": {"meta.meta_steps": "0"},  # the same loss never meta-trained: its hand-made rule alone
 }

@@ -81,6 +81,9 @@ class Task(Protocol):
     first dimension (lists: concatenated) ``view.repeat`` times; a target whose last two dimensions are
     the images' size is refused when the task's images are cropped or resized.
 
+    A task without parameters (a fixed measure of the fused image) is trained by nothing and takes no
+    look-ahead step.
+
     ``loss`` must be differentiable with respect to ``outputs`` (the outer loss reaches the fusion
     network, and through its inner update the loss generator, only through it).
     """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from benchmarks.learned_losses import CONFIG, VARIANTS, overrides, render, summarise
 from benchmarks.refusion import METRICS
@@ -15,7 +16,10 @@ def test_every_variant_is_a_valid_config_with_the_shared_budget(repo, variant):
     assert cfg.seed == 2
     assert (cfg.meta.meta_steps == 0) == (not variant.startswith("learned"))  # a hand-made loss is not meta-learned
     base = load_config(repo / CONFIG)
-    shared = ("data", "learner", "objective", "optim")
+    # the objective is the config's, except where a variant takes another one into its loss (max_quality)
+    takes_objective = cfg.loss.objective_weight > 0
+    assert takes_objective == ("objective" in VARIANTS[variant])
+    shared = ("data", "learner", "optim") + (() if takes_objective else ("objective",))
     assert [getattr(cfg, k) for k in shared] == [getattr(base, k) for k in shared]
     assert (cfg.meta.epochs, cfg.meta.learner_steps) == (base.meta.epochs, base.meta.learner_steps)
 
@@ -38,3 +42,15 @@ def test_summary_is_the_mean_and_spread_over_seeds():
     assert stats["max_l1"]["VIF"] == (2.0, 1.0, 3) and stats["learned"]["VIF"] == (0.5, 0.0, 1)
     text = render(results, {"machine": "test machine", "args": "--seeds 0 1 2"})
     assert "| max_l1 | 3 | 2.000 ± 1.000 |" in text and "test machine" in text
+
+
+def test_quality_targets_scores_images_as_saved():
+    from benchmarks.quality_targets import scores
+    from metaloss.metrics import cddfuse
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(1, 1, 96, 96, generator=g), torch.rand(1, 1, 96, 96, generator=g)
+    fused = (a + b) / 2 + 0.3  # out of range: clamped, then rounded to grey levels
+    got = scores(fused, a, b)
+    f, a8, b8 = (torch.round(x.clamp(0, 1) * 255).double() for x in (fused, a, b))
+    assert got == (float(cddfuse.vif(f, a8, b8)), float(cddfuse.qabf(f, a8, b8)), float(cddfuse.ssim(f, a8, b8)))
