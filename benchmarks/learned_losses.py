@@ -100,12 +100,19 @@ VARIANTS: dict[str, dict[str, object]] = {
         "loss.objective_weight": "0.1",
         "meta.meta_steps": "0",
     },
+    "learned_quality": {  # the fourth recipe's best: W learned on Qabf + SSIM of the loss's own optimum T
+        "loss.ssim_weight": "0.0",
+        "objective": '{name = "quality", ssim_form = "gaussian", vif_weight = 0.0}',
+        "meta.horizon": '"optimum"',
+        "meta.warmup_epochs": "0",
+        "meta.meta_steps": "300",
+    },
     "learned_config": {},  # the config as it is: the default model's learned loss
     "config_no_meta": {"meta.meta_steps": "0"},  # the same loss never meta-trained: its hand-made rule alone
 }
 HEADLINE = ("VIF", "Qabf", "SSIM")
 #: the variants the figure shows (one seed): the hand-made losses (a)-(c), the first and the current learned loss
-FIGURE_VARIANTS = ("fixed_half", "max_l1", "max_target", "swinfusion", "learned_prior", "learned_config")
+FIGURE_VARIANTS = ("fixed_half", "max_l1", "max_target", "max_quality", "swinfusion", "learned_prior", "learned_config")
 
 
 def overrides(variant: str, seed: int) -> list[str]:
