@@ -107,6 +107,14 @@ VARIANTS: dict[str, dict[str, object]] = {
         "meta.warmup_epochs": "0",
         "meta.meta_steps": "300",
     },
+    "learned_quality_direct": {  # learned_quality + 0.1 x its objective (Qabf + SSIM) taken directly, as max_quality
+        "loss.ssim_weight": "0.0",
+        "objective": '{name = "quality", ssim_form = "gaussian", vif_weight = 0.0}',
+        "loss.objective_weight": "0.1",
+        "meta.horizon": '"optimum"',
+        "meta.warmup_epochs": "0",
+        "meta.meta_steps": "300",
+    },
     "learned_config": {},  # the config as it is: the default model's learned loss
     "config_no_meta": {"meta.meta_steps": "0"},  # the same loss never meta-trained: its hand-made rule alone
 }

@@ -206,7 +206,9 @@ class FusionProblem(nn.Module):
     def optimum_outer_loss(self, objective_params: ParamDict | None, batch: Batch) -> Tensor:
         """The meta-objective at the fused image that minimises L_f (``metaloss.meta.step``'s ``horizon =
         "optimum"``): with L2 intensity, linear weights and the gradient of its own target, L_f is zero at
-        T = w_a I_a + w_b I_b and nowhere below, so argmin L_f = T, a function of the loss generator alone."""
+        T = w_a I_a + w_b I_b and nowhere below, so argmin L_f = T, a function of the loss generator alone.
+        With ``objective_weight`` gamma > 0 the learner's loss is L_f + gamma L_t, whose minimiser is near T
+        for small gamma only: T, the minimiser of the learned part, stands in for it."""
         self.check_optimum_horizon()
         ir, vi = batch["task_ir"], batch["task_vi"]
         weights = self.loss_generator(ir, vi)["intensity"]
@@ -221,12 +223,10 @@ class FusionProblem(nn.Module):
             or self.weight_form != "linear"
             or self.gradient_target != "intensity"
             or self.ssim_weight
-            or self.objective_weight
         ):
             raise ValueError(
                 "meta.horizon = 'optimum' needs a loss whose minimiser is its target: loss.intensity_norm = 'l2', "
-                "loss.weight_form = 'linear', loss.gradient_target = 'intensity', loss.ssim_weight = 0 and "
-                "loss.objective_weight = 0"
+                "loss.weight_form = 'linear', loss.gradient_target = 'intensity' and loss.ssim_weight = 0"
             )
 
     # -- inference ------------------------------------------------------------------------------

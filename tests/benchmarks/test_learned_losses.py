@@ -18,7 +18,7 @@ def test_every_variant_is_a_valid_config_with_the_shared_budget(repo, variant):
     base = load_config(repo / CONFIG)
     # the objective is the config's, except where a variant names another (max_quality takes it into its loss)
     own_objective = "objective" in VARIANTS[variant]
-    assert (cfg.loss.objective_weight > 0) == (variant == "max_quality")
+    assert (cfg.loss.objective_weight > 0) == (variant in ("max_quality", "learned_quality_direct"))
     shared = ("data", "learner", "optim") + (() if own_objective else ("objective",))
     assert [getattr(cfg, k) for k in shared] == [getattr(base, k) for k in shared]
     assert (cfg.meta.epochs, cfg.meta.learner_steps) == (base.meta.epochs, base.meta.learner_steps)

@@ -168,7 +168,7 @@ def test_optimum_horizon_differentiates_the_objective_at_the_loss_target(tmp_pat
 
 
 @pytest.mark.parametrize(
-    "loss", [{"ssim_weight": 1.0}, {"gradient_target": "max"}, {"intensity_norm": "l1"}, {"objective_weight": 0.1}]
+    "loss", [{"ssim_weight": 1.0}, {"gradient_target": "max"}, {"intensity_norm": "l1"}, {"weight_form": "squared"}]
 )
 def test_optimum_horizon_refuses_a_loss_whose_minimiser_is_not_its_target(loss):
     with pytest.raises(ValueError, match="horizon = 'optimum'"):
@@ -183,3 +183,13 @@ def test_optimum_horizon_needs_the_problem_hook():
     exp = build_experiment(optimum_config())
     with pytest.raises(ValueError, match="optimum_outer_loss"):
         meta_gradient(NoOptimum(exp.problem), {}, {}, inner_lr=1e-2, horizon="optimum")
+
+
+def test_optimum_horizon_takes_the_learned_part_with_a_direct_objective_term():
+    exp = build_experiment(optimum_config(objective_weight=0.1))  # T stands in for the minimiser
+    g = torch.Generator().manual_seed(0)
+    test = exp.problem.prepare_batch(collate_pairs([exp.train_set[1]]), g)
+    plain = build_experiment(optimum_config())
+    plain.problem.loss_generator.load_state_dict(exp.problem.loss_generator.state_dict())
+    with torch.no_grad():
+        assert float(exp.problem.optimum_outer_loss({}, test)) == float(plain.problem.optimum_outer_loss({}, test))
