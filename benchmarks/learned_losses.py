@@ -40,6 +40,14 @@ from benchmarks.refusion import (
 CONFIG = "examples/refusion_roadscene.toml"
 OUT = ROOT / "runs" / "learned-losses"
 FIGURE = ROOT / "docs" / "figures" / "learned_losses_tno25.png"
+#: the fourth recipe's best learned loss: W learned on Qabf + SSIM of the loss's own optimum T
+LEARNED_QUALITY: dict[str, object] = {
+    "loss.ssim_weight": "0.0",
+    "objective": '{name = "quality", ssim_form = "gaussian", vif_weight = 0.0}',
+    "meta.horizon": '"optimum"',
+    "meta.warmup_epochs": "0",
+    "meta.meta_steps": "300",
+}
 #: what separates the variants: the loss (generator and intensity norm); everything else is the config's
 VARIANTS: dict[str, dict[str, object]] = {
     "fixed_half": {  # (a) the old baseline: w = 0.5, max-rule gradient term
@@ -100,21 +108,9 @@ VARIANTS: dict[str, dict[str, object]] = {
         "loss.objective_weight": "0.1",
         "meta.meta_steps": "0",
     },
-    "learned_quality": {  # the fourth recipe's best: W learned on Qabf + SSIM of the loss's own optimum T
-        "loss.ssim_weight": "0.0",
-        "objective": '{name = "quality", ssim_form = "gaussian", vif_weight = 0.0}',
-        "meta.horizon": '"optimum"',
-        "meta.warmup_epochs": "0",
-        "meta.meta_steps": "300",
-    },
-    "learned_quality_direct": {  # learned_quality + 0.1 x its objective (Qabf + SSIM) taken directly, as max_quality
-        "loss.ssim_weight": "0.0",
-        "objective": '{name = "quality", ssim_form = "gaussian", vif_weight = 0.0}',
-        "loss.objective_weight": "0.1",
-        "meta.horizon": '"optimum"',
-        "meta.warmup_epochs": "0",
-        "meta.meta_steps": "300",
-    },
+    "learned_quality": LEARNED_QUALITY,
+    # learned_quality + 0.1 x its objective (Qabf + SSIM) taken directly, as max_quality
+    "learned_quality_direct": {**LEARNED_QUALITY, "loss.objective_weight": "0.1"},
     "learned_config": {},  # the config as it is: the default model's learned loss
     "config_no_meta": {"meta.meta_steps": "0"},  # the same loss never meta-trained: its hand-made rule alone
 }

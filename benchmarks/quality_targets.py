@@ -23,7 +23,7 @@ from benchmarks.refusion import ROOT
 from metaloss.config import load_config
 from metaloss.data.collate import collate_pairs
 from metaloss.experiment import build_experiment
-from metaloss.metrics import cddfuse
+from metaloss.metrics import evaluate
 
 CONFIG = ROOT / "examples" / "refusion_roadscene.toml"
 
@@ -31,7 +31,8 @@ CONFIG = ROOT / "examples" / "refusion_roadscene.toml"
 def scores(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, float]:
     """VIF, Qabf, SSIM (``cddfuse``) of images in [0, 1], rounded to grey levels as a saved image is."""
     f, a, b = (torch.round(x.clamp(0, 1) * 255).double() for x in (fused, a, b))
-    return float(cddfuse.vif(f, a, b)), float(cddfuse.qabf(f, a, b)), float(cddfuse.ssim(f, a, b))
+    values = evaluate(f, a, b, "cddfuse", ["VIF", "Qabf", "SSIM"])
+    return float(values["VIF"]), float(values["Qabf"]), float(values["SSIM"])
 
 
 def main(argv: list[str] | None = None) -> int:

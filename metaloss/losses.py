@@ -52,7 +52,8 @@ def max_abs(a: Tensor, b: Tensor) -> Tensor:
     return torch.where(a.abs() >= b.abs(), a, b)
 
 
-def _gaussian_window(size: int, sigma: float, like: Tensor) -> Tensor:
+def gaussian_window(size: int, sigma: float, like: Tensor) -> Tensor:
+    """The normalised 1-D Gaussian of ``size`` samples and width ``sigma``, in ``like``'s dtype and device."""
     x = torch.arange(size, dtype=like.dtype, device=like.device) - (size - 1) / 2
     g = torch.exp(-(x**2) / (2 * sigma**2))
     return g / g.sum()
@@ -63,7 +64,7 @@ def ssim_map(x: Tensor, y: Tensor, window: int = 11, sigma: float = 1.5) -> Tens
     ``(2 u_x u_y + C1)(2 s_xy + C2) / ((u_x² + u_y² + C1)(s_x² + s_y² + C2))``, Gaussian-weighted local
     moments, C1 = 0.01², C2 = 0.03²; on an image smaller than the window, the window shrinks to its shorter side."""
     size = min(window, *x.shape[-2:])
-    g = _gaussian_window(size, sigma, x)
+    g = gaussian_window(size, sigma, x)
     channels = x.shape[1]
     kx, ky = g.view(1, 1, 1, size).expand(channels, 1, 1, size), g.view(1, 1, size, 1).expand(channels, 1, size, 1)
 

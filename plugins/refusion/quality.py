@@ -18,8 +18,8 @@ definitions, ``metaloss.metrics.cddfuse``), on images scaled to 0-255 as they ar
   (docs/refusion.md).
 
 Used as the objective of a ReFusion-style meta-step (``[objective] name = "quality"``) the loss
-proposal module learns the weights W whose loss, after one learner step, most raises the fused
-image's quality on held-out crops.  It has no parameters: nothing is trained in the learner phase.
+proposal module learns the weights W whose loss most raises the fused image's quality on held-out
+crops: after one learner step, or at the loss's own optimum (``meta.horizon``).  It has no parameters: nothing is trained in the learner phase.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from metaloss.losses import sobel, ssim_map
+from metaloss.losses import gaussian_window, sobel, ssim_map
 from metaloss.protocols import Batch
 
 __all__ = ["QualityObjective", "qabf", "quality_terms", "ssim_scored", "vif"]
@@ -43,10 +43,9 @@ _TG, _KG, _DG = 0.9994, -15.0, 0.5
 _TA, _KA, _DA = 0.9879, -22.0, 0.8
 
 
-def _gaussian(size: int, like: Tensor) -> Tensor:
-    x = torch.arange(size, dtype=like.dtype, device=like.device) - (size - 1) / 2
-    g = torch.exp(-(x**2) / (2 * (size / 5.0) ** 2))
-    g = g / g.sum()
+def _vif_window(size: int, like: Tensor) -> Tensor:
+    """VIF's 2-D Gaussian window of ``size`` samples, sigma = size / 5, as a conv2d weight."""
+    g = gaussian_window(size, size / 5.0, like)
     return (g[:, None] * g[None, :]).view(1, 1, size, size)
 
 
@@ -56,7 +55,7 @@ def vif(fused: Tensor, a: Tensor, b: Tensor) -> Tensor:
     for ref in (a, b):
         dist, num, den = fused, 0.0, 0.0
         for scale in range(1, 5):
-            window = _gaussian(2 ** (5 - scale) + 1, fused)
+            window = _vif_window(2 ** (5 - scale) + 1, fused)
             if scale > 1:
                 ref, dist = F.conv2d(ref, window)[..., ::2, ::2], F.conv2d(dist, window)[..., ::2, ::2]
             mu1, mu2 = F.conv2d(ref, window), F.conv2d(dist, window)
