@@ -129,11 +129,19 @@ class MetaConfig(_Strict):
         "learner", description="inner step size; 'learner' ties it to the learner's current lr (reference)"
     )
     truncate: int = Field(0, ge=0, description="backpropagate through the last k inner steps only; 0 = all")
-    horizon: Literal["unrolled", "optimum"] = Field(
+    horizon: Literal["unrolled", "optimum", "output"] = Field(
         "unrolled",
         description="what the meta-objective judges: 'unrolled': the learner after k inner steps (MAML); "
         "'optimum': the output that minimises the learned loss, where the problem knows it (a first-order "
-        "meta-gradient without the short-horizon bias of one small step)",
+        "meta-gradient without the short-horizon bias of one small step); 'output': the learner's output now "
+        "after one step of the learned loss taken on the output itself (first order; docs/meta.md)",
+    )
+    output_lr: float = Field(
+        0.01,
+        gt=0,
+        description="the 'output' horizon's step per output element: F' = F - output_lr * N * dL_f/dF, "
+        "N the number of elements (an L2 term with weights summing to 1 moves F by 2 output_lr of its "
+        "distance to the target)",
     )
     backend: Literal["torch.func", "higher"] = "torch.func"
     outer_optimizer: Literal["adam", "maxabs_sgd"] = Field(

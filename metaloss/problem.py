@@ -216,6 +216,29 @@ class FusionProblem(nn.Module):
         assert objective_params is not None
         return self._task.loss(functional_call(self.objective, objective_params, (optimum,)), batch)
 
+    def output_outer_loss(
+        self, learner_params: ParamDict, objective_params: ParamDict | None, batch: Batch, step: float
+    ) -> Tensor:
+        """The meta-objective after one gradient step of L_f on the fused crop itself (``horizon =
+        "output"``): F' = F - step * N * dL_f/dF, F the learner's output now (no graph), N its number of
+        elements.  For the L2 term, N dL_f/dF = 2 (F - T), so dF'/dw_a = 2 step (I_a - I_b): the
+        meta-gradient moves each weight toward the source that the objective's gradient at F prefers."""
+        self.check_output_horizon()
+        with torch.no_grad():
+            fused = self.learner_output(learner_params, batch)
+        fused.requires_grad_(True)
+        with torch.enable_grad():
+            inner = self.inner_loss_from_output(fused, batch).total
+            (grad,) = torch.autograd.grad(inner, fused, create_graph=True)
+        stepped = fused - step * fused.numel() * grad
+        assert objective_params is not None
+        return self._task.loss(functional_call(self.objective, objective_params, (stepped,)), batch)
+
+    def check_output_horizon(self) -> None:
+        """Raise unless the objective sees the crops the fusion loss sees (see :meth:`output_outer_loss`)."""
+        if not self.task_from_crop:
+            raise ValueError("meta.horizon = 'output' needs data.task_from_crop = true: the step is taken on the crop")
+
     def check_optimum_horizon(self) -> None:
         """Raise unless L_f's minimiser is its intensity target (see :meth:`optimum_outer_loss`)."""
         if (

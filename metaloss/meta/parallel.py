@@ -183,3 +183,7 @@ class StandInProblem:
     def optimum_outer_loss(self, objective_params: Any, batch: Any) -> Tensor:
         with self._flag(batch):
             return self._problem.optimum_outer_loss(objective_params, batch)
+
+    def output_outer_loss(self, learner_params: Any, objective_params: Any, batch: Any, step: float) -> Tensor:
+        with self._flag(batch):
+            return self._problem.output_outer_loss(learner_params, objective_params, batch, step)

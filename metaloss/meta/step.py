@@ -14,6 +14,14 @@ learner's outputs, where the problem knows it in closed form (``optimum_outer_lo
 
 a first-order meta-gradient with no short-horizon bias (the unrolled step sees only how one small
 learner step moves; its directions can cancel from step to step).
+
+``horizon="output"`` takes the step in the learner's output space instead of its parameters, from the
+output F it gives now (the problem's ``output_outer_loss``):
+
+    L_outer = L_out(T_psi'(F - eta_y N grad_F L_inner(F, G_phi; x_mts))),   F = F_theta(x_mts) detached
+
+N the number of output elements (so eta_y is a step per element): first order in the learner, and it
+judges the loss by where it moves the output the network has now, not the output it could not reach.
 """
 
 from __future__ import annotations
@@ -38,8 +46,14 @@ from metaloss.protocols import ParamDict
 #: attribute if it has one, else "double_backward".
 MetaGradientMethod = Literal["auto", "double_backward", "jvp"]
 #: What the outer loss sees: the learner after ``inner_steps`` unrolled steps ("unrolled", MAML), or the
-#: output that minimises the inner loss ("optimum"; the problem's ``optimum_outer_loss``).
-Horizon = Literal["unrolled", "optimum"]
+#: output that minimises the inner loss ("optimum"; the problem's ``optimum_outer_loss``), or the
+#: learner's output now after one gradient step of the inner loss on the output itself ("output"; the
+#: problem's ``output_outer_loss``).
+Horizon = Literal["unrolled", "optimum", "output"]
+_HORIZON_HOOKS = {
+    "optimum": "optimum_outer_loss(objective_params, batch)",
+    "output": "output_outer_loss(learner_params, objective_params, batch, step)",
+}
 
 
 def resolve_method(
@@ -150,6 +164,7 @@ def meta_gradient(
     test_scale: float = 1.0,
     method: MetaGradientMethod | None = None,
     horizon: Horizon = "unrolled",
+    output_lr: float = 0.01,
 ) -> tuple[list[Tensor], MetaStepResult]:
     """grad_phi L_outer for the loss generator's trainable parameters (their order), and the losses.
 
@@ -162,19 +177,18 @@ def meta_gradient(
     batch norm).  The losses reported are the unscaled ones of this process's batches.
 
     ``method``: see ``MetaGradientMethod``; both methods give the same gradient up to float rounding.
-    ``horizon``: see ``Horizon``; with "optimum" the learner takes no step (``inner_*``, ``truncate``,
-    ``backend`` and ``method`` do not apply) and the reported inner loss is the learner's, without a graph.
+    ``horizon``: see ``Horizon``; with "optimum" or "output" the learner takes no step (``inner_*``,
+    ``truncate``, ``backend`` and ``method`` do not apply) and the reported inner loss is the learner's,
+    without a graph.  ``output_lr``: eta_y of the "output" horizon.
     """
     gen_params = [p for p in problem.loss_generator.parameters() if p.requires_grad]
     if not gen_params:
         raise ValueError("the loss generator has no parameter that requires grad")
-    if horizon not in ("unrolled", "optimum"):
-        raise ValueError(f"unknown horizon {horizon!r}; choose 'unrolled' or 'optimum'")
-    if horizon == "optimum" and not hasattr(problem, "optimum_outer_loss"):
-        raise ValueError(
-            f"horizon 'optimum' needs a problem with optimum_outer_loss(objective_params, batch); "
-            f"{type(problem).__name__} has none"
-        )
+    if horizon not in ("unrolled", "optimum", "output"):
+        raise ValueError(f"unknown horizon {horizon!r}; choose 'unrolled', 'optimum' or 'output'")
+    hook = _HORIZON_HOOKS.get(horizon)
+    if hook is not None and not hasattr(problem, hook.split("(")[0]):
+        raise ValueError(f"horizon {horizon!r} needs a problem with {hook}; {type(problem).__name__} has none")
     first = FirstLoss()  # the reported inner loss and its terms: the first step's
 
     def inner_fn(p: ParamDict) -> Tensor:
@@ -182,8 +196,8 @@ def meta_gradient(
         return loss * train_scale if train_scale != 1.0 else loss
 
     how = (
-        "optimum"
-        if horizon == "optimum"
+        horizon
+        if horizon != "unrolled"
         else resolve_method(
             problem,
             method,
@@ -194,9 +208,10 @@ def meta_gradient(
         )
     )
     learner_new: ParamDict = {}
-    if how == "optimum":
-        with torch.no_grad():  # the learner's loss now, for the log; its buffers stay as they are
-            inner_fn({**trainable_params(problem.learner), **buffer_copies(problem.learner)})
+    if how in ("optimum", "output"):  # the learner as it is now; its buffers stay as they are
+        learner_new = {**trainable_params(problem.learner), **buffer_copies(problem.learner)}
+        with torch.no_grad():  # its loss now, for the log
+            inner_fn(learner_new)
     elif how == "jvp":
         theta0, learner_new, u, _ = forward_mode.tracked_step(
             problem,  # type: ignore[arg-type]
@@ -217,7 +232,7 @@ def meta_gradient(
             truncate=truncate,
             grad_hook=inner_grad_hook,
         )
-    if how != "optimum":
+    if how in ("double_backward", "jvp"):
         learner_new.update(buffer_copies(problem.learner))
 
     objective_params: ParamDict | None = None
@@ -245,6 +260,8 @@ def meta_gradient(
 
     if how == "optimum":
         outer = problem.optimum_outer_loss(objective_params, test_batch)  # type: ignore[attr-defined]
+    elif how == "output":
+        outer = problem.output_outer_loss(learner_new, objective_params, test_batch, output_lr)  # type: ignore[attr-defined]
     else:
         outer = problem.outer_loss(learner_new, objective_params, test_batch)
     scaled_outer = outer * test_scale if test_scale != 1.0 else outer
@@ -290,12 +307,14 @@ def meta_step(
     test_scale: float = 1.0,
     method: MetaGradientMethod | None = None,
     horizon: Horizon = "unrolled",
+    output_lr: float = 0.01,
 ) -> MetaStepResult:
     """One meta-step: compute the meta-gradient and step the loss generator's optimizer.
 
     ``grad_hook`` sees the gradients before the step and may change them in place (e.g. to all-reduce
     them across processes; ``loss_generator_grad_norm`` is then the norm of the changed gradients).
-    ``inner_grad_hook``, ``train_scale``, ``test_scale``, ``method`` and ``horizon``: see ``meta_gradient``.
+    ``inner_grad_hook``, ``train_scale``, ``test_scale``, ``method``, ``horizon`` and ``output_lr``: see
+    ``meta_gradient``.
     Only the loss generator's parameters change; the learner's and objective's parameters and buffers
     don't.  A NaN or Inf in a loss or in the gradients raises ``metaloss.meta.guard.NonFiniteError``
     before the step, leaving the loss generator and its optimizer untouched.
@@ -314,6 +333,7 @@ def meta_step(
         test_scale=test_scale,
         method=method,
         horizon=horizon,
+        output_lr=output_lr,
     )
     if grad_hook is not None:
         grad_hook(grads)

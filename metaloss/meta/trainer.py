@@ -60,7 +60,7 @@ class Schedule(Protocol):
     ``outer_optimizer`` (``"adam"`` or ``"maxabs_sgd"``) has lr ``outer_lr``; with
     ``objective_lookahead`` the objective network takes a look-ahead step before the outer loss.  An
     optional ``horizon`` (``metaloss.meta.step.Horizon``, default ``"unrolled"``) picks what the outer
-    loss judges."""
+    loss judges, and ``output_lr`` is the "output" horizon's step (default 0.01)."""
 
     epochs: int
     meta_steps: int
@@ -296,6 +296,7 @@ class AlternatingTrainer:
                     backend=self.meta.backend,
                     lookahead_lr=lookahead,
                     horizon=getattr(self.meta, "horizon", "unrolled"),
+                    output_lr=getattr(self.meta, "output_lr", 0.01),
                     **parallel,
                 )
             except NonFiniteError as err:

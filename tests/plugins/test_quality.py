@@ -193,3 +193,63 @@ def test_optimum_horizon_takes_the_learned_part_with_a_direct_objective_term():
     plain.problem.loss_generator.load_state_dict(exp.problem.loss_generator.state_dict())
     with torch.no_grad():
         assert float(exp.problem.optimum_outer_loss({}, test)) == float(plain.problem.optimum_outer_loss({}, test))
+
+
+def output_config(**loss):
+    cfg = quality_config(**loss)
+    cfg.meta.horizon = "output"
+    return cfg
+
+
+def test_output_horizon_at_half_a_step_of_a_pure_l2_loss_is_the_optimum_horizon():
+    # N dL/dF = 2 (F - T) for the L2 term alone, so a step of 0.5 lands on T whatever F is
+    out = build_experiment(output_config(alpha=0.0))
+    opt = build_experiment(optimum_config(alpha=0.0))
+    opt.problem.loss_generator.load_state_dict(out.problem.loss_generator.state_dict())
+    g = torch.Generator().manual_seed(0)
+    train = out.problem.prepare_batch(collate_pairs([out.train_set[0]]), g)
+    test = out.problem.prepare_batch(collate_pairs([out.train_set[1]]), g)
+    before = {n: p.detach().clone() for n, p in out.problem.learner.named_parameters()}
+    got, result = meta_gradient(out.problem, train, test, inner_lr=1e-2, horizon="output", output_lr=0.5)
+    want, optimum = meta_gradient(opt.problem, train, test, inner_lr=1e-2, horizon="optimum")
+    assert result.outer_loss == pytest.approx(optimum.outer_loss, rel=1e-5)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    assert all(torch.equal(p, before[n]) for n, p in out.problem.learner.named_parameters())
+
+
+def test_output_horizon_steps_from_the_learner_output_on_the_whole_loss(tmp_path):
+    exp = build_experiment(output_config(objective_weight=0.1))
+    problem = exp.problem
+    g = torch.Generator().manual_seed(0)
+    train = problem.prepare_batch(collate_pairs([exp.train_set[0]]), g)
+    test = problem.prepare_batch(collate_pairs([exp.train_set[1]]), g)
+    grads, _ = meta_gradient(problem, train, test, inner_lr=1e-2, horizon="output", output_lr=0.02)
+    # by hand: F now, one step of the whole loss (gradient and objective terms included) on F itself
+    fused = problem.learner(test["ir"], test["vi"]).detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(problem.inner_loss_from_output(fused, test).total, fused, create_graph=True)
+    params = [p for p in problem.loss_generator.parameters() if p.requires_grad]
+    expected = torch.autograd.grad(problem.objective.loss(fused - 0.02 * fused.numel() * grad, test), params)
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want)
+    assert torch.cat([x.flatten() for x in grads]).norm() > 0
+    cfg = output_config()
+    cfg.meta.output_lr = 0.02
+    summary = run(cfg, tmp_path / "run", quiet=True)
+    assert summary["final"]["meta/loss_generator_grad_norm"] > 0
+
+
+def test_output_horizon_needs_the_task_on_the_crop_and_the_problem_hook():
+    cfg = output_config()
+    cfg.data.task_from_crop = False
+    with pytest.raises(ValueError, match=r"horizon = 'output'.*task_from_crop"):
+        build_experiment(cfg)
+    exp = build_experiment(output_config())
+    with pytest.raises(ValueError, match="output_outer_loss"):
+        meta_gradient(
+            object.__new__(type("NoHook", (), {"loss_generator": exp.problem.loss_generator})),
+            {},
+            {},
+            inner_lr=1e-2,
+            horizon="output",
+        )
