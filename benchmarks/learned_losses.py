@@ -27,6 +27,7 @@ from pathlib import Path
 
 from benchmarks.refusion import (
     DATA,
+    HELD_OUT,
     METRICS,
     ROOT,
     machine,
@@ -45,6 +46,16 @@ LEARNED_QUALITY: dict[str, object] = {
     "loss.ssim_weight": "0.0",
     "objective": '{name = "quality", ssim_form = "gaussian", vif_weight = 0.0}',
     "meta.horizon": '"optimum"',
+    "meta.warmup_epochs": "0",
+    "meta.meta_steps": "300",
+}
+#: the fifth recipe's learned loss: max_quality's loss with W learned at the output horizon, where the
+#: objective is read at the network's output now (one step of the loss on that output)
+LEARNED_OUTPUT: dict[str, object] = {
+    "loss.ssim_weight": "0.0",
+    "objective": '{name = "quality", ssim_form = "gaussian"}',
+    "loss.objective_weight": "0.1",
+    "meta.horizon": '"output"',
     "meta.warmup_epochs": "0",
     "meta.meta_steps": "300",
 }
@@ -111,12 +122,24 @@ VARIANTS: dict[str, dict[str, object]] = {
     "learned_quality": LEARNED_QUALITY,
     # learned_quality + 0.1 x its objective (Qabf + SSIM) taken directly, as max_quality
     "learned_quality_direct": {**LEARNED_QUALITY, "loss.objective_weight": "0.1"},
+    "learned_output": LEARNED_OUTPUT,
+    # the same loss never meta-trained: the near-max prior + 0.1 x the quality objective (what the learning adds)
+    "prior_quality": {**LEARNED_OUTPUT, "meta.meta_steps": "0"},
     "learned_config": {},  # the config as it is: the default model's learned loss
     "config_no_meta": {"meta.meta_steps": "0"},  # the same loss never meta-trained: its hand-made rule alone
 }
 HEADLINE = ("VIF", "Qabf", "SSIM")
 #: the variants the figure shows (one seed): the hand-made losses (a)-(c), the first and the current learned loss
-FIGURE_VARIANTS = ("fixed_half", "max_l1", "max_target", "max_quality", "swinfusion", "learned_prior", "learned_config")
+FIGURE_VARIANTS = (
+    "fixed_half",
+    "max_l1",
+    "max_target",
+    "max_quality",
+    "swinfusion",
+    "learned_prior",
+    "learned_config",
+    "learned_output",
+)
 
 
 def overrides(variant: str, seed: int) -> list[str]:
@@ -161,18 +184,70 @@ def _table(stats: dict[str, dict[str, tuple[float, float, int]]], prefix: str) -
     return head + "\n" + "\n".join(rows) + "\n"
 
 
+def _held_out_table(stats: dict[str, dict[str, tuple[float, float, int]]]) -> str:
+    """VIF / Qabf / SSIM without the stretch on the HELD_OUT sets, for the variants scored there."""
+    scored = {v: s for v, s in stats.items() if all(f"{name}:{m}" in s for name in HELD_OUT for m in HEADLINE)}
+    if not scored:
+        return ""
+    head = "| loss | runs | " + " | ".join(f"{name} {m}" for name in HELD_OUT for m in HEADLINE) + " |\n"
+    head += "|---|---:|" + "---:|" * (len(HELD_OUT) * len(HEADLINE))
+    rows = []
+    for variant, s in scored.items():
+        cells = [s[f"{name}:{m}"] for name in HELD_OUT for m in HEADLINE]
+        runs = cells[0][2]
+        rows.append(
+            f"| {variant} | {runs} | "
+            + " | ".join(f"{mean:.3f} ± {std:.3f}" if n > 1 else f"{mean:.3f}" for mean, std, n in cells)
+            + " |"
+        )
+    return (
+        "\nOn the infrared-visible pairs of `../shared/data` that no run trains or chooses on (`--heldout`: "
+        + ", ".join(HELD_OUT)
+        + "; no stretch, `cddfuse` profile):\n\n"
+        + head
+        + "\n"
+        + "\n".join(rows)
+        + "\n"
+    )
+
+
+def held_out_scores(run: Path) -> dict[str, float]:
+    """``{"vifb:VIF": …}``: the run's model without the stretch on each HELD_OUT set."""
+    values: dict[str, float] = {}
+    for name, (folder, ir, vi) in HELD_OUT.items():
+        out = run / f"heldout_{folder.replace('/', '_')}"
+        report = out / "metrics.json"  # scored before: read, do not fuse again
+        means = (
+            report_means(report)
+            if report.is_file()
+            else score(run / "checkpoints" / "last.pt", DATA / folder, ir, vi, out, stretch=False)
+        )
+        values.update({f"{name}:{m}": v for m, v in means.items()})
+    return values
+
+
+def measured_by(meta: dict[str, object]) -> str:
+    """The commands that produced the saved results, oldest first (``meta["history"]``; else the last one)."""
+    history = meta.get("history")
+    if isinstance(history, list) and history:
+        return "; then ".join(str(h) for h in history)
+    return f"`python -m benchmarks.learned_losses {meta.get('args', '')}` on {meta.get('machine', '?')}"
+
+
 def render(results: dict[str, dict[str, float]], meta: dict[str, object]) -> str:
     stats = summarise(results)
     return (
-        f"_Measured by `python -m benchmarks.learned_losses {meta.get('args', '')}` on {meta.get('machine', '?')}._ "
+        f"_Measured by {measured_by(meta)}._ "
         f"Budget of every run: `{CONFIG}` (2 epochs of 796 learner steps on 64x64 crops of RoadScene's "
-        "199 training pairs; the learned variants also take 100 meta-steps after the one-epoch warm-up), only the "
-        "loss changed. tno25, `cddfuse` profile through `metaloss fuse` and `metaloss eval`, "
+        "199 training pairs; the learned variants also take 100 meta-steps after the one-epoch warm-up, or, at the "
+        "optimum and output horizons, 300 per epoch and no warm-up), only the loss changed. tno25, `cddfuse` "
+        "profile through `metaloss fuse` and `metaloss eval`, "
         "mean ± sample standard deviation over the seeds.\n\nWith the min-max stretch of the reference test "
         "scripts (`metaloss fuse --stretch`):\n\n"
         + _table(stats, "")
         + "\nWithout it (`--no-stretch`; the default model's setting):\n\n"
         + _table(stats, "raw_")
+        + _held_out_table(stats)
     )
 
 
@@ -231,6 +306,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="score the saved runs (of --variants) that lack the scores without the stretch",
     )
+    parser.add_argument(
+        "--heldout",
+        action="store_true",
+        help="score the saved runs of --variants and --seeds on the held-out infrared-visible sets (no stretch)",
+    )
     args = parser.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     saved = OUT / "results.json"
@@ -250,6 +330,17 @@ def main(argv: list[str] | None = None) -> int:
                 values.update({f"raw_{m}": v for m, v in raw.items()})
                 saved.write_text(json.dumps(state, indent=2))
                 print(key, {m: round(values["raw_" + m], 3) for m in HEADLINE}, flush=True)
+    elif args.heldout:
+        keys = [f"{v}-s{s}" for v in args.variants for s in args.seeds if f"{v}-s{s}" in state["results"]]
+        with ThreadPoolExecutor(args.parallel) as pool:
+            futures = {pool.submit(held_out_scores, OUT / key): key for key in keys}
+            for future in as_completed(futures):
+                key = futures[future]
+                state["results"][key].update(future.result())
+                saved.write_text(json.dumps(state, indent=2))
+                print(
+                    key, {k: round(v, 3) for k, v in state["results"][key].items() if ":" in k and k.endswith(HEADLINE)}
+                )
     elif not args.render:
         todo = [(v, s) for s in args.seeds for v in args.variants if f"{v}-s{s}" not in state["results"]]
 
@@ -271,11 +362,10 @@ def main(argv: list[str] | None = None) -> int:
                     {m: round(state["results"][key][m], 3) for m in HEADLINE},
                     flush=True,
                 )
-        state["meta"] = {
-            "machine": machine(),
-            "date": time.strftime("%Y-%m-%d"),
-            "args": " ".join(sys.argv[1:] if argv is None else argv),
-        }
+        args_text = " ".join(sys.argv[1:] if argv is None else argv)
+        history = list(state.get("meta", {}).get("history", []))
+        history.append(f"`python -m benchmarks.learned_losses {args_text}` ({time.strftime('%Y-%m-%d')}, {machine()})")
+        state["meta"] = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "args": args_text, "history": history}
         saved.write_text(json.dumps(state, indent=2))
     seed = min(int(k.rsplit("-s", 1)[1]) for k in state["results"])
     runs = {v: OUT / f"{v}-s{seed}" for v in FIGURE_VARIANTS if f"{v}-s{seed}" in state["results"]}
