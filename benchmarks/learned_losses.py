@@ -283,7 +283,7 @@ def figure(runs: dict[str, Path], names: list[str], out: Path) -> None:
             axes[r][c].set_title(title, fontsize=8)
         for c, v in enumerate(learned, start=len(panels)):
             shown = axes[r][c].imshow(fused[v].maps["w_a"].numpy(), cmap="viridis", vmin=lo, vmax=hi)
-            axes[r][c].set_title(f"W infrared: {v}", fontsize=8)
+            axes[r][c].set_title(f"W ir: {v}", fontsize=7)
     for ax in axes.flat:
         ax.axis("off")
     if shown is not None:
