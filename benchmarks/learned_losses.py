@@ -129,7 +129,8 @@ VARIANTS: dict[str, dict[str, object]] = {
     "config_no_meta": {"meta.meta_steps": "0"},  # the same loss never meta-trained: its hand-made rule alone
 }
 HEADLINE = ("VIF", "Qabf", "SSIM")
-#: the variants the figure shows (one seed): the hand-made losses (a)-(c), the first and the current learned loss
+#: the variants the figure shows (one seed): the hand-made losses (a)-(c), the first, the default model's and
+#: the best learned loss
 FIGURE_VARIANTS = (
     "fixed_half",
     "max_l1",
@@ -211,17 +212,20 @@ def _held_out_table(stats: dict[str, dict[str, tuple[float, float, int]]]) -> st
     )
 
 
+def score_once(run: Path, folder: str, ir: str, vi: str, out: Path) -> dict[str, float]:
+    """The run's model without the stretch on ``DATA / folder``, scored into ``out``; read from ``out`` if it
+    was scored there before (no fusing again)."""
+    report = out / "metrics.json"
+    if report.is_file():
+        return report_means(report)
+    return score(run / "checkpoints" / "last.pt", DATA / folder, ir, vi, out, stretch=False)
+
+
 def held_out_scores(run: Path) -> dict[str, float]:
     """``{"vifb:VIF": …}``: the run's model without the stretch on each HELD_OUT set."""
     values: dict[str, float] = {}
     for name, (folder, ir, vi) in HELD_OUT.items():
-        out = run / f"heldout_{folder.replace('/', '_')}"
-        report = out / "metrics.json"  # scored before: read, do not fuse again
-        means = (
-            report_means(report)
-            if report.is_file()
-            else score(run / "checkpoints" / "last.pt", DATA / folder, ir, vi, out, stretch=False)
-        )
+        means = score_once(run, folder, ir, vi, run / f"heldout_{folder.replace('/', '_')}")
         values.update({f"{name}:{m}": v for m, v in means.items()})
     return values
 
@@ -318,15 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rescore:
         for key, values in state["results"].items():
             if "raw_VIF" not in values and key.rsplit("-s", 1)[0] in args.variants:
-                run = OUT / key
-                report = run / "tno25_raw" / "metrics.json"  # scored before: read, do not fuse again
-                raw = (
-                    report_means(report)
-                    if report.is_file()
-                    else score(
-                        run / "checkpoints" / "last.pt", DATA / "tno25", "ir", "vi", report.parent, stretch=False
-                    )
-                )
+                raw = score_once(OUT / key, "tno25", "ir", "vi", OUT / key / "tno25_raw")
                 values.update({f"raw_{m}": v for m, v in raw.items()})
                 saved.write_text(json.dumps(state, indent=2))
                 print(key, {m: round(values["raw_" + m], 3) for m in HEADLINE}, flush=True)

@@ -187,10 +187,8 @@ def build_experiment(cfg: ExperimentConfig, device: torch.device | None = None) 
         recompute_outer=cfg.performance.recompute_outer,
         meta_gradient_method=cfg.performance.meta_gradient,
     ).to(device=device, dtype=dtype)
-    if cfg.meta.horizon == "optimum" and cfg.meta.meta_steps:  # found now, not at the first meta-step
-        problem.check_optimum_horizon()
-    if cfg.meta.horizon == "output" and cfg.meta.meta_steps:
-        problem.check_output_horizon()
+    if cfg.meta.meta_steps:  # found now, not at the first meta-step
+        problem.check_horizon(cfg.meta.horizon)
     return Experiment(cfg, problem, train_set, val_set, device)
 
 

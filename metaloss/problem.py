@@ -209,7 +209,7 @@ class FusionProblem(nn.Module):
         T = w_a I_a + w_b I_b and nowhere below, so argmin L_f = T, a function of the loss generator alone.
         With ``objective_weight`` gamma > 0 the learner's loss is L_f + gamma L_t, whose minimiser is near T
         for small gamma only: T, the minimiser of the learned part, stands in for it."""
-        self.check_optimum_horizon()
+        self.check_horizon("optimum")
         ir, vi = batch["task_ir"], batch["task_vi"]
         weights = self.loss_generator(ir, vi)["intensity"]
         optimum = weights[:, 0:1] * ir + weights[:, 1:2] * vi
@@ -223,7 +223,7 @@ class FusionProblem(nn.Module):
         "output"``): F' = F - step * N * dL_f/dF, F the learner's output now (no graph), N its number of
         elements.  For the L2 term, N dL_f/dF = 2 (F - T), so dF'/dw_a = 2 step (I_a - I_b): the
         meta-gradient moves each weight toward the source that the objective's gradient at F prefers."""
-        self.check_output_horizon()
+        self.check_horizon("output")
         with torch.no_grad():
             fused = self.learner_output(learner_params, batch)
         fused.requires_grad_(True)
@@ -234,14 +234,11 @@ class FusionProblem(nn.Module):
         assert objective_params is not None
         return self._task.loss(functional_call(self.objective, objective_params, (stepped,)), batch)
 
-    def check_output_horizon(self) -> None:
-        """Raise unless the objective sees the crops the fusion loss sees (see :meth:`output_outer_loss`)."""
-        if not self.task_from_crop:
-            raise ValueError("meta.horizon = 'output' needs data.task_from_crop = true: the step is taken on the crop")
-
-    def check_optimum_horizon(self) -> None:
-        """Raise unless L_f's minimiser is its intensity target (see :meth:`optimum_outer_loss`)."""
-        if (
+    def check_horizon(self, horizon: str) -> None:
+        """Raise unless this problem's loss and data suit ``meta.horizon``: "optimum" needs L_f's minimiser
+        to be its intensity target (:meth:`optimum_outer_loss`), "output" the objective on the crop that the
+        fusion loss sees (:meth:`output_outer_loss`); "unrolled" suits every problem."""
+        if horizon == "optimum" and (
             self.intensity_norm != "l2"
             or self.weight_form != "linear"
             or self.gradient_target != "intensity"
@@ -251,6 +248,8 @@ class FusionProblem(nn.Module):
                 "meta.horizon = 'optimum' needs a loss whose minimiser is its target: loss.intensity_norm = 'l2', "
                 "loss.weight_form = 'linear', loss.gradient_target = 'intensity' and loss.ssim_weight = 0"
             )
+        if horizon == "output" and not self.task_from_crop:
+            raise ValueError("meta.horizon = 'output' needs data.task_from_crop = true: the step is taken on the crop")
 
     # -- inference ------------------------------------------------------------------------------
     @torch.no_grad()

@@ -50,9 +50,10 @@ MetaGradientMethod = Literal["auto", "double_backward", "jvp"]
 #: learner's output now after one gradient step of the inner loss on the output itself ("output"; the
 #: problem's ``output_outer_loss``).
 Horizon = Literal["unrolled", "optimum", "output"]
+#: the problem method each horizon but "unrolled" calls, and its arguments (for the error without it)
 _HORIZON_HOOKS = {
-    "optimum": "optimum_outer_loss(objective_params, batch)",
-    "output": "output_outer_loss(learner_params, objective_params, batch, step)",
+    "optimum": ("optimum_outer_loss", "(objective_params, batch)"),
+    "output": ("output_outer_loss", "(learner_params, objective_params, batch, step)"),
 }
 
 
@@ -186,9 +187,11 @@ def meta_gradient(
         raise ValueError("the loss generator has no parameter that requires grad")
     if horizon not in ("unrolled", "optimum", "output"):
         raise ValueError(f"unknown horizon {horizon!r}; choose 'unrolled', 'optimum' or 'output'")
-    hook = _HORIZON_HOOKS.get(horizon)
-    if hook is not None and not hasattr(problem, hook.split("(")[0]):
-        raise ValueError(f"horizon {horizon!r} needs a problem with {hook}; {type(problem).__name__} has none")
+    if horizon in _HORIZON_HOOKS and not hasattr(problem, _HORIZON_HOOKS[horizon][0]):
+        name, signature = _HORIZON_HOOKS[horizon]
+        raise ValueError(
+            f"horizon {horizon!r} needs a problem with {name}{signature}; {type(problem).__name__} has none"
+        )
     first = FirstLoss()  # the reported inner loss and its terms: the first step's
 
     def inner_fn(p: ParamDict) -> Tensor:
