@@ -125,6 +125,11 @@ VARIANTS: dict[str, dict[str, object]] = {
     "learned_output": LEARNED_OUTPUT,
     # the same loss never meta-trained: the near-max prior + 0.1 x the quality objective (what the learning adds)
     "prior_quality": {**LEARNED_OUTPUT, "meta.meta_steps": "0"},
+    # learned_output around the hard max rule itself (a correction in probability space): starts at max_quality
+    "learned_hard": {
+        **LEARNED_OUTPUT,
+        "loss_generator": '{name = "refusion", gradient_weights = false, symmetric = true, hard_prior = true}',
+    },
     "learned_config": {},  # the config as it is: the default model's learned loss
     "config_no_meta": {"meta.meta_steps": "0"},  # the same loss never meta-trained: its hand-made rule alone
 }

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from metaloss.losses import sobel
 from metaloss.nn.restormer import DualStreamRestormer, LayerNormKind
 
-__all__ = ["PRIORS", "Prior", "ReFusionLossGenerator", "prior_scores", "sobel_magnitude"]
+__all__ = ["PRIORS", "Prior", "ReFusionLossGenerator", "clamp_closed", "prior_scores", "sobel_magnitude"]
 
 #: The hand-made rules a learned W can start from (``prior``), one per fusion task.
 Prior = Literal["intensity", "focus", "exposure"]
@@ -71,6 +71,13 @@ def prior_scores(prior: Prior, a: Tensor, b: Tensor, grad_a: Tensor, grad_b: Ten
     raise ValueError(f"unknown prior {prior!r}; choose from {', '.join(PRIORS)}")
 
 
+def clamp_closed(x: Tensor, low: float, high: float) -> Tensor:
+    """x clamped to [low, high], with gradient 1 on the closed interval: ``Tensor.clamp`` passes none at its
+    bounds, where the hard rule puts every weight (0 or 1), so a correction starting at zero would never move."""
+    inside = (x >= low) & (x <= high)
+    return torch.where(inside, x, x.detach().clamp(low, high))
+
+
 class ReFusionLossGenerator(nn.Module):
     """ReFusion's loss proposal module: ``forward(ir, vi) -> {"intensity": W, "gradient": V}``.
 
@@ -85,7 +92,13 @@ class ReFusionLossGenerator(nn.Module):
     W only (max-rule gradient term).  ``learn_prior=True``: the rule itself is learned too, in a few
     scalars whose meta-gradients sum over every pixel (:meth:`prior_logits`): its sharpness, and the
     weights of ``extra_priors`` mixed into its scores (a learned choice of target).  The Sobel
-    magnitudes of both sources are computed inside ``forward``.  45,105 trainable parameters at the default sizes.
+    magnitudes of both sources are computed inside ``forward``.  ``hard_prior=True``: W_a = clamp(H_a + δ, 0, 1),
+    H the hard rule itself (1 where σ_a > σ_b, 0 where σ_a < σ_b, 1/2 at ties: softmax(s·σ) as s → ∞) and
+    δ = clamp((Δ_a − Δ_b)/2, −b, b) the learned correction in probability space, zero at first: meta-learning
+    starts from the hand-made max rule exactly (the best fixed loss), where a correction in logit space would
+    get no gradient; ``correction_bound = b`` < 1 caps how far W may leave the rule (b = 1/2: it may blend
+    the two sources but never hand a pixel to the source the rule rejects).  45,105 trainable parameters at
+    the default sizes.
     """
 
     def __init__(
@@ -103,8 +116,15 @@ class ReFusionLossGenerator(nn.Module):
         symmetric: bool = False,
         learn_prior: bool = False,
         extra_priors: list[Prior] = [],  # noqa: B006  (read-only; pydantic needs a plain default)
+        hard_prior: bool = False,
+        correction_bound: Annotated[float, Field(gt=0, le=1)] = 1.0,
     ) -> None:
         super().__init__()
+        if hard_prior and (prior_sharpness > 0 or learn_prior or gradient_weights):
+            raise ValueError(
+                "hard_prior is the rule at infinite sharpness with a correction in probability space: "
+                "it takes no prior_sharpness, learn_prior or gradient_weights"
+            )
         if (learn_prior or extra_priors) and prior_sharpness <= 0:
             raise ValueError("learn_prior and extra_priors need a prior (prior_sharpness > 0)")
         if extra_priors and not learn_prior:
@@ -114,6 +134,8 @@ class ReFusionLossGenerator(nn.Module):
                 raise ValueError(f"unknown prior {rule!r} in extra_priors; choose from {', '.join(PRIORS)}")
         self.gradient_weights = gradient_weights
         self.prior_sharpness = prior_sharpness
+        self.hard_prior = hard_prior
+        self.correction_bound = correction_bound
         self.prior = prior
         self.symmetric = symmetric
         self.extra_priors = tuple(extra_priors)
@@ -137,7 +159,7 @@ class ReFusionLossGenerator(nn.Module):
             activation="prelu",
         )
 
-        if prior_sharpness > 0:  # a correction around the prior, none at first
+        if prior_sharpness > 0 or hard_prior:  # a correction around the prior, none at first
             self.backbone.zero_output()
 
     def forward(self, ir: Tensor, vi: Tensor) -> dict[str, Tensor]:
@@ -149,6 +171,12 @@ class ReFusionLossGenerator(nn.Module):
             logits = torch.stack([own, other], dim=2).flatten(1, 2)  # [W_a, W_b(, V_a, V_b)]
         else:
             logits = self.backbone(a, b)  # [B, 4, H, W] = [W_a, W_b, V_a, V_b]  ([W_a, W_b] without V)
+        if self.hard_prior:  # W_a = clamp(H_a + δ, 0, 1), W_b = 1 − W_a: the hard rule first
+            scores = prior_scores(self.prior, ir, vi, grad_a, grad_b)
+            hard = 0.5 * (1 + torch.sign(scores[:, :1] - scores[:, 1:]))
+            bound = self.correction_bound
+            w_a = clamp_closed(hard + clamp_closed((logits[:, :1] - logits[:, 1:2]) / 2, -bound, bound), 0, 1)
+            return {"intensity": torch.cat([w_a, 1 - w_a], dim=1)}
         if self.prior_sharpness > 0:  # W = softmax(s·[σ_a, σ_b] + learned correction): the hand-made rule first
             prior = self.prior_logits(ir, vi, grad_a, grad_b)
             logits = torch.cat([logits[:, :2] + prior, logits[:, 2:]], dim=1)

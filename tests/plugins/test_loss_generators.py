@@ -225,6 +225,61 @@ def test_refusion_prior_starts_at_the_soft_max_rule_and_learns_a_correction() ->
     assert plain.backbone.head_out.weight.abs().sum() > 0  # without a prior: the usual initialisation
 
 
+def test_refusion_hard_prior_starts_at_the_fixed_max_loss_and_learns_a_correction() -> None:
+    """hard_prior = True: before training the fusion loss is the fixed max rule's, exactly (W = 1/2 at
+    ties gives the same loss); the correction gets a gradient although every weight sits at 0 or 1;
+    swapping the sources swaps W; W stays a probability pair however large the correction."""
+    from metaloss.losses import fusion_loss
+    from metaloss.models.conv_generator import FixedLossGenerator
+
+    torch.manual_seed(0)
+    ir, vi = images((12, 10), batch=2)
+    vi[..., :3, :3] = ir[..., :3, :3]  # ties
+    gen = ReFusionLossGenerator(**SMALL, gradient_weights=False, symmetric=True, hard_prior=True)
+    w = gen(ir, vi)["intensity"]
+    assert set(w.unique().tolist()) == {0.0, 0.5, 1.0}
+    fused = torch.rand_like(ir)
+    fixed = FixedLossGenerator(intensity_rule="max")(ir, vi)
+    for kwargs in ({"gradient_target": "intensity"}, {"gradient_target": "max", "intensity_norm": "l1"}):
+        torch.testing.assert_close(
+            fusion_loss(fused, ir, vi, {"intensity": w}, **kwargs).total,
+            fusion_loss(fused, ir, vi, fixed, **kwargs).total,
+        )
+    fusion_loss(fused, ir, vi, {"intensity": w}).total.backward()
+    assert gen.backbone.head_out.weight.grad.abs().sum() > 0
+    torch.nn.init.normal_(gen.backbone.head_out.weight, std=5.0)  # a large correction
+    with torch.no_grad():
+        ab, ba = gen(ir, vi)["intensity"], gen(vi, ir)["intensity"]
+    torch.testing.assert_close(ba, ab.flip(1), rtol=0, atol=1e-6)
+    assert ab.min() >= 0 and ab.max() <= 1 and 0 < float(((ab > 0) & (ab < 1)).float().mean()) < 1
+    torch.testing.assert_close(ab.sum(1), torch.ones_like(ab[:, 0]))
+    for kwargs in ({"prior_sharpness": 5.0}, {"gradient_weights": True}):
+        with pytest.raises(ValueError, match="hard_prior"):
+            ReFusionLossGenerator(**SMALL, **{"gradient_weights": False, **kwargs}, hard_prior=True)
+
+
+def test_clamp_closed_passes_the_gradient_on_its_bounds() -> None:
+    x = torch.tensor([-0.5, 0.0, 0.5, 1.0, 1.5], requires_grad=True)
+    y = refusion.clamp_closed(x, 0, 1)
+    y.sum().backward()
+    torch.testing.assert_close(y.detach(), torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0]))
+    torch.testing.assert_close(x.grad, torch.tensor([0.0, 1.0, 1.0, 1.0, 0.0]))
+
+
+def test_refusion_hard_prior_correction_bound_keeps_the_rules_choice() -> None:
+    """correction_bound = 1/2: however large the learned correction, W stays within 1/2 of the hard rule,
+    so no pixel goes to the source the rule rejects."""
+    torch.manual_seed(0)
+    ir, vi = images((12, 10), batch=2)
+    gen = ReFusionLossGenerator(**SMALL, gradient_weights=False, symmetric=True, hard_prior=True, correction_bound=0.5)
+    torch.nn.init.normal_(gen.backbone.head_out.weight, std=5.0)
+    with torch.no_grad():
+        w_a = gen(ir, vi)["intensity"][:, :1]
+    hard = (ir > vi).float()
+    assert float((w_a - hard).abs().max()) <= 0.5 + 1e-6
+    assert float((w_a - hard).abs().max()) > 0.4  # the correction does reach its bound
+
+
 @pytest.mark.parametrize("gradient_weights", [True, False])
 def test_refusion_symmetric_generator_is_swap_equivariant(gradient_weights: bool) -> None:
     """symmetric=True: G(b, a) = swap(G(a, b)) for W (and V), exactly up to float rounding, for any
