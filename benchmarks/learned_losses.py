@@ -125,6 +125,12 @@ VARIANTS: dict[str, dict[str, object]] = {
     "learned_output": LEARNED_OUTPUT,
     # the same loss never meta-trained: the near-max prior + 0.1 x the quality objective (what the learning adds)
     "prior_quality": {**LEARNED_OUTPUT, "meta.meta_steps": "0"},
+    # learned_output with a learned rule: its sharpness and a learned share of the focus rule in the prior's scores
+    "learned_output_prior": {
+        **LEARNED_OUTPUT,
+        "loss_generator.learn_prior": "true",
+        "loss_generator.extra_priors": '["focus"]',
+    },
     # learned_output around the hard max rule itself (a correction in probability space): starts at max_quality
     "learned_hard": {
         **LEARNED_OUTPUT,
@@ -145,6 +151,7 @@ FIGURE_VARIANTS = (
     "learned_prior",
     "learned_config",
     "learned_output",
+    "learned_output_prior",
 )
 
 
