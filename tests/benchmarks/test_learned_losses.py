@@ -18,7 +18,14 @@ def test_every_variant_is_a_valid_config_with_the_shared_budget(repo, variant):
     base = load_config(repo / CONFIG)
     # the objective is the config's, except where a variant names another (max_quality takes it into its loss)
     own_objective = "objective" in VARIANTS[variant]
-    direct = ("max_quality", "learned_quality_direct", "learned_output", "prior_quality")
+    direct = (
+        "max_quality",
+        "learned_quality_direct",
+        "learned_output",
+        "prior_quality",
+        "learned_output_prior",
+        "learned_hard",
+    )
     assert (cfg.loss.objective_weight > 0) == (variant in direct)
     shared = ("data", "learner", "optim") + (() if own_objective else ("objective",))
     assert [getattr(cfg, k) for k in shared] == [getattr(base, k) for k in shared]
