@@ -125,6 +125,8 @@ class ReFusionLossGenerator(nn.Module):
                 "hard_prior is the rule at infinite sharpness with a correction in probability space: "
                 "it takes no prior_sharpness, learn_prior or gradient_weights"
             )
+        if correction_bound != 1.0 and not hard_prior:
+            raise ValueError("correction_bound caps the correction of hard_prior: set hard_prior = true")
         if (learn_prior or extra_priors) and prior_sharpness <= 0:
             raise ValueError("learn_prior and extra_priors need a prior (prior_sharpness > 0)")
         if extra_priors and not learn_prior:

@@ -253,9 +253,11 @@ def test_refusion_hard_prior_starts_at_the_fixed_max_loss_and_learns_a_correctio
     torch.testing.assert_close(ba, ab.flip(1), rtol=0, atol=1e-6)
     assert ab.min() >= 0 and ab.max() <= 1 and 0 < float(((ab > 0) & (ab < 1)).float().mean()) < 1
     torch.testing.assert_close(ab.sum(1), torch.ones_like(ab[:, 0]))
-    for kwargs in ({"prior_sharpness": 5.0}, {"gradient_weights": True}):
+    for kwargs in ({"prior_sharpness": 5.0}, {"gradient_weights": True}, {"prior_sharpness": 5.0, "learn_prior": True}):
         with pytest.raises(ValueError, match="hard_prior"):
             ReFusionLossGenerator(**SMALL, **{"gradient_weights": False, **kwargs}, hard_prior=True)
+    with pytest.raises(ValueError, match="correction_bound"):  # no effect without hard_prior: refused, not ignored
+        ReFusionLossGenerator(**SMALL, gradient_weights=False, prior_sharpness=5.0, correction_bound=0.5)
 
 
 def test_clamp_closed_passes_the_gradient_on_its_bounds() -> None:
